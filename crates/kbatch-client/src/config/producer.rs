@@ -1,0 +1,307 @@
+//! Producer settings.
+
+use std::time::Duration;
+
+use kbatch_core::ConfigError;
+
+use super::ClientConfig;
+
+/// Which replicas must acknowledge a write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Acks {
+    /// No acknowledgement (fire and forget; offsets are unknown).
+    None,
+    /// The partition leader only.
+    Leader,
+    /// All in-sync replicas (required by idempotence and transactions).
+    #[default]
+    All,
+}
+
+/// Batch compression codec.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compression {
+    /// No compression.
+    #[default]
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4.
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    /// librdkafka's name for the codec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        Ok(match s {
+            "none" => Compression::None,
+            "gzip" => Compression::Gzip,
+            "snappy" => Compression::Snappy,
+            "lz4" => Compression::Lz4,
+            "zstd" => Compression::Zstd,
+            _ => {
+                return Err(ConfigError::new(
+                    "compression",
+                    format!("{s:?}"),
+                    "none, gzip, snappy, lz4 or zstd",
+                ));
+            }
+        })
+    }
+}
+
+/// Settings of the Kafka producer client.
+///
+/// Defaults favour throughput with safety: `acks = all`, idempotence on, 5 ms linger,
+/// batches up to 10,000 records or 1 MiB, a 120 s delivery timeout (as Java's
+/// `delivery.timeout.ms`), and a client queue of 100,000 records / 256 MiB.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProducerConfig {
+    /// Connection settings.
+    pub client: ClientConfig,
+    /// Acknowledgements required.
+    pub acks: Acks,
+    /// Idempotent producer: no duplicates or reordering from internal retries.
+    pub idempotence: bool,
+    /// How long the client waits to fill a batch (`linger.ms`), 0..=900 s.
+    pub linger: Duration,
+    /// Most records in one batch (`batch.num.messages`), 1..=1,000,000.
+    pub batch_records: usize,
+    /// Most bytes in one batch (`batch.size`), 1 KiB..=2 GiB-1.
+    pub batch_bytes: usize,
+    /// Compression codec.
+    pub compression: Compression,
+    /// Time from enqueue to a final delivery report, retries included (`message.timeout.ms`).
+    pub delivery_timeout: Duration,
+    /// Records the client itself may hold (`queue.buffering.max.messages`), 1..=2^31-1.
+    pub queue_records: usize,
+    /// Bytes the client itself may hold (`queue.buffering.max.kbytes` × 1024).
+    pub queue_bytes: usize,
+    /// Largest record the client accepts (`message.max.bytes`), 1,000..=1,000,000,000.
+    pub max_record_bytes: usize,
+    /// Transactional id; `Some` enables transactions (requires idempotence).
+    pub transactional_id: Option<String>,
+    /// Transaction timeout (`transaction.timeout.ms`).
+    pub transaction_timeout: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            client: ClientConfig::default(),
+            acks: Acks::All,
+            idempotence: true,
+            linger: Duration::from_millis(5),
+            batch_records: 10_000,
+            batch_bytes: 1 << 20,
+            compression: Compression::None,
+            delivery_timeout: Duration::from_secs(120),
+            queue_records: 100_000,
+            queue_bytes: 256 << 20,
+            max_record_bytes: 1_000_000,
+            transactional_id: None,
+            transaction_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ProducerConfig {
+    /// Defaults for the given connection settings.
+    pub fn new(client: ClientConfig) -> Self {
+        Self {
+            client,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the linger.
+    #[must_use]
+    pub fn with_linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// Sets the compression codec.
+    #[must_use]
+    pub fn with_compression(mut self, c: Compression) -> Self {
+        self.compression = c;
+        self
+    }
+
+    /// Enables transactions under this id. Also caps `delivery_timeout` at
+    /// `transaction_timeout`, which librdkafka requires of a transactional producer.
+    #[must_use]
+    pub fn with_transactional_id(mut self, id: impl Into<String>) -> Self {
+        self.transactional_id = Some(id.into());
+        self.delivery_timeout = self.delivery_timeout.min(self.transaction_timeout);
+        self
+    }
+
+    /// Sets the delivery timeout.
+    #[must_use]
+    pub fn with_delivery_timeout(mut self, t: Duration) -> Self {
+        self.delivery_timeout = t;
+        self
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.client.validate()?;
+        ConfigError::check_range(
+            "linger",
+            self.linger,
+            Duration::ZERO,
+            Duration::from_secs(900),
+        )?;
+        ConfigError::check_range("batch_records", self.batch_records, 1, 1_000_000)?;
+        ConfigError::check_range("batch_bytes", self.batch_bytes, 1024, i32::MAX as usize)?;
+        ConfigError::check_range("queue_records", self.queue_records, 1, i32::MAX as usize)?;
+        ConfigError::check_range("queue_bytes", self.queue_bytes, 1024, 2_097_151 * 1024)?;
+        ConfigError::check_range(
+            "max_record_bytes",
+            self.max_record_bytes,
+            1_000,
+            1_000_000_000,
+        )?;
+        ConfigError::check_range(
+            "delivery_timeout",
+            self.delivery_timeout,
+            Duration::from_millis(1),
+            Duration::from_millis(i32::MAX as u64),
+        )?;
+        if self.idempotence && self.acks != Acks::All {
+            return Err(ConfigError::new(
+                "acks",
+                format!("{:?}", self.acks),
+                "All, because idempotence is on",
+            ));
+        }
+        if self.transactional_id.is_some() && !self.idempotence {
+            return Err(ConfigError::new(
+                "idempotence",
+                false,
+                "true, because transactional_id is set",
+            ));
+        }
+        if self.transactional_id.is_some() && self.delivery_timeout > self.transaction_timeout {
+            return Err(ConfigError::new(
+                "delivery_timeout",
+                format!("{:?}", self.delivery_timeout),
+                format!(
+                    "<= transaction_timeout ({:?}) for a transactional producer",
+                    self.transaction_timeout
+                ),
+            ));
+        }
+        if self.transactional_id.as_deref() == Some("") {
+            return Err(ConfigError::new(
+                "transactional_id",
+                "\"\"",
+                "a non-empty id or None",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn to_rdkafka(&self) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        self.client.apply(&mut c);
+        c.set(
+            "acks",
+            match self.acks {
+                Acks::None => "0",
+                Acks::Leader => "1",
+                Acks::All => "all",
+            },
+        )
+        .set("enable.idempotence", self.idempotence.to_string())
+        .set("linger.ms", millis(self.linger))
+        .set("batch.num.messages", self.batch_records.to_string())
+        .set("batch.size", self.batch_bytes.to_string())
+        .set("compression.type", self.compression.as_str())
+        .set("message.timeout.ms", millis(self.delivery_timeout))
+        .set(
+            "queue.buffering.max.messages",
+            self.queue_records.to_string(),
+        )
+        .set(
+            "queue.buffering.max.kbytes",
+            (self.queue_bytes / 1024).to_string(),
+        )
+        .set("message.max.bytes", self.max_record_bytes.to_string());
+        if let Some(id) = &self.transactional_id {
+            c.set("transactional.id", id)
+                .set("transaction.timeout.ms", millis(self.transaction_timeout));
+        }
+        self.client.apply_extra(&mut c);
+        c
+    }
+}
+
+pub(crate) fn millis(d: Duration) -> String {
+    d.as_millis().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_idempotent() {
+        let c = ProducerConfig::default();
+        c.validate().unwrap();
+        let rd = c.to_rdkafka();
+        assert_eq!(rd.get("enable.idempotence"), Some("true"));
+        assert_eq!(rd.get("acks"), Some("all"));
+        assert_eq!(rd.get("linger.ms"), Some("5"));
+    }
+
+    #[test]
+    fn errors_name_the_field_and_range() {
+        let c = ProducerConfig {
+            batch_records: 0,
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "batch_records");
+        assert!(e.to_string().contains("1 ..= 1000000"), "{e}");
+        let c = ProducerConfig {
+            acks: Acks::Leader,
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "acks");
+        let c = ProducerConfig {
+            idempotence: false,
+            ..Default::default()
+        }
+        .with_transactional_id("t");
+        assert_eq!(c.validate().unwrap_err().field, "idempotence");
+    }
+
+    #[test]
+    fn extras_override_and_compression_parses() {
+        let mut c = ProducerConfig::default().with_compression("zstd".parse().unwrap());
+        c.client.extra.insert("linger.ms".into(), "50".into());
+        let rd = c.to_rdkafka();
+        assert_eq!(rd.get("linger.ms"), Some("50"));
+        assert_eq!(rd.get("compression.type"), Some("zstd"));
+        assert!("brotli".parse::<Compression>().is_err());
+    }
+}

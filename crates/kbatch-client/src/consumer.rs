@@ -1,0 +1,312 @@
+//! The consumer adapter: librdkafka's consumer speaking kbatch's record and offset types.
+//!
+//! All calls are blocking (poll waits up to its timeout): run the consumer on a thread of its
+//! own, or in `spawn_blocking`, and hand records to async code through a bounded channel.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use kbatch_core::{ConsumedRecord, Header, Offset, Timestamp, Topic, TopicPartition};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientContext, TopicPartitionList};
+
+use crate::config::ConsumerConfig;
+use crate::error::{Error, Result};
+use crate::tpl::{offsets_to_tpl, tpl_partitions};
+
+/// Where to start reading an assigned partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartOffset {
+    /// The oldest retained record.
+    Beginning,
+    /// After the last record (only new records).
+    End,
+    /// The group's committed offset, or `auto_offset_reset` without one.
+    Committed,
+    /// This exact offset.
+    At(Offset),
+}
+
+/// A group's committed position for one partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommittedOffset {
+    /// The partition.
+    pub tp: TopicPartition,
+    /// The committed offset (next record to read); `None` when nothing is committed.
+    pub offset: Option<Offset>,
+    /// The commit metadata string (empty when none was stored).
+    pub metadata: String,
+}
+
+/// An offset to commit, with optional metadata (at most the broker's
+/// `offset.metadata.max.bytes`, 4,096 by default).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsetCommit {
+    /// The partition.
+    pub tp: TopicPartition,
+    /// Offset of the next record to read.
+    pub offset: Offset,
+    /// Metadata stored with the offset.
+    pub metadata: Option<String>,
+}
+
+/// The consumer group state a transactional producer needs to commit offsets atomically.
+pub struct GroupMetadata(ConsumerGroupMetadata);
+
+impl GroupMetadata {
+    pub(crate) fn inner(&self) -> &ConsumerGroupMetadata {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for GroupMetadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GroupMetadata")
+    }
+}
+
+struct LoggingContext;
+
+impl ClientContext for LoggingContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "consumer client error");
+    }
+}
+
+impl ConsumerContext for LoggingContext {}
+
+/// librdkafka's consumer.
+pub struct KafkaConsumer {
+    inner: BaseConsumer<LoggingContext>,
+    has_group: bool,
+}
+
+impl std::fmt::Debug for KafkaConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConsumer").finish_non_exhaustive()
+    }
+}
+
+impl KafkaConsumer {
+    /// Validates `config` and creates the client.
+    pub fn new(config: &ConsumerConfig) -> Result<Self> {
+        config.validate()?;
+        let inner = config
+            .to_rdkafka()
+            .create_with_context(LoggingContext)
+            .map_err(|e| Error::kafka("create consumer", e))?;
+        Ok(Self {
+            inner,
+            has_group: config.group_id.is_some(),
+        })
+    }
+
+    fn require_group(&self, op: &str) -> Result<()> {
+        if self.has_group {
+            Ok(())
+        } else {
+            Err(Error::Invalid {
+                what: op.to_owned(),
+                why: "the consumer has no group_id".into(),
+            })
+        }
+    }
+
+    /// Joins the group for these topics (requires a `group_id`).
+    pub fn subscribe(&self, topics: &[&str]) -> Result<()> {
+        self.require_group("subscribe")?;
+        self.inner
+            .subscribe(topics)
+            .map_err(|e| Error::kafka(format!("subscribe to {topics:?}"), e))
+    }
+
+    /// Reads exactly these partitions, without group membership.
+    pub fn assign(&self, partitions: &[(TopicPartition, StartOffset)]) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (tp, start) in partitions {
+            let off = match start {
+                StartOffset::Beginning => rdkafka::Offset::Beginning,
+                StartOffset::End => rdkafka::Offset::End,
+                StartOffset::Committed => rdkafka::Offset::Stored,
+                StartOffset::At(o) => rdkafka::Offset::Offset(o.0),
+            };
+            tpl.add_partition_offset(&tp.topic, tp.partition, off)
+                .map_err(|e| Error::kafka(format!("assign {tp}"), e))?;
+        }
+        self.inner
+            .assign(&tpl)
+            .map_err(|e| Error::kafka("assign", e))
+    }
+
+    /// Waits up to `timeout` for the next record. `Ok(None)` when none arrived in time.
+    pub fn poll(&self, timeout: Duration) -> Result<Option<ConsumedRecord>> {
+        match self.inner.poll(timeout) {
+            None => Ok(None),
+            Some(Ok(m)) => Ok(Some(to_record(&m, None))),
+            Some(Err(e)) => Err(Error::kafka("poll", e)),
+        }
+    }
+
+    /// Appends up to `max` records to `out`, waiting up to `timeout` for the first one only.
+    /// Reuses the topic name allocation across records of the same topic. Returns how many
+    /// were appended.
+    pub fn poll_batch(
+        &self,
+        out: &mut Vec<ConsumedRecord>,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<usize> {
+        let mut topic: Option<Topic> = None;
+        let mut n = 0;
+        let mut wait = timeout;
+        while n < max {
+            match self.inner.poll(wait) {
+                None => break,
+                Some(Ok(m)) => {
+                    if topic.as_deref() != Some(m.topic()) {
+                        topic = Some(Topic::from(m.topic()));
+                    }
+                    out.push(to_record(&m, topic.clone()));
+                    n += 1;
+                    wait = Duration::ZERO;
+                }
+                Some(Err(e)) if n == 0 => return Err(Error::kafka("poll", e)),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "poll error after a partial batch");
+                    break;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Commits offsets (with metadata) for the group; `sync` waits for the broker's answer.
+    pub fn commit(&self, offsets: &[OffsetCommit], sync: bool) -> Result<()> {
+        self.require_group("commit")?;
+        let tpl = offsets_to_tpl(
+            offsets
+                .iter()
+                .map(|c| (&c.tp, c.offset, c.metadata.as_deref())),
+        )?;
+        let mode = if sync {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        self.inner
+            .commit(&tpl, mode)
+            .map_err(|e| Error::kafka("commit offsets", e))
+    }
+
+    /// The group's committed offsets and metadata for these partitions.
+    pub fn committed(
+        &self,
+        partitions: &[TopicPartition],
+        timeout: Duration,
+    ) -> Result<Vec<CommittedOffset>> {
+        let mut tpl = TopicPartitionList::new();
+        for tp in partitions {
+            tpl.add_partition(&tp.topic, tp.partition);
+        }
+        let tpl = self
+            .inner
+            .committed_offsets(tpl, timeout)
+            .map_err(|e| Error::kafka("fetch committed offsets", e))?;
+        Ok(tpl
+            .elements()
+            .iter()
+            .map(|e| CommittedOffset {
+                tp: TopicPartition::new(e.topic(), e.partition()),
+                offset: e.offset().to_raw().filter(|o| *o >= 0).map(Offset),
+                metadata: e.metadata().to_owned(),
+            })
+            .collect())
+    }
+
+    /// What a transactional producer needs to commit this group's offsets.
+    pub fn group_metadata(&self) -> Option<GroupMetadata> {
+        if !self.has_group {
+            return None;
+        }
+        self.inner.group_metadata().map(GroupMetadata)
+    }
+
+    /// Currently assigned partitions.
+    pub fn assignment(&self) -> Result<Vec<TopicPartition>> {
+        self.inner
+            .assignment()
+            .map(|t| tpl_partitions(&t))
+            .map_err(|e| Error::kafka("assignment", e))
+    }
+
+    /// Stops fetching these partitions (the assignment is kept).
+    pub fn pause(&self, partitions: &[TopicPartition]) -> Result<()> {
+        let tpl = partitions_tpl(partitions);
+        self.inner.pause(&tpl).map_err(|e| Error::kafka("pause", e))
+    }
+
+    /// Resumes fetching paused partitions.
+    pub fn resume(&self, partitions: &[TopicPartition]) -> Result<()> {
+        let tpl = partitions_tpl(partitions);
+        self.inner
+            .resume(&tpl)
+            .map_err(|e| Error::kafka("resume", e))
+    }
+
+    /// Low and high watermarks (first offset, offset after the last record) of a partition.
+    pub fn watermarks(&self, tp: &TopicPartition, timeout: Duration) -> Result<(Offset, Offset)> {
+        self.inner
+            .fetch_watermarks(&tp.topic, tp.partition, timeout)
+            .map(|(lo, hi)| (Offset(lo), Offset(hi)))
+            .map_err(|e| Error::kafka(format!("fetch watermarks of {tp}"), e))
+    }
+
+    /// Partition count of a topic, from cluster metadata.
+    pub fn partition_count(&self, topic: &str, timeout: Duration) -> Result<i32> {
+        let md = self
+            .inner
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| Error::kafka(format!("metadata of {topic:?}"), e))?;
+        match md.topics().first() {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                Ok(t.partitions().len() as i32)
+            }
+            _ => Err(Error::UnknownTopic(topic.to_owned())),
+        }
+    }
+}
+
+fn partitions_tpl(partitions: &[TopicPartition]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for tp in partitions {
+        tpl.add_partition(&tp.topic, tp.partition);
+    }
+    tpl
+}
+
+fn to_record(m: &BorrowedMessage<'_>, topic: Option<Topic>) -> ConsumedRecord {
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| Header {
+                    key: h.key.to_owned(),
+                    value: h.value.map(Bytes::copy_from_slice),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ConsumedRecord {
+        topic: topic.unwrap_or_else(|| Topic::from(m.topic())),
+        partition: m.partition(),
+        offset: Offset(m.offset()),
+        key: m.key().map(Bytes::copy_from_slice),
+        value: m.payload().map(Bytes::copy_from_slice),
+        headers,
+        timestamp: m.timestamp().to_millis().map(Timestamp),
+    }
+}

@@ -1,0 +1,32 @@
+//! kbatch's Kafka client layer — the only crate that touches `rdkafka`.
+//!
+//! ```text
+//!   ProducerConfig ─► KafkaProducer ─(token)─► DeliverySink   (per-record reports, no allocation)
+//!   ConsumerConfig ─► KafkaConsumer ─► ConsumedRecord, commits with metadata
+//!   ClientConfig   ─► Admin         ─► create / describe / delete topics
+//!                     DevBroker     ─► in-memory mock cluster for demos
+//! ```
+//!
+//! Configs are typed and validated: `build`/`new` fails with an error naming the field, the
+//! value and the accepted range. Secrets never appear in `Debug`.
+#![forbid(unsafe_code)]
+
+mod admin;
+pub mod config;
+mod consumer;
+mod dev_broker;
+mod error;
+mod producer;
+mod tpl;
+
+pub use admin::{Admin, NewTopic, PartitionInfo, TopicDescription};
+pub use config::{
+    Acks, AssignmentStrategy, AutoOffsetReset, ClientConfig, Compression, ConsumerConfig,
+    Isolation, ProducerConfig, Secret, SecurityProtocol,
+};
+pub use consumer::{CommittedOffset, GroupMetadata, KafkaConsumer, OffsetCommit, StartOffset};
+pub use dev_broker::DevBroker;
+pub use error::{Error, Result, classify_code};
+pub use producer::{Delivered, DeliveryError, DeliverySink, EnqueueError, KafkaProducer};
+/// librdkafka's error codes, re-exported so other crates need not depend on rdkafka.
+pub use rdkafka::error::RDKafkaErrorCode as ErrorCode;

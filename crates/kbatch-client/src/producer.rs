@@ -1,0 +1,250 @@
+//! The producer adapter: librdkafka's producer with a zero-allocation delivery path.
+//!
+//! ```text
+//! send(&Record, token) ──► librdkafka queue ──► broker
+//!                                        │
+//!        poll thread ◄── delivery reports┘──► DeliverySink::on_delivery(token, result)
+//! ```
+//!
+//! Each record carries a caller-chosen `usize` token as its delivery opaque, so reporting a
+//! delivery allocates nothing: higher layers index their own slot tables with it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kbatch_core::{Classify, ErrorClass, Offset, Record, Timestamp, TopicPartition};
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+
+use crate::config::ProducerConfig;
+use crate::consumer::GroupMetadata;
+use crate::error::{Error, Result, classify_code};
+use crate::tpl::offsets_to_tpl;
+
+/// Where a record landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    /// Partition written to.
+    pub partition: i32,
+    /// Offset assigned by the broker (`-1` with `acks = none`).
+    pub offset: Offset,
+    /// Record timestamp as stored.
+    pub timestamp: Option<Timestamp>,
+}
+
+/// Why a record was not delivered, after the client's own retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code} ({code:?})")]
+pub struct DeliveryError {
+    /// librdkafka's error code.
+    pub code: RDKafkaErrorCode,
+}
+
+impl Classify for DeliveryError {
+    fn class(&self) -> ErrorClass {
+        classify_code(self.code)
+    }
+}
+
+/// Receives every delivery report, on the producer's poll thread. Keep it short: a slow
+/// sink delays all later reports.
+pub trait DeliverySink: Send + Sync + 'static {
+    /// The record sent with `token` was delivered or failed for good.
+    fn on_delivery(&self, token: usize, result: Result<Delivered, DeliveryError>);
+}
+
+/// A record that could not even be enqueued; the caller keeps its token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("could not enqueue: {code} ({code:?})")]
+pub struct EnqueueError {
+    /// librdkafka's error code: `QueueFull` when the client queue is full.
+    pub code: RDKafkaErrorCode,
+}
+
+impl EnqueueError {
+    /// True when the client queue is full: wait for deliveries and try again.
+    pub fn is_queue_full(&self) -> bool {
+        self.code == RDKafkaErrorCode::QueueFull
+    }
+}
+
+impl Classify for EnqueueError {
+    fn class(&self) -> ErrorClass {
+        classify_code(self.code)
+    }
+}
+
+struct SinkContext<S> {
+    sink: Arc<S>,
+}
+
+impl<S: DeliverySink> ClientContext for SinkContext<S> {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "producer client error");
+    }
+}
+
+impl<S: DeliverySink> ProducerContext for SinkContext<S> {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, token: usize) {
+        let r = match result {
+            Ok(m) => Ok(Delivered {
+                partition: m.partition(),
+                offset: Offset(m.offset()),
+                timestamp: m.timestamp().to_millis().map(Timestamp),
+            }),
+            Err((e, _)) => Err(DeliveryError {
+                code: e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail),
+            }),
+        };
+        self.sink.on_delivery(token, r);
+    }
+}
+
+/// librdkafka's producer, reporting deliveries to a [`DeliverySink`].
+///
+/// Transaction calls block up to their timeout: call them from a blocking context
+/// (`tokio::task::spawn_blocking`) in async code.
+pub struct KafkaProducer<S: DeliverySink> {
+    inner: ThreadedProducer<SinkContext<S>>,
+    sink: Arc<S>,
+    transactional: bool,
+}
+
+impl<S: DeliverySink> std::fmt::Debug for KafkaProducer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaProducer")
+            .field("transactional", &self.transactional)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: DeliverySink> KafkaProducer<S> {
+    /// Validates `config` and starts the client and its poll thread.
+    pub fn new(config: &ProducerConfig, sink: S) -> Result<Self> {
+        config.validate()?;
+        let sink = Arc::new(sink);
+        let ctx = SinkContext {
+            sink: Arc::clone(&sink),
+        };
+        let inner = config
+            .to_rdkafka()
+            .create_with_context(ctx)
+            .map_err(|e| Error::kafka("create producer", e))?;
+        Ok(Self {
+            inner,
+            sink,
+            transactional: config.transactional_id.is_some(),
+        })
+    }
+
+    /// The sink receiving delivery reports.
+    pub fn sink(&self) -> &Arc<S> {
+        &self.sink
+    }
+
+    /// Enqueues a copy of `record`; its delivery is reported to the sink with `token`.
+    /// Never blocks: a full client queue is [`EnqueueError::is_queue_full`].
+    pub fn send(&self, record: &Record, token: usize) -> Result<(), EnqueueError> {
+        let mut br: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&record.topic, token);
+        br.key = record.key.as_deref();
+        br.payload = record.value.as_deref();
+        br.partition = record.partition;
+        br.timestamp = record.timestamp.map(Timestamp::millis);
+        if !record.headers.is_empty() {
+            let hs = record.headers.iter().fold(
+                OwnedHeaders::new_with_capacity(record.headers.len()),
+                |hs, h| {
+                    hs.insert(Header {
+                        key: &h.key,
+                        value: h.value.as_deref(),
+                    })
+                },
+            );
+            br.headers = Some(hs);
+        }
+        self.inner.send(br).map_err(|(e, _)| EnqueueError {
+            code: e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail),
+        })
+    }
+
+    /// Waits until every enqueued record has a delivery report, or the timeout passes.
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        self.inner.flush(timeout).map_err(|e| match e {
+            KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut) => Error::Timeout {
+                op: format!("flush ({} records left)", self.in_flight()),
+                after: timeout,
+            },
+            e => Error::kafka("flush", e),
+        })
+    }
+
+    /// Records enqueued or in flight without a delivery report yet.
+    pub fn in_flight(&self) -> usize {
+        usize::try_from(self.inner.in_flight_count()).unwrap_or(0)
+    }
+
+    /// Fails everything still queued or in flight with `PurgeQueue` / `PurgeInflight` reports.
+    pub fn purge(&self) {
+        self.inner
+            .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    }
+
+    /// Registers the transactional id with the coordinator (once, before the first transaction).
+    pub fn init_transactions(&self, timeout: Duration) -> Result<()> {
+        self.require_transactional("init_transactions")?;
+        self.inner
+            .init_transactions(timeout)
+            .map_err(|e| Error::kafka("init transactions", e))
+    }
+
+    /// Starts a transaction.
+    pub fn begin_transaction(&self) -> Result<()> {
+        self.inner
+            .begin_transaction()
+            .map_err(|e| Error::kafka("begin transaction", e))
+    }
+
+    /// Adds consumed offsets to the transaction: they become the group's committed offsets
+    /// when, and only when, the transaction commits.
+    pub fn send_offsets_to_transaction(
+        &self,
+        offsets: &[(TopicPartition, Offset)],
+        group: &GroupMetadata,
+        timeout: Duration,
+    ) -> Result<()> {
+        let tpl = offsets_to_tpl(offsets.iter().map(|(tp, o)| (tp, *o, None)))?;
+        self.inner
+            .send_offsets_to_transaction(&tpl, group.inner(), timeout)
+            .map_err(|e| Error::kafka("send offsets to transaction", e))
+    }
+
+    /// Flushes and commits the transaction.
+    pub fn commit_transaction(&self, timeout: Duration) -> Result<()> {
+        self.inner
+            .commit_transaction(timeout)
+            .map_err(|e| Error::kafka("commit transaction", e))
+    }
+
+    /// Aborts the transaction; its records are never visible to `read_committed` readers.
+    pub fn abort_transaction(&self, timeout: Duration) -> Result<()> {
+        self.inner
+            .abort_transaction(timeout)
+            .map_err(|e| Error::kafka("abort transaction", e))
+    }
+
+    fn require_transactional(&self, op: &str) -> Result<()> {
+        if self.transactional {
+            Ok(())
+        } else {
+            Err(Error::Invalid {
+                what: op.to_owned(),
+                why: "the producer has no transactional_id".into(),
+            })
+        }
+    }
+}
