@@ -1,0 +1,30 @@
+//! Test fixtures for kbatch, against real services.
+//!
+//! - [`brokers`]: the Kafka cluster in `KBATCH_BROKERS`, or else one real Apache Kafka broker
+//!   started by `scripts/kafka` on first use and shared by every test of this `cargo test`
+//!   run (keyed by the parent process, reaped when it exits).
+//! - [`pg_url`] / [`mysql_url`]: likewise with `KBATCH_PG_URL` / `KBATCH_MYSQL_URL` and
+//!   `scripts/postgres` / `scripts/mariadb`.
+//! - [`unique_name`], [`create_topic`], [`produce`], [`consume_all`]: per-test topics and
+//!   groups, and helpers that check what really reached the broker.
+#![forbid(unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    reason = "test support code: panics are test failures"
+)]
+
+mod kafka;
+mod services;
+
+pub use kafka::{
+    PartitionedRecords, admin, client_config, consume_all, consumer_config, create_topic, produce,
+    producer_config,
+};
+pub use services::{brokers, mysql_url, pg_url, repo_root};
+
+/// A name unique to this test: `prefix-<16 random hex digits>`. Use it for topics, groups
+/// and transactional ids so tests can run in parallel against one broker.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand::random::<u64>())
+}
