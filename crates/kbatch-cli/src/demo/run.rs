@@ -1,0 +1,315 @@
+//! Running the demo: produce and consume concurrently, then summarise.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use kbatch_client::{
+    ConsumerConfig, Delivered, DeliveryError, DeliverySink, KafkaConsumer, KafkaProducer,
+    ProducerConfig, StartOffset,
+};
+use kbatch_core::{Classify, Record, TopicPartition};
+use serde::Serialize;
+
+use super::ledger::{self, Ledger, Verdict};
+use super::{Args, DEV_BROKER_BYTES_PER_PARTITION};
+use crate::stats::{Percentiles, latency_histogram};
+
+/// Delivery reports: latency from send to broker acknowledgement, per record.
+struct DemoSink {
+    base: Instant,
+    sent_at_us: Vec<AtomicU64>,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    first_error: Mutex<Option<DeliveryError>>,
+    latency: Mutex<Histogram<u64>>,
+}
+
+impl DeliverySink for DemoSink {
+    fn on_delivery(&self, token: usize, r: Result<Delivered, DeliveryError>) {
+        match r {
+            Ok(_) => {
+                let now = self.base.elapsed().as_micros() as u64;
+                let lat = now
+                    .saturating_sub(self.sent_at_us[token].load(Ordering::Relaxed))
+                    .max(1);
+                lock(&self.latency).saturating_record(lat);
+                metrics::histogram!("kbatch_cli_delivery_latency_seconds").record(lat as f64 / 1e6);
+                metrics::counter!("kbatch_cli_records_produced_total", "result" => "delivered")
+                    .increment(1);
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                metrics::counter!("kbatch_cli_records_produced_total", "result" => e.class().as_str()).increment(1);
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                lock(&self.first_error).get_or_insert(e);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The demo's result.
+#[derive(Debug, Serialize)]
+struct Summary {
+    brokers: String,
+    embedded_broker: bool,
+    topic: String,
+    partitions: i32,
+    records: u64,
+    value_bytes: u64,
+    produce_seconds: f64,
+    produce_records_per_s: f64,
+    consume_seconds: f64,
+    consume_records_per_s: f64,
+    delivered: u64,
+    failed: u64,
+    delivery_latency: Percentiles,
+    end_to_end_latency: Percentiles,
+    verdict: Verdict,
+}
+
+pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
+    let cluster = a.target.connect()?;
+    let embedded = cluster.dev.is_some();
+    if embedded {
+        let per_partition = a.records * (a.size + ledger::HEADER as u64) / a.partitions as u64;
+        anyhow::ensure!(
+            per_partition <= DEV_BROKER_BYTES_PER_PARTITION,
+            "--records {} × --size {} over --partitions {} is {per_partition} bytes per partition; the embedded dev broker keeps only ~{} MiB per partition. Use more partitions, fewer records, or --brokers",
+            a.records,
+            a.size,
+            a.partitions,
+            DEV_BROKER_BYTES_PER_PARTITION >> 20
+        );
+    }
+    let topic = a
+        .topic
+        .clone()
+        .unwrap_or_else(|| format!("kbatch-demo-{:08x}", std::process::id() ^ rand_u32()));
+    let partitions = cluster.ensure_topic(&topic, a.partitions).await?;
+    eprintln!(
+        "demo: {} records of {} bytes → topic {topic} ({partitions} partitions) at {}",
+        a.records, a.size, cluster.bootstrap
+    );
+
+    let base = Instant::now();
+    let sink = DemoSink {
+        base,
+        sent_at_us: (0..a.records).map(|_| AtomicU64::new(0)).collect(),
+        delivered: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        first_error: Mutex::new(None),
+        latency: Mutex::new(latency_histogram()),
+    };
+    let producer = KafkaProducer::new(&ProducerConfig::new(cluster.client()), sink)?;
+    let consumer_cfg = ConsumerConfig::new(cluster.client());
+
+    let bars = MultiProgress::new();
+    let style =
+        ProgressStyle::with_template("{prefix:>9} [{bar:40}] {pos}/{len} {per_sec} {elapsed}")
+            .context("progress template")?
+            .progress_chars("=> ");
+    let pbar = bars.add(
+        ProgressBar::new(a.records)
+            .with_style(style.clone())
+            .with_prefix("delivered"),
+    );
+    let cbar = bars.add(
+        ProgressBar::new(a.records)
+            .with_style(style)
+            .with_prefix("consumed"),
+    );
+
+    let consumed = std::sync::Arc::new(AtomicU64::new(0));
+    let consume = {
+        let (topic, consumed, a) = (topic.clone(), consumed.clone(), a.clone());
+        tokio::task::spawn_blocking(move || {
+            consume_all(&consumer_cfg, &topic, partitions, &a, base, &consumed)
+        })
+    };
+    let sink = std::sync::Arc::clone(producer.sink());
+    let produce = {
+        let (topic, a) = (topic.clone(), a.clone());
+        tokio::task::spawn_blocking(move || produce_all(producer, &topic, &a, base))
+    };
+    let ticker = {
+        let (pbar, cbar, consumed, sink) =
+            (pbar.clone(), cbar.clone(), consumed.clone(), sink.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                pbar.set_position(sink.delivered.load(Ordering::Relaxed));
+                cbar.set_position(consumed.load(Ordering::Relaxed));
+            }
+        })
+    };
+    let produce_secs = produce.await??;
+    pbar.set_position(sink.delivered.load(Ordering::Relaxed));
+    pbar.finish();
+    let (verdict, e2e, consume_secs) = consume.await??;
+    ticker.abort();
+    cbar.set_position(verdict.received);
+    cbar.finish();
+
+    let summary = Summary {
+        brokers: cluster.bootstrap.clone(),
+        embedded_broker: embedded,
+        topic,
+        partitions,
+        records: a.records,
+        value_bytes: a.size,
+        produce_seconds: produce_secs,
+        produce_records_per_s: a.records as f64 / produce_secs,
+        consume_seconds: consume_secs,
+        consume_records_per_s: verdict.received as f64 / consume_secs,
+        delivered: sink.delivered.load(Ordering::Relaxed),
+        failed: sink.failed.load(Ordering::Relaxed),
+        delivery_latency: Percentiles::of(&lock(&sink.latency)),
+        end_to_end_latency: Percentiles::of(&e2e),
+        verdict,
+    };
+    print_summary(&summary, a.json)?;
+    if let Some(e) = *lock(&sink.first_error) {
+        anyhow::bail!(
+            "{} records failed to deliver; first error: {e} ({})",
+            summary.failed,
+            e.class()
+        );
+    }
+    anyhow::ensure!(
+        summary.verdict.is_clean(),
+        "verification failed: {:?}",
+        summary.verdict
+    );
+    Ok(())
+}
+
+fn rand_u32() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+}
+
+/// Sends every record (waiting while the client queue is full), then flushes.
+fn produce_all(
+    p: KafkaProducer<DemoSink>,
+    topic: &str,
+    a: &Args,
+    base: Instant,
+) -> anyhow::Result<f64> {
+    let topic: kbatch_core::Topic = topic.into();
+    let keys: Vec<Bytes> = (0..a.keys)
+        .map(|k| Bytes::from(format!("key-{k}")))
+        .collect();
+    let mut value = vec![b'.'; a.size as usize];
+    let started = Instant::now();
+    for seq in 0..a.records {
+        let sent = base.elapsed().as_micros() as u64;
+        ledger::encode(&mut value, seq, sent);
+        p.sink().sent_at_us[seq as usize].store(sent, Ordering::Relaxed);
+        let r = Record {
+            key: Some(keys[(seq % a.keys) as usize].clone()),
+            ..Record::new(topic.clone(), Bytes::copy_from_slice(&value))
+        };
+        loop {
+            match p.send(&r, seq as usize) {
+                Ok(()) => break,
+                Err(e) if e.is_queue_full() => std::thread::sleep(Duration::from_micros(200)),
+                Err(e) => anyhow::bail!("cannot enqueue demo record {seq}: {e}"),
+            }
+        }
+    }
+    p.flush(Duration::from_secs(300))?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Reads every partition from the beginning until all records arrived, or 30 s pass with
+/// nothing new; returns the ledger's verdict, end-to-end latencies and the time taken.
+fn consume_all(
+    cfg: &ConsumerConfig,
+    topic: &str,
+    partitions: i32,
+    a: &Args,
+    base: Instant,
+    progress: &AtomicU64,
+) -> anyhow::Result<(Verdict, Histogram<u64>, f64)> {
+    let c = KafkaConsumer::new(cfg)?;
+    let parts: Vec<_> = (0..partitions)
+        .map(|p| (TopicPartition::new(topic, p), StartOffset::Beginning))
+        .collect();
+    c.assign(&parts)?;
+    let mut ledger = Ledger::new(a.records);
+    let mut e2e = latency_histogram();
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut buf = Vec::with_capacity(10_000);
+    while ledger.distinct() < a.records && last_progress.elapsed() < Duration::from_secs(30) {
+        buf.clear();
+        c.poll_batch(&mut buf, 10_000, Duration::from_millis(100))?;
+        if buf.is_empty() {
+            continue;
+        }
+        last_progress = Instant::now();
+        let now = base.elapsed().as_micros() as u64;
+        for r in &buf {
+            let v = r.value.as_deref();
+            if let Some((_, sent)) = v.and_then(ledger::decode) {
+                e2e.saturating_record(now.saturating_sub(sent).max(1));
+            }
+            ledger.observe(r.partition, v);
+        }
+        metrics::counter!("kbatch_cli_records_consumed_total").increment(buf.len() as u64);
+        progress.store(ledger.distinct(), Ordering::Relaxed);
+    }
+    Ok((ledger.verdict(), e2e, started.elapsed().as_secs_f64()))
+}
+
+#[allow(clippy::print_stdout, reason = "the summary is this command's output")]
+fn print_summary(s: &Summary, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(s)?);
+        return Ok(());
+    }
+    let v = &s.verdict;
+    println!("kbatch demo summary");
+    println!(
+        "  broker        {}{}",
+        s.brokers,
+        if s.embedded_broker {
+            " (embedded in-memory dev broker)"
+        } else {
+            ""
+        }
+    );
+    println!("  topic         {} ({} partitions)", s.topic, s.partitions);
+    println!("  records       {} × {} bytes", s.records, s.value_bytes);
+    println!(
+        "  produce       {:.2} s, {:.0} records/s ({} delivered, {} failed)",
+        s.produce_seconds, s.produce_records_per_s, s.delivered, s.failed
+    );
+    println!(
+        "  consume       {:.2} s, {:.0} records/s",
+        s.consume_seconds, s.consume_records_per_s
+    );
+    println!("  ack latency   {}", s.delivery_latency);
+    println!("  end-to-end    {}", s.end_to_end_latency);
+    println!(
+        "  verified      received {} of {}: lost = {}, duplicates = {}, reordered = {}, foreign = {}  [{}]",
+        v.received,
+        v.expected,
+        v.lost,
+        v.duplicates,
+        v.out_of_order,
+        v.foreign,
+        if v.is_clean() { "OK" } else { "FAILED" }
+    );
+    Ok(())
+}

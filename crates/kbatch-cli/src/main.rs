@@ -1,0 +1,66 @@
+//! `kbatch`: high-throughput, batch-oriented Kafka pipelines from the command line.
+#![forbid(unsafe_code)]
+
+mod broker;
+mod cluster;
+mod consume;
+mod demo;
+mod produce;
+mod stats;
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+/// High-throughput, batch-oriented Kafka pipelines.
+#[derive(Parser, Debug)]
+#[command(name = "kbatch", version, about, propagate_version = true)]
+struct Cli {
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9898), path /metrics.
+    #[arg(long, global = true, env = "KBATCH_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the embedded in-memory DEV broker (librdkafka's mock cluster) until Ctrl-C.
+    Broker(broker::Args),
+    /// Produce lines from stdin, or generated records, to a topic.
+    Produce(produce::Args),
+    /// Print records of a topic.
+    Consume(consume::Args),
+    /// Push records through produce and consume on embedded defaults and verify nothing is lost.
+    Demo(demo::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        if let Some(addr) = cli.metrics_addr {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .install()
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            eprintln!("metrics: http://{addr}/metrics");
+        }
+        match cli.command {
+            Command::Broker(a) => broker::run(a).await,
+            Command::Produce(a) => produce::run(a).await,
+            Command::Consume(a) => consume::run(a).await,
+            Command::Demo(a) => demo::run(a).await,
+        }
+    })
+}
