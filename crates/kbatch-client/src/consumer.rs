@@ -55,7 +55,9 @@ pub struct OffsetCommit {
 }
 
 /// The consumer group state a transactional producer needs to commit offsets atomically.
-pub struct GroupMetadata(ConsumerGroupMetadata);
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct GroupMetadata(std::sync::Arc<ConsumerGroupMetadata>);
 
 impl GroupMetadata {
     pub(crate) fn inner(&self) -> &ConsumerGroupMetadata {
@@ -232,7 +234,9 @@ impl KafkaConsumer {
         if !self.has_group {
             return None;
         }
-        self.inner.group_metadata().map(GroupMetadata)
+        self.inner
+            .group_metadata()
+            .map(|g| GroupMetadata(std::sync::Arc::new(g)))
     }
 
     /// Currently assigned partitions.

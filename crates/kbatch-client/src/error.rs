@@ -130,6 +130,9 @@ pub fn classify_code(code: RDKafkaErrorCode) -> ErrorClass {
         | C::MessageBatchTooLarge
         | C::UnknownTopic
         | C::UnknownPartition
+        // Retried by the client until `topic.metadata.propagation.max.ms`; once it reaches
+        // the caller, the topic or partition does not exist.
+        | C::UnknownTopicOrPartition
         | C::InvalidTopic
         | C::InvalidPartitions
         | C::InvalidRecord

@@ -17,6 +17,7 @@ mod consumer;
 mod dev_broker;
 mod error;
 mod producer;
+mod stats;
 mod tpl;
 
 pub use admin::{Admin, NewTopic, PartitionInfo, TopicDescription};
@@ -25,8 +26,9 @@ pub use config::{
     Isolation, ProducerConfig, Secret, SecurityProtocol,
 };
 pub use consumer::{CommittedOffset, GroupMetadata, KafkaConsumer, OffsetCommit, StartOffset};
-pub use dev_broker::DevBroker;
+pub use dev_broker::{DevBroker, InjectedError};
 pub use error::{Error, Result, classify_code};
 pub use producer::{Delivered, DeliveryError, DeliverySink, EnqueueError, KafkaProducer};
 /// librdkafka's error codes, re-exported so other crates need not depend on rdkafka.
 pub use rdkafka::error::RDKafkaErrorCode as ErrorCode;
+pub use stats::ProducerStats;

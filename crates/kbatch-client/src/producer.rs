@@ -21,6 +21,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use crate::config::ProducerConfig;
 use crate::consumer::GroupMetadata;
 use crate::error::{Error, Result, classify_code};
+use crate::stats::ProducerStats;
 use crate::tpl::offsets_to_tpl;
 
 /// Where a record landed.
@@ -34,12 +35,21 @@ pub struct Delivered {
     pub timestamp: Option<Timestamp>,
 }
 
-/// Why a record was not delivered, after the client's own retries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{code} ({code:?})")]
+/// Why a record was not delivered, after the client's own retries, with the record itself
+/// (rebuilt from librdkafka's copy) so the caller can name it, retry it or dead-letter it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("record for topic {topic:?}, partition {partition}, key {key} was not delivered: {code} ({code:?}, {class})",
+    topic = record.topic(), partition = partition_display(record.partition), key = record.key_for_display(),
+    class = classify_code(*code))]
 pub struct DeliveryError {
     /// librdkafka's error code.
     pub code: RDKafkaErrorCode,
+    /// The record as librdkafka held it (`partition` is the one it was assigned, if any).
+    pub record: Box<Record>,
+}
+
+fn partition_display(p: Option<i32>) -> String {
+    p.map_or_else(|| "unassigned".to_owned(), |p| p.to_string())
 }
 
 impl Classify for DeliveryError {
@@ -53,6 +63,9 @@ impl Classify for DeliveryError {
 pub trait DeliverySink: Send + Sync + 'static {
     /// The record sent with `token` was delivered or failed for good.
     fn on_delivery(&self, token: usize, result: Result<Delivered, DeliveryError>);
+
+    /// Client statistics, every `statistics_interval` when that is set.
+    fn on_stats(&self, _stats: &ProducerStats) {}
 }
 
 /// A record that could not even be enqueued; the caller keeps its token.
@@ -84,6 +97,34 @@ impl<S: DeliverySink> ClientContext for SinkContext<S> {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "producer client error");
     }
+
+    fn stats(&self, stats: rdkafka::Statistics) {
+        self.sink.on_stats(&ProducerStats::from_rdkafka(&stats));
+    }
+}
+
+/// Rebuilds a kbatch record from librdkafka's copy of a message (failure path only).
+fn record_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    use rdkafka::message::Headers as _;
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| kbatch_core::Header {
+                    key: h.key.to_owned(),
+                    value: h.value.map(bytes::Bytes::copy_from_slice),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Record {
+        topic: m.topic().into(),
+        partition: (m.partition() >= 0).then_some(m.partition()),
+        key: m.key().map(bytes::Bytes::copy_from_slice),
+        value: m.payload().map(bytes::Bytes::copy_from_slice),
+        headers,
+        timestamp: m.timestamp().to_millis().map(Timestamp),
+    }
 }
 
 impl<S: DeliverySink> ProducerContext for SinkContext<S> {
@@ -96,8 +137,9 @@ impl<S: DeliverySink> ProducerContext for SinkContext<S> {
                 offset: Offset(m.offset()),
                 timestamp: m.timestamp().to_millis().map(Timestamp),
             }),
-            Err((e, _)) => Err(DeliveryError {
+            Err((e, m)) => Err(DeliveryError {
                 code: e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail),
+                record: Box::new(record_of(m)),
             }),
         };
         self.sink.on_delivery(token, r);

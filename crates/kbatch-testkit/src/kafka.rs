@@ -66,7 +66,10 @@ pub fn produce(
                 Ok(()) => break,
                 Err(e) if e.is_queue_full() => std::thread::sleep(Duration::from_millis(1)),
                 Err(e) => {
-                    p.sink().0.lock().unwrap()[i] = Some(Err(DeliveryError { code: e.code }));
+                    p.sink().0.lock().unwrap()[i] = Some(Err(DeliveryError {
+                        code: e.code,
+                        record: Box::new(r.clone()),
+                    }));
                     break;
                 }
             }
@@ -89,7 +92,20 @@ pub fn consume_all(
     expected: Option<usize>,
     idle: Duration,
 ) -> PartitionedRecords {
-    let c = KafkaConsumer::new(&consumer_config().with_isolation(isolation)).unwrap();
+    consume_all_from(brokers(), topic, isolation, expected, idle)
+}
+
+/// [`consume_all`] from another cluster (e.g. a `DevBroker` used for fault injection).
+pub fn consume_all_from(
+    bootstrap: &str,
+    topic: &str,
+    isolation: Isolation,
+    expected: Option<usize>,
+    idle: Duration,
+) -> PartitionedRecords {
+    let mut cfg = consumer_config().with_isolation(isolation);
+    cfg.client.brokers = bootstrap.to_owned();
+    let c = KafkaConsumer::new(&cfg).unwrap();
     let n = c.partition_count(topic, Duration::from_secs(10)).unwrap();
     let parts: Vec<_> = (0..n)
         .map(|p| (TopicPartition::new(topic, p), StartOffset::Beginning))

@@ -100,6 +100,11 @@ pub struct ProducerConfig {
     pub transactional_id: Option<String>,
     /// Transaction timeout (`transaction.timeout.ms`).
     pub transaction_timeout: Duration,
+    /// Let the client create a missing topic when producing to it (off: a typo in a topic name
+    /// fails the record instead of creating a topic).
+    pub allow_auto_create_topics: bool,
+    /// How often the client reports statistics (batch sizes, queue latency); `None`: never.
+    pub statistics_interval: Option<Duration>,
 }
 
 impl Default for ProducerConfig {
@@ -118,6 +123,8 @@ impl Default for ProducerConfig {
             max_record_bytes: 1_000_000,
             transactional_id: None,
             transaction_timeout: Duration::from_secs(60),
+            allow_auto_create_topics: false,
+            statistics_interval: None,
         }
     }
 }
@@ -186,6 +193,14 @@ impl ProducerConfig {
             Duration::from_millis(1),
             Duration::from_millis(i32::MAX as u64),
         )?;
+        if let Some(i) = self.statistics_interval {
+            ConfigError::check_range(
+                "statistics_interval",
+                i,
+                Duration::from_millis(10),
+                Duration::from_secs(86_400),
+            )?;
+        }
         if self.idempotence && self.acks != Acks::All {
             return Err(ConfigError::new(
                 "acks",
@@ -245,7 +260,16 @@ impl ProducerConfig {
             "queue.buffering.max.kbytes",
             (self.queue_bytes / 1024).to_string(),
         )
-        .set("message.max.bytes", self.max_record_bytes.to_string());
+        .set("message.max.bytes", self.max_record_bytes.to_string())
+        .set(
+            "allow.auto.create.topics",
+            self.allow_auto_create_topics.to_string(),
+        )
+        .set(
+            "statistics.interval.ms",
+            self.statistics_interval
+                .map_or_else(|| "0".to_owned(), millis),
+        );
         if let Some(id) = &self.transactional_id {
             c.set("transactional.id", id)
                 .set("transaction.timeout.ms", millis(self.transaction_timeout));
