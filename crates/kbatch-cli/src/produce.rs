@@ -127,7 +127,12 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
         cluster.bootstrap,
         ok as f64 / secs.max(1e-9)
     );
-    if let Some(e) = *o.first_error.lock().unwrap_or_else(|p| p.into_inner()) {
+    if let Some(e) = o
+        .first_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
         anyhow::bail!("{failed} records failed; first error: {e} ({})", e.class());
     }
     Ok(())

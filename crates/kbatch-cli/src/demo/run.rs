@@ -177,7 +177,7 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
         verdict,
     };
     print_summary(&summary, a.json)?;
-    if let Some(e) = *lock(&sink.first_error) {
+    if let Some(e) = lock(&sink.first_error).take() {
         anyhow::bail!(
             "{} records failed to deliver; first error: {e} ({})",
             summary.failed,

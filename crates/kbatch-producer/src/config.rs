@@ -1,0 +1,155 @@
+//! Producer settings: the Kafka client's, plus kbatch's own bounds.
+
+use std::time::Duration;
+
+use kbatch_client::ProducerConfig as KafkaConfig;
+use kbatch_core::ConfigError;
+
+/// Settings of a [`Producer`](crate::Producer).
+///
+/// Batching — flush a partition's batch at `N` records, `B` bytes or `T` linger, whichever
+/// comes first — is `kafka.batch_records`, `kafka.batch_bytes` and `kafka.linger`
+/// (defaults 10,000 records, 1 MiB, 5 ms). Memory is bounded by `max_pending_records` and
+/// `max_pending_bytes`: past either, [`Producer::send`](crate::Producer::send) waits and
+/// [`Producer::try_send`](crate::Producer::try_send) hands the record back as `Full`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProducerConfig {
+    /// The Kafka client settings (connection, acks, idempotence, batching, compression…).
+    pub kafka: KafkaConfig,
+    /// Most records sent and not yet resolved-and-awaited (each holds a completion slot),
+    /// 1..=10,000,000. Default 100,000.
+    pub max_pending_records: usize,
+    /// Most payload bytes (key + value + headers) sent and not yet delivered, at least
+    /// `kafka.max_record_bytes`. Default 64 MiB.
+    pub max_pending_bytes: usize,
+    /// How long `close` (and drop) may wait for outstanding deliveries before failing them.
+    /// Default 30 s.
+    pub close_timeout: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        let kafka = KafkaConfig {
+            statistics_interval: Some(Duration::from_secs(1)),
+            ..KafkaConfig::default()
+        };
+        Self {
+            kafka,
+            max_pending_records: 100_000,
+            max_pending_bytes: 64 << 20,
+            close_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ProducerConfig {
+    /// Defaults around the given Kafka client settings.
+    pub fn new(kafka: KafkaConfig) -> Self {
+        Self {
+            kafka,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the batch triggers: `records` (N), `bytes` (B) and `linger` (T).
+    #[must_use]
+    pub fn with_batch(mut self, records: usize, bytes: usize, linger: Duration) -> Self {
+        self.kafka.batch_records = records;
+        self.kafka.batch_bytes = bytes;
+        self.kafka.linger = linger;
+        self
+    }
+
+    /// Sets the memory bounds.
+    #[must_use]
+    pub fn with_pending_limits(mut self, records: usize, bytes: usize) -> Self {
+        self.max_pending_records = records;
+        self.max_pending_bytes = bytes;
+        self
+    }
+
+    /// Sets the close deadline.
+    #[must_use]
+    pub fn with_close_timeout(mut self, t: Duration) -> Self {
+        self.close_timeout = t;
+        self
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate()?;
+        ConfigError::check_range(
+            "max_pending_records",
+            self.max_pending_records,
+            1,
+            10_000_000,
+        )?;
+        if self.max_pending_bytes < self.kafka.max_record_bytes {
+            return Err(ConfigError::new(
+                "max_pending_bytes",
+                self.max_pending_bytes,
+                format!(
+                    ">= kafka.max_record_bytes ({}), so every valid record fits",
+                    self.kafka.max_record_bytes
+                ),
+            ));
+        }
+        ConfigError::check_range("max_pending_bytes", self.max_pending_bytes, 1024, 1 << 40)?;
+        ConfigError::check_range(
+            "close_timeout",
+            self.close_timeout,
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        )?;
+        Ok(())
+    }
+
+    /// The client settings actually used: librdkafka's own queue is sized above kbatch's
+    /// bounds so that kbatch's back-pressure, not a client `QueueFull`, is what callers see.
+    pub(crate) fn effective_kafka(&self) -> KafkaConfig {
+        let mut k = self.kafka.clone();
+        k.queue_records = k
+            .queue_records
+            .max(self.max_pending_records.saturating_mul(2))
+            .min(i32::MAX as usize);
+        // librdkafka counts per-message overhead too; leave generous room above the payload bound.
+        k.queue_bytes = k
+            .queue_bytes
+            .max(self.max_pending_bytes.saturating_mul(2))
+            .min(2_097_151 * 1024);
+        k
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_client_queue_exceeds_our_bounds() {
+        let c = ProducerConfig::default().with_pending_limits(300_000, 512 << 20);
+        c.validate().unwrap();
+        let k = c.effective_kafka();
+        assert!(k.queue_records >= 300_000 && k.queue_bytes >= 512 << 20);
+    }
+
+    #[test]
+    fn bounds_are_checked_with_clear_errors() {
+        let e = ProducerConfig::default()
+            .with_pending_limits(0, 1 << 20)
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "max_pending_records");
+        let e = ProducerConfig::default()
+            .with_pending_limits(10, 1000)
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "max_pending_bytes");
+        assert!(e.to_string().contains("max_record_bytes"), "{e}");
+        let e = ProducerConfig::default()
+            .with_batch(0, 1 << 20, Duration::ZERO)
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "batch_records");
+    }
+}

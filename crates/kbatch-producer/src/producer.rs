@@ -1,0 +1,343 @@
+//! The batching producer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kbatch_client::{
+    Delivered, DeliveryError, DeliverySink, GroupMetadata, KafkaProducer, ProducerStats,
+};
+use kbatch_core::{Offset, Record, TopicPartition};
+
+use crate::config::ProducerConfig;
+use crate::error::{ProduceError, TrySendError};
+use crate::future::DeliveryFuture;
+use crate::metrics::{Metrics, ProducerCounters};
+use crate::slots::{Reserve, Slots};
+
+/// Delivery reports and statistics from the client's poll thread.
+struct Completions {
+    slots: Arc<Slots>,
+    metrics: Metrics,
+}
+
+impl DeliverySink for Completions {
+    fn on_delivery(&self, token: usize, result: Result<Delivered, DeliveryError>) {
+        self.slots.complete(token as u32, result);
+    }
+
+    fn on_stats(&self, stats: &ProducerStats) {
+        self.metrics.publish(&self.slots, Some(stats));
+    }
+}
+
+struct Inner {
+    kafka: KafkaProducer<Completions>,
+    slots: Arc<Slots>,
+    config: ProducerConfig,
+}
+
+/// What [`Producer::close`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloseReport {
+    /// Records awaiting delivery when close began.
+    pub pending_at_close: usize,
+    /// Whether everything was delivered within the close timeout.
+    pub flushed: bool,
+    /// Records failed because the timeout passed (their futures resolved with an error).
+    pub failed: usize,
+}
+
+/// A Kafka producer whose [`send`](Producer::send) returns a per-record [`DeliveryFuture`]
+/// while records travel in librdkafka's large batches. Cheap to clone; all clones share one
+/// client. See the [crate docs](crate) for the data flow.
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("counters", &self.counters())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    /// Validates `config`, then starts the client. Fails on an invalid config, naming the field.
+    pub fn new(config: ProducerConfig) -> Result<Self, kbatch_client::Error> {
+        config.validate()?;
+        let slots = Arc::new(Slots::new(
+            config.max_pending_records,
+            config.max_pending_bytes,
+        ));
+        let metrics = Metrics::new(&config.kafka.client.client_id);
+        let sink = Completions {
+            slots: Arc::clone(&slots),
+            metrics,
+        };
+        let kafka = KafkaProducer::new(&config.effective_kafka(), sink)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                kafka,
+                slots,
+                config,
+            }),
+        })
+    }
+
+    /// Enqueues `record`, waiting while the producer is full, and returns its delivery future.
+    /// Fails at once — handing the record back in the error — when the client refuses it
+    /// (too large, unknown partition) or the producer is closed.
+    ///
+    /// # Cancellation
+    /// Dropping this future while it waits for room drops the record; it was not enqueued.
+    pub async fn send(&self, mut record: Record) -> Result<DeliveryFuture, ProduceError> {
+        let size = self.check(&record)?;
+        loop {
+            let Some(i) = self.inner.slots.reserve(size).await else {
+                return Err(ProduceError::Closed {
+                    record: Some(Box::new(record)),
+                });
+            };
+            match self.enqueue(record, i) {
+                Ok(f) => return Ok(f),
+                Err(TrySendError::Full(r)) => {
+                    // librdkafka's own queue is momentarily full (it frees a message a moment
+                    // after reporting it); give it that moment.
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(TrySendError::Failed(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Enqueues `record` if there is room now; otherwise hands it back as
+    /// [`TrySendError::Full`]. Never waits.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the record comes back by value: no allocation on the back-pressure path"
+    )]
+    pub fn try_send(&self, record: Record) -> Result<DeliveryFuture, TrySendError> {
+        let size = self.check(&record).map_err(TrySendError::Failed)?;
+        match self.inner.slots.try_reserve(size) {
+            Reserve::Slot(i) => self.enqueue(record, i),
+            Reserve::Full => Err(TrySendError::Full(record)),
+            Reserve::Closed => Err(TrySendError::Failed(ProduceError::Closed {
+                record: Some(Box::new(record)),
+            })),
+        }
+    }
+
+    /// Sends every record — fire all, then await each — and returns one result per record,
+    /// in input order. A bad record fails alone; the others are still sent. Records travel in
+    /// as few broker batches as the batch limits allow, with no round trip per record.
+    pub async fn send_batch(
+        &self,
+        records: impl IntoIterator<Item = Record>,
+    ) -> Vec<Result<Delivered, ProduceError>> {
+        let mut results: Vec<Option<Result<Delivered, ProduceError>>> = Vec::new();
+        let mut pending: std::collections::VecDeque<(usize, DeliveryFuture)> =
+            std::collections::VecDeque::new();
+        for (i, record) in records.into_iter().enumerate() {
+            results.push(None);
+            let mut record = record;
+            loop {
+                match self.try_send(record) {
+                    Ok(f) => {
+                        pending.push_back((i, f));
+                        break;
+                    }
+                    Err(TrySendError::Failed(e)) => {
+                        results[i] = Some(Err(e));
+                        break;
+                    }
+                    Err(TrySendError::Full(r)) => {
+                        // Full: our own earlier records hold the room; resolving the oldest frees it.
+                        if let Some((j, f)) = pending.pop_front() {
+                            results[j] = Some(f.await);
+                            record = r;
+                        } else {
+                            match self.send(r).await {
+                                Ok(f) => pending.push_back((i, f)),
+                                Err(e) => results[i] = Some(Err(e)),
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        for (j, f) in pending {
+            results[j] = Some(f.await);
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(ProduceError::Closed { record: None })))
+            .collect()
+    }
+
+    /// Waits until every record enqueued so far — and any enqueued concurrently — has a
+    /// delivery report, or `timeout` passes.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), kbatch_client::Error> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.kafka.flush(timeout))
+            .await
+            .map_err(join_error)?
+    }
+
+    /// Stops accepting records, flushes within `close_timeout`, then fails whatever is left so
+    /// that every outstanding future resolves. Later sends fail with `Closed`.
+    pub async fn close(&self) -> CloseReport {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.close_blocking())
+            .await
+            .unwrap_or(CloseReport {
+                pending_at_close: 0,
+                flushed: false,
+                failed: 0,
+            })
+    }
+
+    /// Current counters.
+    pub fn counters(&self) -> ProducerCounters {
+        self.inner.slots.counters()
+    }
+
+    /// The config this producer runs with.
+    pub fn config(&self) -> &ProducerConfig {
+        &self.inner.config
+    }
+
+    /// Registers the transactional id with the coordinator (once, before the first transaction).
+    pub async fn init_transactions(&self, timeout: Duration) -> Result<(), kbatch_client::Error> {
+        self.blocking(move |k| k.init_transactions(timeout)).await
+    }
+
+    /// Starts a transaction.
+    pub fn begin_transaction(&self) -> Result<(), kbatch_client::Error> {
+        self.inner.kafka.begin_transaction()
+    }
+
+    /// Adds consumed offsets to the open transaction (committed with it, atomically).
+    pub async fn send_offsets_to_transaction(
+        &self,
+        offsets: Vec<(TopicPartition, Offset)>,
+        group: GroupMetadata,
+        timeout: Duration,
+    ) -> Result<(), kbatch_client::Error> {
+        self.blocking(move |k| k.send_offsets_to_transaction(&offsets, &group, timeout))
+            .await
+    }
+
+    /// Flushes and commits the open transaction. Records' futures resolve on delivery, which
+    /// is not commit: only a successful commit makes them visible to `read_committed` readers.
+    pub async fn commit_transaction(&self, timeout: Duration) -> Result<(), kbatch_client::Error> {
+        self.blocking(move |k| k.commit_transaction(timeout)).await
+    }
+
+    /// Aborts the open transaction; its records are never visible to `read_committed` readers.
+    pub async fn abort_transaction(&self, timeout: Duration) -> Result<(), kbatch_client::Error> {
+        self.blocking(move |k| k.abort_transaction(timeout)).await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&KafkaProducer<Completions>) -> Result<T, kbatch_client::Error> + Send + 'static,
+    ) -> Result<T, kbatch_client::Error> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner.kafka))
+            .await
+            .map_err(join_error)?
+    }
+
+    /// Rejects what can never be sent; returns the record's budget size.
+    fn check(&self, record: &Record) -> Result<usize, ProduceError> {
+        let invalid = |reason: String| ProduceError::Invalid {
+            reason,
+            record: Box::new(record.clone()),
+        };
+        if record.topic.is_empty() {
+            return Err(invalid("empty topic name".into()));
+        }
+        if record.partition.is_some_and(|p| p < 0) {
+            return Err(invalid(format!(
+                "partition {:?} is negative; use None to let the partitioner choose",
+                record.partition
+            )));
+        }
+        Ok(record.size_hint())
+    }
+
+    #[allow(
+        clippy::result_large_err,
+        reason = "the record comes back by value: no allocation on the back-pressure path"
+    )]
+    fn enqueue(&self, record: Record, slot: u32) -> Result<DeliveryFuture, TrySendError> {
+        let slots = &self.inner.slots;
+        match self.inner.kafka.send(&record, slot as usize) {
+            Ok(()) => {
+                slots.enqueued();
+                Ok(DeliveryFuture::new(Arc::clone(slots), slot))
+            }
+            Err(e) => {
+                slots.cancel(slot);
+                if e.is_queue_full() {
+                    Err(TrySendError::Full(record))
+                } else {
+                    Err(TrySendError::Failed(ProduceError::Enqueue {
+                        code: e.code,
+                        record: Box::new(record),
+                    }))
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn close_blocking(&self) -> CloseReport {
+        let slots = &self.slots;
+        slots.close();
+        let pending_at_close = slots.undelivered();
+        let failures =
+            |c: ProducerCounters| c.failed_retriable + c.failed_permanent + c.failed_fatal;
+        let failed_before = failures(slots.counters());
+        let deadline = Instant::now() + self.config.close_timeout;
+        let flushed =
+            self.kafka.flush(self.config.close_timeout).is_ok() && slots.undelivered() == 0;
+        let mut failed = 0;
+        if !flushed {
+            // Purged records come back as delivery reports (PurgeQueue / PurgeInflight errors).
+            self.kafka.purge();
+            let grace = deadline.max(Instant::now()) + Duration::from_secs(5);
+            while slots.undelivered() > 0 && Instant::now() < grace {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            slots.fail_undelivered();
+            failed = (failures(slots.counters()) - failed_before) as usize;
+            tracing::warn!(failed, "producer closed before every record was delivered");
+        }
+        CloseReport {
+            pending_at_close,
+            flushed,
+            failed,
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if !self.slots.is_closed() {
+            self.close_blocking();
+        }
+    }
+}
+
+fn join_error(e: tokio::task::JoinError) -> kbatch_client::Error {
+    kbatch_client::Error::Invalid {
+        what: "producer blocking task".into(),
+        why: e.to_string(),
+    }
+}

@@ -1,0 +1,346 @@
+//! The completion path: a fixed table of slots, one per pending record.
+//!
+//! ```text
+//!  send ──pop free index──► slot[i] = PENDING ──token i──► librdkafka
+//!  poll thread: delivery(i) ──► write result, set DONE, wake (only if a waker is registered)
+//!  DeliveryFuture(i): DONE? read result, set DETACHED ──► whoever sets the second of
+//!                     DONE / DETACHED pushes i back on the free list
+//! ```
+//!
+//! A delivery costs a few atomic stores and no allocation: no oneshot channel, no boxed
+//! future, no per-record `Arc`. Futures awaited in order find most results already there, so
+//! one wake-up resolves a whole run of them. The record budget is the slot count; the byte
+//! budget is released at delivery, when librdkafka lets go of the payload.
+
+use std::sync::Mutex;
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
+use std::task::Waker;
+
+use crossbeam_queue::ArrayQueue;
+use futures::task::AtomicWaker;
+use kbatch_client::{Delivered, DeliveryError};
+use kbatch_core::{Classify, ErrorClass, Offset, Timestamp};
+use tokio::sync::Notify;
+
+use crate::error::ProduceError;
+use crate::metrics::ProducerCounters;
+
+const PENDING: u32 = 1;
+const DONE: u32 = 2;
+const DETACHED: u32 = 4;
+const FAILED: u32 = 8;
+const NO_TIMESTAMP: i64 = i64::MIN;
+
+#[derive(Default)]
+struct Slot {
+    state: AtomicU32,
+    partition: AtomicI32,
+    offset: AtomicI64,
+    timestamp: AtomicI64,
+    /// Bytes reserved from the byte budget, returned at delivery.
+    size: AtomicUsize,
+    waker: AtomicWaker,
+    /// Written only on failure: the common path never takes this lock.
+    failure: Mutex<Option<ProduceError>>,
+}
+
+/// Counters kept on the hot path; published as metrics by [`crate::metrics`].
+#[derive(Default, Debug)]
+pub(crate) struct Counters {
+    pub(crate) sent: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) failed_retriable: AtomicU64,
+    pub(crate) failed_permanent: AtomicU64,
+    pub(crate) failed_fatal: AtomicU64,
+}
+
+/// The slot table and the two budgets.
+pub(crate) struct Slots {
+    slots: Box<[Slot]>,
+    free: ArrayQueue<u32>,
+    bytes: AtomicUsize,
+    max_bytes: usize,
+    /// Records handed to librdkafka and not yet reported on.
+    undelivered: AtomicUsize,
+    waiters: AtomicUsize,
+    space: Notify,
+    closed: AtomicBool,
+    pub(crate) counters: Counters,
+}
+
+/// Outcome of trying to reserve room for one record.
+pub(crate) enum Reserve {
+    Slot(u32),
+    Full,
+    Closed,
+}
+
+impl Slots {
+    pub(crate) fn new(records: usize, max_bytes: usize) -> Self {
+        let free = ArrayQueue::new(records);
+        for i in 0..records {
+            // The queue was sized for exactly these indices.
+            let _ = free.push(i as u32);
+        }
+        Self {
+            slots: (0..records).map(|_| Slot::default()).collect(),
+            free,
+            bytes: AtomicUsize::new(0),
+            max_bytes,
+            undelivered: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
+            space: Notify::new(),
+            closed: AtomicBool::new(false),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Reserves a slot and `size` bytes, without waiting. A record larger than the whole
+    /// byte budget is admitted alone, when nothing else is pending, so it cannot wait forever.
+    pub(crate) fn try_reserve(&self, size: usize) -> Reserve {
+        if self.closed.load(Ordering::Acquire) {
+            return Reserve::Closed;
+        }
+        let before = self.bytes.fetch_add(size, Ordering::AcqRel);
+        if before != 0 && before + size > self.max_bytes {
+            self.unreserve_bytes(size);
+            return Reserve::Full;
+        }
+        match self.free.pop() {
+            Some(i) => {
+                let s = &self.slots[i as usize];
+                s.size.store(size, Ordering::Relaxed);
+                s.state.store(PENDING, Ordering::Release);
+                Reserve::Slot(i)
+            }
+            None => {
+                self.unreserve_bytes(size);
+                Reserve::Full
+            }
+        }
+    }
+
+    /// Reserves a slot and `size` bytes, waiting for room; `None` once closed. Cancel-safe.
+    pub(crate) async fn reserve(&self, size: usize) -> Option<u32> {
+        loop {
+            match self.try_reserve(size) {
+                Reserve::Full => {}
+                Reserve::Slot(i) => return Some(i),
+                Reserve::Closed => return None,
+            }
+            self.waiters.fetch_add(1, Ordering::SeqCst);
+            let _guard = WaiterGuard(&self.waiters);
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.try_reserve(size) {
+                Reserve::Full => notified.await,
+                Reserve::Slot(i) => return Some(i),
+                Reserve::Closed => return None,
+            }
+        }
+    }
+
+    /// The record of slot `i` went to librdkafka.
+    pub(crate) fn enqueued(&self) {
+        self.undelivered.fetch_add(1, Ordering::Relaxed);
+        self.counters.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// librdkafka refused the record of slot `i`: give everything back.
+    pub(crate) fn cancel(&self, i: u32) {
+        let s = &self.slots[i as usize];
+        self.unreserve_bytes(s.size.load(Ordering::Relaxed));
+        self.free_slot(i);
+    }
+
+    /// A delivery report for slot `i` (poll thread).
+    pub(crate) fn complete(&self, i: u32, result: Result<Delivered, DeliveryError>) {
+        let s = &self.slots[i as usize];
+        let flag = match result {
+            Ok(d) => {
+                s.partition.store(d.partition, Ordering::Relaxed);
+                s.offset.store(d.offset.0, Ordering::Relaxed);
+                s.timestamp
+                    .store(d.timestamp.map_or(NO_TIMESTAMP, |t| t.0), Ordering::Relaxed);
+                self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                DONE
+            }
+            Err(e) => {
+                self.count_failure(e.class());
+                *lock(&s.failure) = Some(ProduceError::Delivery(e));
+                DONE | FAILED
+            }
+        };
+        self.finish(i, flag);
+    }
+
+    /// Resolves every slot still waiting for librdkafka with `Closed`. Only for after the
+    /// client stopped reporting: a late report for such a slot is then ignored by `finish`.
+    pub(crate) fn fail_undelivered(&self) -> usize {
+        let mut n = 0;
+        for (i, s) in self.slots.iter().enumerate() {
+            let st = s.state.load(Ordering::Acquire);
+            if st & PENDING != 0 && st & DONE == 0 {
+                *lock(&s.failure) = Some(ProduceError::Closed { record: None });
+                self.count_failure(ErrorClass::Fatal);
+                if self.finish(i as u32, DONE | FAILED) {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Sets DONE (plus `flag`), releases the bytes and wakes the future. Returns false when
+    /// the slot was already done (a report after `fail_undelivered`).
+    fn finish(&self, i: u32, flag: u32) -> bool {
+        let s = &self.slots[i as usize];
+        let prev = s.state.fetch_or(flag, Ordering::AcqRel);
+        if prev & DONE != 0 {
+            return false;
+        }
+        self.undelivered.fetch_sub(1, Ordering::Relaxed);
+        self.unreserve_bytes(s.size.load(Ordering::Relaxed));
+        s.waker.wake();
+        if prev & DETACHED != 0 {
+            self.free_slot(i);
+        }
+        true
+    }
+
+    /// The result of slot `i`, if delivered; registers `waker` otherwise.
+    pub(crate) fn poll_result(
+        &self,
+        i: u32,
+        waker: &Waker,
+    ) -> Option<Result<Delivered, ProduceError>> {
+        let s = &self.slots[i as usize];
+        if s.state.load(Ordering::Acquire) & DONE == 0 {
+            s.waker.register(waker);
+            if s.state.load(Ordering::Acquire) & DONE == 0 {
+                return None;
+            }
+        }
+        Some(self.take_result(i))
+    }
+
+    /// The result of slot `i` if it is already delivered.
+    pub(crate) fn try_result(&self, i: u32) -> Option<Result<Delivered, ProduceError>> {
+        (self.slots[i as usize].state.load(Ordering::Acquire) & DONE != 0)
+            .then(|| self.take_result(i))
+    }
+
+    fn take_result(&self, i: u32) -> Result<Delivered, ProduceError> {
+        let s = &self.slots[i as usize];
+        if s.state.load(Ordering::Acquire) & FAILED != 0 {
+            return Err(lock(&s.failure)
+                .take()
+                .unwrap_or(ProduceError::Closed { record: None }));
+        }
+        let ts = s.timestamp.load(Ordering::Relaxed);
+        Ok(Delivered {
+            partition: s.partition.load(Ordering::Relaxed),
+            offset: Offset(s.offset.load(Ordering::Relaxed)),
+            timestamp: (ts != NO_TIMESTAMP).then_some(Timestamp(ts)),
+        })
+    }
+
+    /// The future of slot `i` is gone (resolved or dropped).
+    pub(crate) fn detach(&self, i: u32) {
+        let prev = self.slots[i as usize]
+            .state
+            .fetch_or(DETACHED, Ordering::AcqRel);
+        if prev & DONE != 0 {
+            self.free_slot(i);
+        }
+    }
+
+    fn free_slot(&self, i: u32) {
+        let s = &self.slots[i as usize];
+        drop(s.waker.take());
+        if s.state.load(Ordering::Relaxed) & FAILED != 0 {
+            lock(&s.failure).take();
+        }
+        s.state.store(0, Ordering::Release);
+        // Capacity equals the number of indices; an index is only ever freed once per use.
+        let _ = self.free.push(i);
+        self.notify_space();
+    }
+
+    fn unreserve_bytes(&self, size: usize) {
+        self.bytes.fetch_sub(size, Ordering::AcqRel);
+        self.notify_space();
+    }
+
+    fn notify_space(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.space.notify_waiters();
+        }
+    }
+
+    /// A snapshot of the counters and gauges.
+    pub(crate) fn counters(&self) -> ProducerCounters {
+        let c = &self.counters;
+        ProducerCounters {
+            sent: c.sent.load(Ordering::Relaxed),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            failed_retriable: c.failed_retriable.load(Ordering::Relaxed),
+            failed_permanent: c.failed_permanent.load(Ordering::Relaxed),
+            failed_fatal: c.failed_fatal.load(Ordering::Relaxed),
+            pending_records: self.pending_records() as u64,
+            pending_bytes: self.pending_bytes() as u64,
+        }
+    }
+
+    fn count_failure(&self, class: ErrorClass) {
+        let c = match class {
+            ErrorClass::Retriable => &self.counters.failed_retriable,
+            ErrorClass::Permanent => &self.counters.failed_permanent,
+            _ => &self.counters.failed_fatal,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stops admitting records; wakes everyone waiting for room so they see `Closed`.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.space.notify_waiters();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Records with librdkafka, not yet reported on.
+    pub(crate) fn undelivered(&self) -> usize {
+        self.undelivered.load(Ordering::Relaxed)
+    }
+
+    /// Payload bytes reserved and not yet delivered.
+    pub(crate) fn pending_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Slots in use (records pending delivery or whose result was not yet awaited).
+    pub(crate) fn pending_records(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+}
+
+struct WaiterGuard<'a>(&'a AtomicUsize);
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests;
