@@ -16,8 +16,8 @@ use kbatch_core::ConfigError;
 pub struct ProducerConfig {
     /// The Kafka client settings (connection, acks, idempotence, batching, compression…).
     pub kafka: KafkaConfig,
-    /// Most records sent and not yet resolved-and-awaited (each holds a completion slot),
-    /// 1..=10,000,000. Default 100,000.
+    /// Most records the producer holds (sent, not yet delivered or failed),
+    /// 1..=10,000,000. Default 100,000. Futures the caller has not awaited do not count.
     pub max_pending_records: usize,
     /// Most payload bytes (key + value + headers) sent and not yet delivered, at least
     /// `kafka.max_record_bytes`. Default 64 MiB.

@@ -33,10 +33,12 @@ pub struct ProducerCounters {
     pub failed_permanent: u64,
     /// Records failed, fatal class (including closed).
     pub failed_fatal: u64,
-    /// Records holding a slot (undelivered, or delivered but not yet awaited).
+    /// Records the producer holds (sent, not yet delivered or failed): the queue depth.
     pub pending_records: u64,
-    /// Payload bytes not yet delivered.
+    /// Payload bytes the producer holds.
     pub pending_bytes: u64,
+    /// Delivery futures not yet awaited or dropped.
+    pub outstanding_futures: u64,
 }
 
 pub(crate) struct Metrics {

@@ -137,45 +137,18 @@ impl Producer {
         &self,
         records: impl IntoIterator<Item = Record>,
     ) -> Vec<Result<Delivered, ProduceError>> {
-        let mut results: Vec<Option<Result<Delivered, ProduceError>>> = Vec::new();
-        let mut pending: std::collections::VecDeque<(usize, DeliveryFuture)> =
-            std::collections::VecDeque::new();
-        for (i, record) in records.into_iter().enumerate() {
-            results.push(None);
-            let mut record = record;
-            loop {
-                match self.try_send(record) {
-                    Ok(f) => {
-                        pending.push_back((i, f));
-                        break;
-                    }
-                    Err(TrySendError::Failed(e)) => {
-                        results[i] = Some(Err(e));
-                        break;
-                    }
-                    Err(TrySendError::Full(r)) => {
-                        // Full: our own earlier records hold the room; resolving the oldest frees it.
-                        if let Some((j, f)) = pending.pop_front() {
-                            results[j] = Some(f.await);
-                            record = r;
-                        } else {
-                            match self.send(r).await {
-                                Ok(f) => pending.push_back((i, f)),
-                                Err(e) => results[i] = Some(Err(e)),
-                            }
-                            break;
-                        }
-                    }
-                }
-            }
+        let mut sent: Vec<Result<DeliveryFuture, ProduceError>> = Vec::new();
+        for record in records {
+            sent.push(self.send(record).await);
         }
-        for (j, f) in pending {
-            results[j] = Some(f.await);
+        let mut results = Vec::with_capacity(sent.len());
+        for s in sent {
+            results.push(match s {
+                Ok(f) => f.await,
+                Err(e) => Err(e),
+            });
         }
         results
-            .into_iter()
-            .map(|r| r.unwrap_or(Err(ProduceError::Closed { record: None })))
-            .collect()
     }
 
     /// Waits until every record enqueued so far — and any enqueued concurrently — has a

@@ -1,16 +1,21 @@
-//! The completion path: a fixed table of slots, one per pending record.
+//! The completion path: a table of reusable slots, one per outstanding delivery future.
 //!
 //! ```text
-//!  send ──pop free index──► slot[i] = PENDING ──token i──► librdkafka
-//!  poll thread: delivery(i) ──► write result, set DONE, wake (only if a waker is registered)
+//!  send ──reserve record + bytes──pop free index──► slot[i] = PENDING ──token i──► librdkafka
+//!  poll thread: delivery(i) ──► write result, set DONE, release budget, wake (if registered)
 //!  DeliveryFuture(i): DONE? read result, set DETACHED ──► whoever sets the second of
 //!                     DONE / DETACHED pushes i back on the free list
 //! ```
 //!
 //! A delivery costs a few atomic stores and no allocation: no oneshot channel, no boxed
 //! future, no per-record `Arc`. Futures awaited in order find most results already there, so
-//! one wake-up resolves a whole run of them. The record budget is the slot count; the byte
-//! budget is released at delivery, when librdkafka lets go of the payload.
+//! one wake-up resolves a whole run of them.
+//!
+//! The budgets (records and payload bytes held by the producer) are released at delivery,
+//! when librdkafka lets go of the record, not when the caller awaits the future: a caller may
+//! fire a million records and await them afterwards. The table therefore grows to the most
+//! futures ever outstanding at once (append-only, lock-free indexing, slots reused through
+//! the free list); its memory follows the futures the caller chose to hold.
 
 use std::sync::Mutex;
 use std::sync::atomic::{
@@ -18,7 +23,7 @@ use std::sync::atomic::{
 };
 use std::task::Waker;
 
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::SegQueue;
 use futures::task::AtomicWaker;
 use kbatch_client::{Delivered, DeliveryError};
 use kbatch_core::{Classify, ErrorClass, Offset, Timestamp};
@@ -58,12 +63,15 @@ pub(crate) struct Counters {
 
 /// The slot table and the two budgets.
 pub(crate) struct Slots {
-    slots: Box<[Slot]>,
-    free: ArrayQueue<u32>,
+    slots: boxcar::Vec<Slot>,
+    /// Indices of reusable slots. Holds at most the table's length: a free list, not a queue
+    /// of work.
+    free: SegQueue<u32>,
     bytes: AtomicUsize,
     max_bytes: usize,
-    /// Records handed to librdkafka and not yet reported on.
+    /// Records reserved or handed to librdkafka and not yet reported on.
     undelivered: AtomicUsize,
+    max_records: usize,
     waiters: AtomicUsize,
     space: Notify,
     closed: AtomicBool,
@@ -78,18 +86,14 @@ pub(crate) enum Reserve {
 }
 
 impl Slots {
-    pub(crate) fn new(records: usize, max_bytes: usize) -> Self {
-        let free = ArrayQueue::new(records);
-        for i in 0..records {
-            // The queue was sized for exactly these indices.
-            let _ = free.push(i as u32);
-        }
+    pub(crate) fn new(max_records: usize, max_bytes: usize) -> Self {
         Self {
-            slots: (0..records).map(|_| Slot::default()).collect(),
-            free,
+            slots: boxcar::Vec::new(),
+            free: SegQueue::new(),
             bytes: AtomicUsize::new(0),
             max_bytes,
             undelivered: AtomicUsize::new(0),
+            max_records,
             waiters: AtomicUsize::new(0),
             space: Notify::new(),
             closed: AtomicBool::new(false),
@@ -103,23 +107,23 @@ impl Slots {
         if self.closed.load(Ordering::Acquire) {
             return Reserve::Closed;
         }
-        let before = self.bytes.fetch_add(size, Ordering::AcqRel);
-        if before != 0 && before + size > self.max_bytes {
-            self.unreserve_bytes(size);
+        if self.undelivered.fetch_add(1, Ordering::AcqRel) >= self.max_records {
+            self.release(0);
             return Reserve::Full;
         }
-        match self.free.pop() {
-            Some(i) => {
-                let s = &self.slots[i as usize];
-                s.size.store(size, Ordering::Relaxed);
-                s.state.store(PENDING, Ordering::Release);
-                Reserve::Slot(i)
-            }
-            None => {
-                self.unreserve_bytes(size);
-                Reserve::Full
-            }
+        let before = self.bytes.fetch_add(size, Ordering::AcqRel);
+        if before != 0 && before + size > self.max_bytes {
+            self.release(size);
+            return Reserve::Full;
         }
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => self.slots.push(Slot::default()) as u32,
+        };
+        let s = &self.slots[i as usize];
+        s.size.store(size, Ordering::Relaxed);
+        s.state.store(PENDING, Ordering::Release);
+        Reserve::Slot(i)
     }
 
     /// Reserves a slot and `size` bytes, waiting for room; `None` once closed. Cancel-safe.
@@ -145,14 +149,12 @@ impl Slots {
 
     /// The record of slot `i` went to librdkafka.
     pub(crate) fn enqueued(&self) {
-        self.undelivered.fetch_add(1, Ordering::Relaxed);
         self.counters.sent.fetch_add(1, Ordering::Relaxed);
     }
 
     /// librdkafka refused the record of slot `i`: give everything back.
     pub(crate) fn cancel(&self, i: u32) {
-        let s = &self.slots[i as usize];
-        self.unreserve_bytes(s.size.load(Ordering::Relaxed));
+        self.release(self.slots[i as usize].size.load(Ordering::Relaxed));
         self.free_slot(i);
     }
 
@@ -181,7 +183,7 @@ impl Slots {
     /// client stopped reporting: a late report for such a slot is then ignored by `finish`.
     pub(crate) fn fail_undelivered(&self) -> usize {
         let mut n = 0;
-        for (i, s) in self.slots.iter().enumerate() {
+        for (i, s) in self.slots.iter() {
             let st = s.state.load(Ordering::Acquire);
             if st & PENDING != 0 && st & DONE == 0 {
                 *lock(&s.failure) = Some(ProduceError::Closed { record: None });
@@ -202,8 +204,7 @@ impl Slots {
         if prev & DONE != 0 {
             return false;
         }
-        self.undelivered.fetch_sub(1, Ordering::Relaxed);
-        self.unreserve_bytes(s.size.load(Ordering::Relaxed));
+        self.release(s.size.load(Ordering::Relaxed));
         s.waker.wake();
         if prev & DETACHED != 0 {
             self.free_slot(i);
@@ -265,13 +266,15 @@ impl Slots {
             lock(&s.failure).take();
         }
         s.state.store(0, Ordering::Release);
-        // Capacity equals the number of indices; an index is only ever freed once per use.
-        let _ = self.free.push(i);
-        self.notify_space();
+        self.free.push(i);
     }
 
-    fn unreserve_bytes(&self, size: usize) {
-        self.bytes.fetch_sub(size, Ordering::AcqRel);
+    /// Returns one record and `size` bytes to the budgets.
+    fn release(&self, size: usize) {
+        self.undelivered.fetch_sub(1, Ordering::AcqRel);
+        if size > 0 {
+            self.bytes.fetch_sub(size, Ordering::AcqRel);
+        }
         self.notify_space();
     }
 
@@ -292,6 +295,7 @@ impl Slots {
             failed_fatal: c.failed_fatal.load(Ordering::Relaxed),
             pending_records: self.pending_records() as u64,
             pending_bytes: self.pending_bytes() as u64,
+            outstanding_futures: self.outstanding_futures() as u64,
         }
     }
 
@@ -314,9 +318,14 @@ impl Slots {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Records with librdkafka, not yet reported on.
+    /// Records reserved or with librdkafka, not yet reported on.
     pub(crate) fn undelivered(&self) -> usize {
         self.undelivered.load(Ordering::Relaxed)
+    }
+
+    /// Delivery futures outstanding (undelivered, or delivered and not yet awaited or dropped).
+    pub(crate) fn outstanding_futures(&self) -> usize {
+        self.slots.count() - self.free.len()
     }
 
     /// Payload bytes reserved and not yet delivered.
@@ -324,9 +333,9 @@ impl Slots {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Slots in use (records pending delivery or whose result was not yet awaited).
+    /// Records the producer holds: reserved or with librdkafka, not yet reported on.
     pub(crate) fn pending_records(&self) -> usize {
-        self.slots.len() - self.free.len()
+        self.undelivered()
     }
 }
 

@@ -293,3 +293,29 @@ async fn dropping_the_last_handle_delivers_what_was_sent() {
     });
     assert_exactly_once_in_order(&got, N);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fire_all_then_await_each_works_far_beyond_the_pending_bound() {
+    const N: u64 = 50_000;
+    let topic = unique_name("prod-fire-all");
+    create_topic(&topic, 4).await;
+    let cfg = ProducerConfig::new(producer_config()).with_pending_limits(1_000, 1 << 20);
+    let p = Producer::new(cfg).unwrap();
+    let mut futures = Vec::with_capacity(N as usize);
+    for i in 0..N {
+        futures.push(
+            p.send(Record::new(topic.as_str(), format!("f:{i}")).with_key(format!("{}", i % 16)))
+                .await
+                .unwrap(),
+        );
+        assert!(p.counters().pending_records <= 1_000);
+    }
+    for f in futures {
+        f.await.unwrap();
+    }
+    let c = p.counters();
+    assert_eq!(
+        (c.delivered, c.outstanding_futures, c.pending_records),
+        (N, 0, 0)
+    );
+}

@@ -44,14 +44,17 @@ fn poll_now(f: &mut DeliveryFuture) -> Poll<Result<Delivered, crate::ProduceErro
 use std::future::Future as _;
 
 #[test]
-fn records_budget_is_the_slot_count_and_frees_in_either_order() {
+fn records_budget_counts_undelivered_records_and_slots_free_in_either_order() {
     let s = Arc::new(Slots::new(2, 1 << 20));
     let a = reserve(&s, 10);
     let b = reserve(&s, 10);
     assert!(matches!(s.try_reserve(10), Reserve::Full));
 
-    // Delivery first, then the future resolves: the slot is freed by the future.
+    // Delivery releases the budget even before the future is awaited.
     s.complete(a, ok(3, 42));
+    assert_eq!(s.pending_records(), 1);
+    let c = reserve(&s, 10);
+    assert_ne!(c, a, "a's slot still holds its unawaited result");
     let mut fa = DeliveryFuture::new(Arc::clone(&s), a);
     let r = poll_now(&mut fa);
     assert!(matches!(
@@ -62,16 +65,42 @@ fn records_budget_is_the_slot_count_and_frees_in_either_order() {
             ..
         }))
     ));
-    assert_eq!(s.pending_records(), 1);
+    assert_eq!(s.outstanding_futures(), 2, "a's slot freed once awaited");
 
     // Future dropped first, then delivery: the slot is freed by the delivery.
-    let fb = DeliveryFuture::new(Arc::clone(&s), b);
-    drop(fb);
-    assert_eq!(s.pending_records(), 1, "still with librdkafka");
+    drop(DeliveryFuture::new(Arc::clone(&s), b));
+    assert_eq!(s.outstanding_futures(), 2, "b is still with librdkafka");
     s.complete(b, ok(0, 1));
+    assert_eq!(s.outstanding_futures(), 1);
+    s.complete(c, ok(0, 2));
+    drop(DeliveryFuture::new(Arc::clone(&s), c));
+    assert_eq!(
+        (
+            s.pending_records(),
+            s.pending_bytes(),
+            s.outstanding_futures()
+        ),
+        (0, 0, 0)
+    );
+}
+
+#[test]
+fn a_caller_may_hold_far_more_futures_than_the_record_budget() {
+    let s = Arc::new(Slots::new(4, 1 << 20));
+    let mut futures = Vec::new();
+    for n in 0..1000 {
+        let i = reserve(&s, 1);
+        futures.push(DeliveryFuture::new(Arc::clone(&s), i));
+        s.complete(i, ok(0, n));
+    }
     assert_eq!(s.pending_records(), 0);
-    assert_eq!(s.pending_bytes(), 0);
-    assert_eq!(s.undelivered(), 0);
+    assert_eq!(s.outstanding_futures(), 1000);
+    for (n, mut f) in futures.into_iter().enumerate() {
+        assert!(matches!(poll_now(&mut f), Poll::Ready(Ok(d)) if d.offset == Offset(n as i64)));
+    }
+    assert_eq!(s.outstanding_futures(), 0);
+    let again = reserve(&s, 1);
+    assert!(again < 1000, "slots are reused, the table does not grow");
 }
 
 #[test]
@@ -90,7 +119,7 @@ fn pending_future_is_woken_and_failure_hands_the_record_back() {
     }
     assert_eq!(s.counters().failed_permanent, 1);
     drop(f);
-    assert_eq!(s.pending_records(), 0);
+    assert_eq!(s.outstanding_futures(), 0);
 }
 
 #[test]
@@ -144,9 +173,8 @@ async fn reserve_waits_for_room_and_wakes_on_release() {
     tokio::task::yield_now().await;
     assert!(!waiter.is_finished());
     s.complete(a, ok(0, 0));
-    drop(DeliveryFuture::new(Arc::clone(&s), a));
     let got = waiter.await.unwrap();
-    assert_eq!(got, Some(a));
+    assert!(got.is_some(), "delivery alone makes room");
     // Close wakes waiters with None.
     let waiter = {
         let s = Arc::clone(&s);
@@ -217,5 +245,6 @@ fn concurrent_completion_and_detach_stress() {
     }
     assert_eq!(s.pending_records(), 0);
     assert_eq!(s.pending_bytes(), 0);
+    assert_eq!(s.outstanding_futures(), 0);
     assert_eq!(s.counters().delivered, ROUNDS);
 }
