@@ -12,6 +12,8 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+#[cfg(feature = "unstable-bench")]
+pub mod bench;
 pub mod config;
 mod consumer;
 mod dev_broker;

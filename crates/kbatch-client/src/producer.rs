@@ -10,13 +10,15 @@
 //! delivery allocates nothing: higher layers index their own slot tables with it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use kbatch_core::{Classify, ErrorClass, Offset, Record, Timestamp, TopicPartition};
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use crate::config::ProducerConfig;
 use crate::consumer::GroupMetadata;
@@ -148,12 +150,40 @@ impl<S: DeliverySink> ProducerContext for SinkContext<S> {
 
 /// librdkafka's producer, reporting deliveries to a [`DeliverySink`].
 ///
+/// Delivery reports are served by a background poll thread, or — while a sender calls
+/// [`KafkaProducer::poll_inline`] — by the sending thread itself, with the background thread
+/// standing back. Serving reports where the messages were allocated keeps librdkafka's
+/// message-count lock and the allocator's arena on one thread: a dedicated poll thread fighting
+/// the sender for both cost about a quarter of the throughput on 2 cores.
+///
 /// Transaction calls block up to their timeout: call them from a blocking context
 /// (`tokio::task::spawn_blocking`) in async code.
 pub struct KafkaProducer<S: DeliverySink> {
-    inner: ThreadedProducer<SinkContext<S>>,
+    inner: Arc<BaseProducer<SinkContext<S>>>,
     sink: Arc<S>,
     transactional: bool,
+    poller: Option<JoinHandle<()>>,
+    shared: Arc<PollState>,
+}
+
+/// Coordination between inline polling and the background poll thread.
+struct PollState {
+    stop: AtomicBool,
+    epoch: Instant,
+    /// Nanoseconds since `epoch` of the last inline poll.
+    last_inline: AtomicU64,
+}
+
+/// How long after an inline poll the background thread keeps standing back.
+const INLINE_GRACE: Duration = Duration::from_millis(2);
+
+impl<S: DeliverySink> Drop for KafkaProducer<S> {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(h) = self.poller.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 impl<S: DeliverySink> std::fmt::Debug for KafkaProducer<S> {
@@ -172,15 +202,42 @@ impl<S: DeliverySink> KafkaProducer<S> {
         let ctx = SinkContext {
             sink: Arc::clone(&sink),
         };
-        let inner = config
-            .to_rdkafka()
-            .create_with_context(ctx)
-            .map_err(|e| Error::kafka("create producer", e))?;
+        let inner: Arc<BaseProducer<SinkContext<S>>> = Arc::new(
+            config
+                .to_rdkafka()
+                .create_with_context(ctx)
+                .map_err(|e| Error::kafka("create producer", e))?,
+        );
+        let shared = Arc::new(PollState {
+            stop: AtomicBool::new(false),
+            epoch: Instant::now(),
+            last_inline: AtomicU64::new(0),
+        });
+        let poller = {
+            let (inner, shared) = (Arc::clone(&inner), Arc::clone(&shared));
+            std::thread::Builder::new()
+                .name("kbatch-producer-poll".into())
+                .spawn(move || background_poll(&inner, &shared))
+                .map_err(|e| Error::Invalid {
+                    what: "producer poll thread".into(),
+                    why: e.to_string(),
+                })?
+        };
         Ok(Self {
             inner,
             sink,
             transactional: config.transactional_id.is_some(),
+            poller: Some(poller),
+            shared,
         })
+    }
+
+    /// Serves the delivery reports that are ready, on the calling thread, without blocking.
+    /// Call it every few hundred sends from a busy sending loop.
+    pub fn poll_inline(&self) {
+        let now = self.shared.epoch.elapsed().as_nanos() as u64;
+        self.shared.last_inline.store(now, Ordering::Relaxed);
+        self.inner.poll(Duration::ZERO);
     }
 
     /// The sink receiving delivery reports.
@@ -287,6 +344,20 @@ impl<S: DeliverySink> KafkaProducer<S> {
                 what: op.to_owned(),
                 why: "the producer has no transactional_id".into(),
             })
+        }
+    }
+}
+
+/// The background poll loop: serves delivery reports unless a sender polled inline within
+/// the last [`INLINE_GRACE`].
+fn background_poll<C: ProducerContext>(p: &BaseProducer<C>, s: &PollState) {
+    while !s.stop.load(Ordering::Acquire) {
+        let since_inline =
+            s.epoch.elapsed().as_nanos() as u64 - s.last_inline.load(Ordering::Relaxed);
+        if since_inline < INLINE_GRACE.as_nanos() as u64 {
+            std::thread::sleep(INLINE_GRACE);
+        } else {
+            p.poll(Duration::from_millis(50));
         }
     }
 }

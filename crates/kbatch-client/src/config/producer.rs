@@ -67,6 +67,28 @@ impl std::str::FromStr for Compression {
     }
 }
 
+/// librdkafka properties the typed fields own.
+const OWNED_PROPERTIES: &[(&str, &str)] = &[
+    ("acks", "acks"),
+    ("request.required.acks", "acks"),
+    ("enable.idempotence", "idempotence"),
+    ("linger.ms", "linger"),
+    ("queue.buffering.max.ms", "linger"),
+    ("batch.num.messages", "batch_records"),
+    ("batch.size", "batch_bytes"),
+    ("compression.type", "compression"),
+    ("compression.codec", "compression"),
+    ("message.timeout.ms", "delivery_timeout"),
+    ("delivery.timeout.ms", "delivery_timeout"),
+    ("queue.buffering.max.messages", "queue_records"),
+    ("queue.buffering.max.kbytes", "queue_bytes"),
+    ("message.max.bytes", "max_record_bytes"),
+    ("transactional.id", "transactional_id"),
+    ("transaction.timeout.ms", "transaction_timeout"),
+    ("allow.auto.create.topics", "allow_auto_create_topics"),
+    ("statistics.interval.ms", "statistics_interval"),
+];
+
 /// Settings of the Kafka producer client.
 ///
 /// Defaults favour throughput with safety: `acks = all`, idempotence on, 5 ms linger,
@@ -171,6 +193,15 @@ impl ProducerConfig {
     /// Checks every field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.client.validate()?;
+        for key in self.client.extra.keys() {
+            if let Some((_, field)) = OWNED_PROPERTIES.iter().find(|(p, _)| p == key) {
+                return Err(ConfigError::new(
+                    format!("client.extra[{key:?}]"),
+                    "(set)",
+                    format!("no such entry: set the typed field `{field}` instead"),
+                ));
+            }
+        }
         ConfigError::check_range(
             "linger",
             self.linger,
@@ -320,12 +351,18 @@ mod tests {
     }
 
     #[test]
-    fn extras_override_and_compression_parses() {
+    fn extras_pass_through_but_cannot_fight_typed_fields() {
         let mut c = ProducerConfig::default().with_compression("zstd".parse().unwrap());
-        c.client.extra.insert("linger.ms".into(), "50".into());
+        c.client
+            .extra
+            .insert("socket.keepalive.enable".into(), "true".into());
+        c.validate().unwrap();
         let rd = c.to_rdkafka();
-        assert_eq!(rd.get("linger.ms"), Some("50"));
+        assert_eq!(rd.get("socket.keepalive.enable"), Some("true"));
         assert_eq!(rd.get("compression.type"), Some("zstd"));
+        c.client.extra.insert("linger.ms".into(), "50".into());
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("`linger`"), "{e}");
         assert!("brotli".parse::<Compression>().is_err());
     }
 }
