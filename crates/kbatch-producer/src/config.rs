@@ -94,7 +94,7 @@ impl ProducerConfig {
                 ),
             ));
         }
-        ConfigError::check_range("max_pending_bytes", self.max_pending_bytes, 1024, 1 << 40)?;
+        ConfigError::check_range("max_pending_bytes", self.max_pending_bytes, 1024, 1 << 38)?;
         ConfigError::check_range(
             "close_timeout",
             self.close_timeout,
@@ -106,16 +106,23 @@ impl ProducerConfig {
 
     /// The client settings actually used: librdkafka's own queue is sized above kbatch's
     /// bounds so that kbatch's back-pressure, not a client `QueueFull`, is what callers see.
+    /// Public for benchmarks, which give their peers the very same settings.
+    #[doc(hidden)]
+    pub fn effective_kafka_for_bench(&self) -> KafkaConfig {
+        self.effective_kafka()
+    }
+
     pub(crate) fn effective_kafka(&self) -> KafkaConfig {
         let mut k = self.kafka.clone();
+        // librdkafka counts key + value bytes; kbatch's budget counts headers too, so equal
+        // limits keep the client queue at least as large as what kbatch admits.
         k.queue_records = k
             .queue_records
-            .max(self.max_pending_records.saturating_mul(2))
+            .max(self.max_pending_records)
             .min(i32::MAX as usize);
-        // librdkafka counts per-message overhead too; leave generous room above the payload bound.
         k.queue_bytes = k
             .queue_bytes
-            .max(self.max_pending_bytes.saturating_mul(2))
+            .max(self.max_pending_bytes)
             .min(2_097_151 * 1024);
         k
     }
@@ -131,6 +138,12 @@ mod tests {
         c.validate().unwrap();
         let k = c.effective_kafka();
         assert!(k.queue_records >= 300_000 && k.queue_bytes >= 512 << 20);
+        let d = ProducerConfig::default();
+        assert_eq!(
+            d.effective_kafka(),
+            d.kafka,
+            "defaults already agree: nothing is changed"
+        );
     }
 
     #[test]

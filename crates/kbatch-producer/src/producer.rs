@@ -14,6 +14,10 @@ use crate::future::DeliveryFuture;
 use crate::metrics::{Metrics, ProducerCounters};
 use crate::slots::{Reserve, Slots};
 
+/// A busy sender serves delivery reports itself every this many sends (see
+/// [`KafkaProducer::poll_inline`]): the reports are freed where the messages were allocated.
+const INLINE_POLL_EVERY: u64 = 64;
+
 /// Delivery reports and statistics from the client's poll thread.
 struct Completions {
     slots: Arc<Slots>,
@@ -94,6 +98,7 @@ impl Producer {
     /// Dropping this future while it waits for room drops the record; it was not enqueued.
     pub async fn send(&self, mut record: Record) -> Result<DeliveryFuture, ProduceError> {
         let size = self.check(&record)?;
+        let mut client_full = 0u32;
         loop {
             let Some(i) = self.inner.slots.reserve(size).await else {
                 return Err(ProduceError::Closed {
@@ -103,10 +108,17 @@ impl Producer {
             match self.enqueue(record, i) {
                 Ok(f) => return Ok(f),
                 Err(TrySendError::Full(r)) => {
-                    // librdkafka's own queue is momentarily full (it frees a message a moment
-                    // after reporting it); give it that moment.
+                    // librdkafka still counts messages whose reports are being served; serve
+                    // what is ready here and let them go.
                     record = r;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    self.inner.kafka.poll_inline();
+                    client_full += 1;
+                    if client_full == 1 {
+                        tokio::task::yield_now().await;
+                    } else {
+                        // Not the transient case: wait for deliveries rather than spin.
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
                 }
                 Err(TrySendError::Failed(e)) => return Err(e),
             }
@@ -122,7 +134,20 @@ impl Producer {
     pub fn try_send(&self, record: Record) -> Result<DeliveryFuture, TrySendError> {
         let size = self.check(&record).map_err(TrySendError::Failed)?;
         match self.inner.slots.try_reserve(size) {
-            Reserve::Slot(i) => self.enqueue(record, i),
+            Reserve::Slot(i) => match self.enqueue(record, i) {
+                Err(TrySendError::Full(r)) => {
+                    // See `send`: one inline poll usually frees librdkafka's count.
+                    self.inner.kafka.poll_inline();
+                    match self.inner.slots.try_reserve(size) {
+                        Reserve::Slot(i) => self.enqueue(r, i),
+                        Reserve::Full => Err(TrySendError::Full(r)),
+                        Reserve::Closed => Err(TrySendError::Failed(ProduceError::Closed {
+                            record: Some(Box::new(r)),
+                        })),
+                    }
+                }
+                other => other,
+            },
             Reserve::Full => Err(TrySendError::Full(record)),
             Reserve::Closed => Err(TrySendError::Failed(ProduceError::Closed {
                 record: Some(Box::new(record)),
@@ -251,7 +276,9 @@ impl Producer {
         let slots = &self.inner.slots;
         match self.inner.kafka.send(&record, slot as usize) {
             Ok(()) => {
-                slots.enqueued();
+                if slots.enqueued().is_multiple_of(INLINE_POLL_EVERY) {
+                    self.inner.kafka.poll_inline();
+                }
                 Ok(DeliveryFuture::new(Arc::clone(slots), slot))
             }
             Err(e) => {

@@ -36,7 +36,19 @@ const PENDING: u32 = 1;
 const DONE: u32 = 2;
 const DETACHED: u32 = 4;
 const FAILED: u32 = 8;
+/// A waker was registered: only then does completion touch the `AtomicWaker`.
+const WAITING: u32 = 16;
 const NO_TIMESTAMP: i64 = i64::MIN;
+
+/// Both budgets live in one word so reserving and releasing is one atomic operation each:
+/// records in the top 24 bits, bytes in the low 40. The config limits (10,000,000 records,
+/// 256 GiB) leave headroom for transient over-reservation by concurrent senders.
+const BYTE_BITS: u32 = 40;
+const BYTE_MASK: u64 = (1 << BYTE_BITS) - 1;
+
+fn budget(records: u64, bytes: usize) -> u64 {
+    (records << BYTE_BITS) | (bytes as u64 & BYTE_MASK)
+}
 
 #[derive(Default)]
 struct Slot {
@@ -67,10 +79,9 @@ pub(crate) struct Slots {
     /// Indices of reusable slots. Holds at most the table's length: a free list, not a queue
     /// of work.
     free: SegQueue<u32>,
-    bytes: AtomicUsize,
+    /// Records and bytes reserved or with librdkafka, not yet reported on (see [`budget`]).
+    used: AtomicU64,
     max_bytes: usize,
-    /// Records reserved or handed to librdkafka and not yet reported on.
-    undelivered: AtomicUsize,
     max_records: usize,
     waiters: AtomicUsize,
     space: Notify,
@@ -90,9 +101,8 @@ impl Slots {
         Self {
             slots: boxcar::Vec::new(),
             free: SegQueue::new(),
-            bytes: AtomicUsize::new(0),
+            used: AtomicU64::new(0),
             max_bytes,
-            undelivered: AtomicUsize::new(0),
             max_records,
             waiters: AtomicUsize::new(0),
             space: Notify::new(),
@@ -107,12 +117,12 @@ impl Slots {
         if self.closed.load(Ordering::Acquire) {
             return Reserve::Closed;
         }
-        if self.undelivered.fetch_add(1, Ordering::AcqRel) >= self.max_records {
-            self.release(0);
-            return Reserve::Full;
-        }
-        let before = self.bytes.fetch_add(size, Ordering::AcqRel);
-        if before != 0 && before + size > self.max_bytes {
+        let before = self.used.fetch_add(budget(1, size), Ordering::AcqRel);
+        let (records, bytes) = (
+            (before >> BYTE_BITS) as usize,
+            (before & BYTE_MASK) as usize,
+        );
+        if records >= self.max_records || (bytes != 0 && bytes + size > self.max_bytes) {
             self.release(size);
             return Reserve::Full;
         }
@@ -147,9 +157,9 @@ impl Slots {
         }
     }
 
-    /// The record of slot `i` went to librdkafka.
-    pub(crate) fn enqueued(&self) {
-        self.counters.sent.fetch_add(1, Ordering::Relaxed);
+    /// A record went to librdkafka; returns how many have so far.
+    pub(crate) fn enqueued(&self) -> u64 {
+        self.counters.sent.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// librdkafka refused the record of slot `i`: give everything back.
@@ -205,7 +215,9 @@ impl Slots {
             return false;
         }
         self.release(s.size.load(Ordering::Relaxed));
-        s.waker.wake();
+        if prev & WAITING != 0 {
+            s.waker.wake();
+        }
         if prev & DETACHED != 0 {
             self.free_slot(i);
         }
@@ -221,7 +233,8 @@ impl Slots {
         let s = &self.slots[i as usize];
         if s.state.load(Ordering::Acquire) & DONE == 0 {
             s.waker.register(waker);
-            if s.state.load(Ordering::Acquire) & DONE == 0 {
+            // Announce the waker; DONE set before this is seen here, after it by `finish`.
+            if s.state.fetch_or(WAITING, Ordering::AcqRel) & DONE == 0 {
                 return None;
             }
         }
@@ -261,8 +274,11 @@ impl Slots {
 
     fn free_slot(&self, i: u32) {
         let s = &self.slots[i as usize];
-        drop(s.waker.take());
-        if s.state.load(Ordering::Relaxed) & FAILED != 0 {
+        let st = s.state.load(Ordering::Relaxed);
+        if st & WAITING != 0 {
+            drop(s.waker.take());
+        }
+        if st & FAILED != 0 {
             lock(&s.failure).take();
         }
         s.state.store(0, Ordering::Release);
@@ -271,10 +287,7 @@ impl Slots {
 
     /// Returns one record and `size` bytes to the budgets.
     fn release(&self, size: usize) {
-        self.undelivered.fetch_sub(1, Ordering::AcqRel);
-        if size > 0 {
-            self.bytes.fetch_sub(size, Ordering::AcqRel);
-        }
+        self.used.fetch_sub(budget(1, size), Ordering::AcqRel);
         self.notify_space();
     }
 
@@ -320,7 +333,7 @@ impl Slots {
 
     /// Records reserved or with librdkafka, not yet reported on.
     pub(crate) fn undelivered(&self) -> usize {
-        self.undelivered.load(Ordering::Relaxed)
+        (self.used.load(Ordering::Relaxed) >> BYTE_BITS) as usize
     }
 
     /// Delivery futures outstanding (undelivered, or delivered and not yet awaited or dropped).
@@ -330,7 +343,7 @@ impl Slots {
 
     /// Payload bytes reserved and not yet delivered.
     pub(crate) fn pending_bytes(&self) -> usize {
-        self.bytes.load(Ordering::Relaxed)
+        (self.used.load(Ordering::Relaxed) & BYTE_MASK) as usize
     }
 
     /// Records the producer holds: reserved or with librdkafka, not yet reported on.
