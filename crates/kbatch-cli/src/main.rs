@@ -1,6 +1,7 @@
 //! `kbatch`: high-throughput, batch-oriented Kafka pipelines from the command line.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod broker;
 mod cluster;
 mod consume;
@@ -35,6 +36,9 @@ enum Command {
     Consume(consume::Args),
     /// Push records through produce and consume on embedded defaults and verify nothing is lost.
     Demo(demo::Args),
+    /// End-to-end benchmarks against a real broker, peers side by side.
+    #[command(subcommand)]
+    Bench(bench::Bench),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,6 +65,7 @@ fn main() -> anyhow::Result<()> {
             Command::Produce(a) => produce::run(a).await,
             Command::Consume(a) => consume::run(a).await,
             Command::Demo(a) => demo::run(a).await,
+            Command::Bench(b) => bench::run(b).await,
         }
     })
 }

@@ -1,6 +1,5 @@
 //! Running the demo: produce and consume concurrently, then summarise.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -8,52 +7,22 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use kbatch_client::{
-    ConsumerConfig, Delivered, DeliveryError, DeliverySink, KafkaConsumer, KafkaProducer,
-    ProducerConfig, StartOffset,
-};
+use kbatch_client::{ConsumerConfig, KafkaConsumer, ProducerConfig as KafkaConfig, StartOffset};
 use kbatch_core::{Classify, Record, TopicPartition};
+use kbatch_producer::{DeliveryFuture, ProduceError, Producer, ProducerConfig};
 use serde::Serialize;
 
 use super::ledger::{self, Ledger, Verdict};
 use super::{Args, DEV_BROKER_BYTES_PER_PARTITION};
 use crate::stats::{Percentiles, latency_histogram};
 
-/// Delivery reports: latency from send to broker acknowledgement, per record.
-struct DemoSink {
-    base: Instant,
-    sent_at_us: Vec<AtomicU64>,
-    delivered: AtomicU64,
-    failed: AtomicU64,
-    first_error: Mutex<Option<DeliveryError>>,
-    latency: Mutex<Histogram<u64>>,
-}
-
-impl DeliverySink for DemoSink {
-    fn on_delivery(&self, token: usize, r: Result<Delivered, DeliveryError>) {
-        match r {
-            Ok(_) => {
-                let now = self.base.elapsed().as_micros() as u64;
-                let lat = now
-                    .saturating_sub(self.sent_at_us[token].load(Ordering::Relaxed))
-                    .max(1);
-                lock(&self.latency).saturating_record(lat);
-                metrics::histogram!("kbatch_cli_delivery_latency_seconds").record(lat as f64 / 1e6);
-                metrics::counter!("kbatch_cli_records_produced_total", "result" => "delivered")
-                    .increment(1);
-                self.delivered.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                metrics::counter!("kbatch_cli_records_produced_total", "result" => e.class().as_str()).increment(1);
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                lock(&self.first_error).get_or_insert(e);
-            }
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// What the producing side measured.
+struct Produced {
+    seconds: f64,
+    delivered: u64,
+    failed: u64,
+    first_error: Option<ProduceError>,
+    latency: Histogram<u64>,
 }
 
 /// The demo's result.
@@ -101,15 +70,7 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
     );
 
     let base = Instant::now();
-    let sink = DemoSink {
-        base,
-        sent_at_us: (0..a.records).map(|_| AtomicU64::new(0)).collect(),
-        delivered: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        first_error: Mutex::new(None),
-        latency: Mutex::new(latency_histogram()),
-    };
-    let producer = KafkaProducer::new(&ProducerConfig::new(cluster.client()), sink)?;
+    let producer = Producer::new(ProducerConfig::new(KafkaConfig::new(cluster.client())))?;
     let consumer_cfg = ConsumerConfig::new(cluster.client());
 
     let bars = MultiProgress::new();
@@ -135,24 +96,29 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
             consume_all(&consumer_cfg, &topic, partitions, &a, base, &consumed)
         })
     };
-    let sink = std::sync::Arc::clone(producer.sink());
-    let produce = {
-        let (topic, a) = (topic.clone(), a.clone());
-        tokio::task::spawn_blocking(move || produce_all(producer, &topic, &a, base))
-    };
+    let produce = tokio::spawn(produce_all(
+        producer.clone(),
+        topic.clone(),
+        a.clone(),
+        base,
+    ));
     let ticker = {
-        let (pbar, cbar, consumed, sink) =
-            (pbar.clone(), cbar.clone(), consumed.clone(), sink.clone());
+        let (pbar, cbar, consumed, producer) = (
+            pbar.clone(),
+            cbar.clone(),
+            consumed.clone(),
+            producer.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                pbar.set_position(sink.delivered.load(Ordering::Relaxed));
+                pbar.set_position(producer.counters().delivered);
                 cbar.set_position(consumed.load(Ordering::Relaxed));
             }
         })
     };
-    let produce_secs = produce.await??;
-    pbar.set_position(sink.delivered.load(Ordering::Relaxed));
+    let mut produced = produce.await??;
+    pbar.set_position(produced.delivered);
     pbar.finish();
     let (verdict, e2e, consume_secs) = consume.await??;
     ticker.abort();
@@ -166,18 +132,19 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
         partitions,
         records: a.records,
         value_bytes: a.size,
-        produce_seconds: produce_secs,
-        produce_records_per_s: a.records as f64 / produce_secs,
+        produce_seconds: produced.seconds,
+        produce_records_per_s: a.records as f64 / produced.seconds,
         consume_seconds: consume_secs,
         consume_records_per_s: verdict.received as f64 / consume_secs,
-        delivered: sink.delivered.load(Ordering::Relaxed),
-        failed: sink.failed.load(Ordering::Relaxed),
-        delivery_latency: Percentiles::of(&lock(&sink.latency)),
+        delivered: produced.delivered,
+        failed: produced.failed,
+        delivery_latency: Percentiles::of(&produced.latency),
         end_to_end_latency: Percentiles::of(&e2e),
         verdict,
     };
     print_summary(&summary, a.json)?;
-    if let Some(e) = lock(&sink.first_error).take() {
+    producer.close().await;
+    if let Some(e) = produced.first_error.take() {
         anyhow::bail!(
             "{} records failed to deliver; first error: {e} ({})",
             summary.failed,
@@ -198,37 +165,69 @@ fn rand_u32() -> u32 {
         .map_or(0, |d| d.subsec_nanos())
 }
 
-/// Sends every record (waiting while the client queue is full), then flushes.
-fn produce_all(
-    p: KafkaProducer<DemoSink>,
-    topic: &str,
-    a: &Args,
+/// Sends every record through the batching producer (waiting while it is full) and awaits
+/// every delivery future, in send order, on a second task: the ack latency of a record is
+/// taken when its future resolves.
+async fn produce_all(
+    p: Producer,
+    topic: String,
+    a: Args,
     base: Instant,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Produced> {
     let topic: kbatch_core::Topic = topic.into();
     let keys: Vec<Bytes> = (0..a.keys)
         .map(|k| Bytes::from(format!("key-{k}")))
         .collect();
-    let mut value = vec![b'.'; a.size as usize];
+    // Bounded hand-off to the awaiting task: back-pressure, not buffering.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, DeliveryFuture)>(65_536);
+    let awaiting = tokio::spawn(async move {
+        let mut out = Produced {
+            seconds: 0.0,
+            delivered: 0,
+            failed: 0,
+            first_error: None,
+            latency: latency_histogram(),
+        };
+        while let Some((sent, f)) = rx.recv().await {
+            match f.await {
+                Ok(_) => {
+                    let lat = (base.elapsed().as_micros() as u64)
+                        .saturating_sub(sent)
+                        .max(1);
+                    out.latency.saturating_record(lat);
+                    metrics::histogram!("kbatch_cli_delivery_latency_seconds")
+                        .record(lat as f64 / 1e6);
+                    out.delivered += 1;
+                }
+                Err(e) => {
+                    out.failed += 1;
+                    out.first_error.get_or_insert(e);
+                }
+            }
+        }
+        out
+    });
     let started = Instant::now();
+    let mut value = vec![b'.'; a.size as usize];
     for seq in 0..a.records {
         let sent = base.elapsed().as_micros() as u64;
         ledger::encode(&mut value, seq, sent);
-        p.sink().sent_at_us[seq as usize].store(sent, Ordering::Relaxed);
         let r = Record {
             key: Some(keys[(seq % a.keys) as usize].clone()),
             ..Record::new(topic.clone(), Bytes::copy_from_slice(&value))
         };
-        loop {
-            match p.send(&r, seq as usize) {
-                Ok(()) => break,
-                Err(e) if e.is_queue_full() => std::thread::sleep(Duration::from_micros(200)),
-                Err(e) => anyhow::bail!("cannot enqueue demo record {seq}: {e}"),
-            }
+        let f = p
+            .send(r)
+            .await
+            .with_context(|| format!("cannot enqueue demo record {seq}"))?;
+        if tx.send((sent, f)).await.is_err() {
+            anyhow::bail!("the delivery-awaiting task stopped early");
         }
     }
-    p.flush(Duration::from_secs(300))?;
-    Ok(started.elapsed().as_secs_f64())
+    drop(tx);
+    let mut out = awaiting.await?;
+    out.seconds = started.elapsed().as_secs_f64();
+    Ok(out)
 }
 
 /// Reads every partition from the beginning until all records arrived, or 30 s pass with

@@ -1,0 +1,45 @@
+//! `kbatch bench`: end-to-end benchmarks against a real broker, with the peers run side by
+//! side in one process run.
+
+mod producer;
+
+use clap::Subcommand;
+
+/// Which benchmark.
+#[derive(Subcommand, Debug)]
+pub(crate) enum Bench {
+    /// kbatch Producer vs rdkafka FutureProducer, BaseProducer and confluent-kafka-python's
+    /// AIOProducer: N records of S bytes to P partitions, acks=all, alternating, R rounds.
+    Producer(producer::Args),
+}
+
+pub(crate) async fn run(b: Bench) -> anyhow::Result<()> {
+    match b {
+        Bench::Producer(a) => producer::run(a).await,
+    }
+}
+
+/// The median of `v` (mean of the middle two for an even count).
+pub(crate) fn median(v: &[f64]) -> Option<f64> {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return None;
+    }
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    Some(if s.len().is_multiple_of(2) {
+        (s[m - 1] + s[m]) / 2.0
+    } else {
+        s[m]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(super::median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(super::median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(super::median(&[]), None);
+    }
+}
