@@ -30,7 +30,7 @@ pub use config::{
 pub use consumer::{CommittedOffset, GroupMetadata, KafkaConsumer, OffsetCommit, StartOffset};
 pub use dev_broker::{DevBroker, InjectedError};
 pub use error::{Error, Result, classify_code};
-pub use producer::{Delivered, DeliveryError, DeliverySink, EnqueueError, KafkaProducer};
+pub use producer::{Delivered, DeliveryError, DeliverySink, EnqueueError, KafkaProducer, TICK};
 /// librdkafka's error codes, re-exported so other crates need not depend on rdkafka.
 pub use rdkafka::error::RDKafkaErrorCode as ErrorCode;
 pub use stats::ProducerStats;

@@ -68,7 +68,14 @@ pub trait DeliverySink: Send + Sync + 'static {
 
     /// Client statistics, every `statistics_interval` when that is set.
     fn on_stats(&self, _stats: &ProducerStats) {}
+
+    /// Called from the background poll thread about every [`TICK`], busy or idle: a place
+    /// for periodic work (publishing metrics) that costs nothing per record.
+    fn on_tick(&self) {}
 }
+
+/// How often [`DeliverySink::on_tick`] runs.
+pub const TICK: Duration = Duration::from_millis(250);
 
 /// A record that could not even be enqueued; the caller keeps its token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -350,8 +357,13 @@ impl<S: DeliverySink> KafkaProducer<S> {
 
 /// The background poll loop: serves delivery reports unless a sender polled inline within
 /// the last [`INLINE_GRACE`].
-fn background_poll<C: ProducerContext>(p: &BaseProducer<C>, s: &PollState) {
+fn background_poll<S: DeliverySink>(p: &BaseProducer<SinkContext<S>>, s: &PollState) {
+    let mut last_tick = Instant::now();
     while !s.stop.load(Ordering::Acquire) {
+        if last_tick.elapsed() >= TICK {
+            last_tick = Instant::now();
+            p.context().sink.on_tick();
+        }
         let since_inline =
             s.epoch.elapsed().as_nanos() as u64 - s.last_inline.load(Ordering::Relaxed);
         if since_inline < INLINE_GRACE.as_nanos() as u64 {

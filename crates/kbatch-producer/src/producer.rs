@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use kbatch_client::{
     Delivered, DeliveryError, DeliverySink, GroupMetadata, KafkaProducer, ProducerStats,
 };
-use kbatch_core::{Offset, Record, TopicPartition};
+use kbatch_core::{Classify, Offset, Record, TopicPartition};
 
 use crate::config::ProducerConfig;
 use crate::error::{ProduceError, TrySendError};
@@ -31,6 +31,10 @@ impl DeliverySink for Completions {
 
     fn on_stats(&self, stats: &ProducerStats) {
         self.metrics.publish(&self.slots, Some(stats));
+    }
+
+    fn on_tick(&self) {
+        self.metrics.publish(&self.slots, None);
     }
 }
 
@@ -286,6 +290,7 @@ impl Producer {
                 if e.is_queue_full() {
                     Err(TrySendError::Full(record))
                 } else {
+                    slots.count_failure(e.class());
                     Err(TrySendError::Failed(ProduceError::Enqueue {
                         code: e.code,
                         record: Box::new(record),

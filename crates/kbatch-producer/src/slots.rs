@@ -312,7 +312,8 @@ impl Slots {
         }
     }
 
-    fn count_failure(&self, class: ErrorClass) {
+    /// Counts one failed record in its class.
+    pub(crate) fn count_failure(&self, class: ErrorClass) {
         let c = match class {
             ErrorClass::Retriable => &self.counters.failed_retriable,
             ErrorClass::Permanent => &self.counters.failed_permanent,
