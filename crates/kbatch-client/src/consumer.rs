@@ -71,19 +71,98 @@ impl std::fmt::Debug for GroupMetadata {
     }
 }
 
-struct LoggingContext;
+/// Told about group rebalances, on the consumer's poll thread, inside `poll`.
+///
+/// `on_revoke` runs before partitions go: the offsets it returns are committed synchronously
+/// (with their metadata) before the partitions are released, so the next owner starts exactly
+/// there. `on_assign` runs after partitions arrive, with each one's committed offset and
+/// metadata, before any of their records is returned by `poll`. With cooperative-sticky
+/// assignment both carry only the partitions that change.
+pub trait RebalanceListener: Send + Sync + 'static {
+    /// `partitions` are being revoked (`lost`: the assignment was lost, e.g. after a session
+    /// timeout; commits would be refused and are not attempted).
+    fn on_revoke(&self, partitions: &[TopicPartition], lost: bool) -> Vec<OffsetCommit>;
+    /// `partitions` were assigned; `committed` holds their committed offsets and metadata.
+    fn on_assign(&self, committed: Vec<CommittedOffset>);
+}
 
-impl ClientContext for LoggingContext {
+struct ListenerContext {
+    listener: Option<std::sync::Arc<dyn RebalanceListener>>,
+    /// Bound on the committed-offsets fetch done at assignment.
+    timeout: Duration,
+}
+
+impl ClientContext for ListenerContext {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "consumer client error");
     }
 }
 
-impl ConsumerContext for LoggingContext {}
+impl ConsumerContext for ListenerContext {
+    fn pre_rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        let (Some(l), rdkafka::consumer::Rebalance::Revoke(tpl)) = (&self.listener, rebalance)
+        else {
+            return;
+        };
+        let lost = consumer.assignment_lost();
+        let commits = l.on_revoke(&tpl_partitions(tpl), lost);
+        if lost || commits.is_empty() {
+            return;
+        }
+        match offsets_to_tpl(
+            commits
+                .iter()
+                .map(|c| (&c.tp, c.offset, c.metadata.as_deref())),
+        ) {
+            Ok(tpl) => {
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                    tracing::warn!(error = %e, "final commit before revocation failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot build final commit"),
+        }
+    }
+
+    fn post_rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        let (Some(l), rdkafka::consumer::Rebalance::Assign(tpl)) = (&self.listener, rebalance)
+        else {
+            return;
+        };
+        let parts = tpl_partitions(tpl);
+        if parts.is_empty() {
+            return;
+        }
+        let committed = match committed_of(consumer, &parts, self.timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                // Without the metadata nothing can be skipped: start from the committed
+                // offsets librdkafka fetches itself and reprocess (at-least-once).
+                tracing::warn!(error = %e, "cannot fetch committed offsets at assignment");
+                parts
+                    .into_iter()
+                    .map(|tp| CommittedOffset {
+                        tp,
+                        offset: None,
+                        metadata: String::new(),
+                    })
+                    .collect()
+            }
+        };
+        l.on_assign(committed);
+    }
+}
 
 /// librdkafka's consumer.
 pub struct KafkaConsumer {
-    inner: BaseConsumer<LoggingContext>,
+    inner: BaseConsumer<ListenerContext>,
     has_group: bool,
 }
 
@@ -96,10 +175,29 @@ impl std::fmt::Debug for KafkaConsumer {
 impl KafkaConsumer {
     /// Validates `config` and creates the client.
     pub fn new(config: &ConsumerConfig) -> Result<Self> {
+        Self::build(config, None)
+    }
+
+    /// A consumer that reports rebalances to `listener` (see [`RebalanceListener`]).
+    pub fn with_listener(
+        config: &ConsumerConfig,
+        listener: std::sync::Arc<dyn RebalanceListener>,
+    ) -> Result<Self> {
+        Self::build(config, Some(listener))
+    }
+
+    fn build(
+        config: &ConsumerConfig,
+        listener: Option<std::sync::Arc<dyn RebalanceListener>>,
+    ) -> Result<Self> {
         config.validate()?;
+        let ctx = ListenerContext {
+            listener,
+            timeout: config.session_timeout.min(Duration::from_secs(30)),
+        };
         let inner = config
             .to_rdkafka()
-            .create_with_context(LoggingContext)
+            .create_with_context(ctx)
             .map_err(|e| Error::kafka("create consumer", e))?;
         Ok(Self {
             inner,
@@ -210,23 +308,7 @@ impl KafkaConsumer {
         partitions: &[TopicPartition],
         timeout: Duration,
     ) -> Result<Vec<CommittedOffset>> {
-        let mut tpl = TopicPartitionList::new();
-        for tp in partitions {
-            tpl.add_partition(&tp.topic, tp.partition);
-        }
-        let tpl = self
-            .inner
-            .committed_offsets(tpl, timeout)
-            .map_err(|e| Error::kafka("fetch committed offsets", e))?;
-        Ok(tpl
-            .elements()
-            .iter()
-            .map(|e| CommittedOffset {
-                tp: TopicPartition::new(e.topic(), e.partition()),
-                offset: e.offset().to_raw().filter(|o| *o >= 0).map(Offset),
-                metadata: e.metadata().to_owned(),
-            })
-            .collect())
+        committed_of(&self.inner, partitions, timeout)
     }
 
     /// What a transactional producer needs to commit this group's offsets.
@@ -282,6 +364,25 @@ impl KafkaConsumer {
             _ => Err(Error::UnknownTopic(topic.to_owned())),
         }
     }
+}
+
+fn committed_of<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    partitions: &[TopicPartition],
+    timeout: Duration,
+) -> Result<Vec<CommittedOffset>> {
+    let tpl = consumer
+        .committed_offsets(partitions_tpl(partitions), timeout)
+        .map_err(|e| Error::kafka("fetch committed offsets", e))?;
+    Ok(tpl
+        .elements()
+        .iter()
+        .map(|e| CommittedOffset {
+            tp: TopicPartition::new(e.topic(), e.partition()),
+            offset: e.offset().to_raw().filter(|o| *o >= 0).map(Offset),
+            metadata: e.metadata().to_owned(),
+        })
+        .collect())
 }
 
 fn partitions_tpl(partitions: &[TopicPartition]) -> TopicPartitionList {

@@ -27,7 +27,9 @@ pub use config::{
     Acks, AssignmentStrategy, AutoOffsetReset, ClientConfig, Compression, ConsumerConfig,
     Isolation, ProducerConfig, Secret, SecurityProtocol,
 };
-pub use consumer::{CommittedOffset, GroupMetadata, KafkaConsumer, OffsetCommit, StartOffset};
+pub use consumer::{
+    CommittedOffset, GroupMetadata, KafkaConsumer, OffsetCommit, RebalanceListener, StartOffset,
+};
 pub use dev_broker::{DevBroker, InjectedError};
 pub use error::{Error, Result, classify_code};
 pub use producer::{Delivered, DeliveryError, DeliverySink, EnqueueError, KafkaProducer, TICK};
