@@ -61,7 +61,7 @@ fn header(map: &OffsetMap) -> Vec<u8> {
 fn bitset_payload(map: &OffsetMap) -> Vec<u8> {
     let span = (map.end - map.base) as usize;
     let mut bits = vec![0xffu8; span.div_ceil(8)];
-    if span % 8 != 0 {
+    if !span.is_multiple_of(8) {
         // Bits past the span stay clear.
         let last = bits.len() - 1;
         bits[last] = (1u8 << (span % 8)) - 1;

@@ -1,3 +1,12 @@
+#![cfg_attr(
+    not(feature = "unstable-codec"),
+    allow(
+        unreachable_pub,
+        dead_code,
+        reason = "public only under the unstable-codec feature"
+    )
+)]
+
 //! Offset-metadata codecs: what the commit metadata says about records completed beyond the
 //! committed offset.
 //!
@@ -53,7 +62,7 @@ impl OffsetMap {
             return false;
         }
         let i = self.incomplete.partition_point(|r| r.end <= offset);
-        !self.incomplete.get(i).is_some_and(|r| r.start <= offset)
+        self.incomplete.get(i).is_none_or(|r| r.start > offset)
     }
 
     /// Builds a map from `base`, `end` and any sorted iterator of distinct incomplete offsets

@@ -86,7 +86,7 @@ pub(crate) fn decode(committed: i64, metadata: &str) -> Result<OffsetMap, Decode
                 return Err(corrupt("bitset without its size".into()));
             }
             let size = read(&payload[..width_bytes]);
-            if size < 0 || size > MAX_SPAN {
+            if !(0..=MAX_SPAN).contains(&size) {
                 return Err(corrupt(format!("bitset size {size}")));
             }
             // java.util.BitSet.toByteArray drops trailing zero bytes: missing bits are clear

@@ -1,0 +1,399 @@
+//! The coordinator: one task that owns all scheduling and offset state.
+//!
+//! ```text
+//!  poll events ──► buffer (scheduler lanes) ──► handler tasks (≤ max_concurrency)
+//!                        ▲                              │ Done
+//!                        └──── release / retry / dead-letter ◄┘
+//!  every commit_interval: commit each partition's prefix + metadata, apply back-pressure
+//! ```
+//! Nothing here is shared: handler tasks only send `Done` back, so there are no locks.
+
+mod jobs;
+mod partitions;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use kbatch_client::{KafkaConsumer, OffsetCommit};
+use kbatch_core::TopicPartition;
+use kbatch_producer::Producer;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{ParallelConfig, ShutdownMode};
+use crate::error::{Error, Result};
+use crate::handler::{DeadLetterFn, Handler, RetryPolicy};
+use crate::metrics::{Metrics, SharedStats};
+use crate::poller::Event;
+use crate::scheduler::{Job, Scheduler};
+use jobs::{Done, Kind};
+use partitions::Part;
+
+/// Requests from the [`Running`](crate::Running) handle.
+pub(crate) enum Control {
+    Pause,
+    Resume,
+    Shutdown(ShutdownMode, oneshot::Sender<()>),
+}
+
+/// What a shutdown did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Records processed successfully over the consumer's life.
+    pub processed: u64,
+    /// Records left unprocessed (buffered or retrying at a quick or timed-out shutdown); the
+    /// next owner of their partitions processes them.
+    pub left_unprocessed: u64,
+    /// The final commits, per partition.
+    pub final_commits: Vec<(TopicPartition, i64)>,
+}
+
+struct PendingRevoke {
+    partitions: Vec<TopicPartition>,
+    reply: std::sync::mpsc::SyncSender<Vec<OffsetCommit>>,
+    deadline: Instant,
+}
+
+struct Stopping {
+    mode: ShutdownMode,
+    deadline: Instant,
+    reply: Option<oneshot::Sender<()>>,
+}
+
+pub(crate) struct Wiring {
+    pub(crate) consumer: Arc<KafkaConsumer>,
+    pub(crate) events: mpsc::Receiver<Event>,
+    pub(crate) control: mpsc::Receiver<Control>,
+    pub(crate) poller_stop: Arc<AtomicBool>,
+    pub(crate) poller: std::thread::JoinHandle<()>,
+}
+
+pub(crate) struct Coordinator {
+    cfg: ParallelConfig,
+    handler: Handler,
+    retry: Arc<dyn RetryPolicy>,
+    dlq: Option<Producer>,
+    dlq_callback: Option<DeadLetterFn>,
+    /// `None` only after `finish` handed it to the poll thread to close.
+    consumer: Option<Arc<KafkaConsumer>>,
+    events: mpsc::Receiver<Event>,
+    control: mpsc::Receiver<Control>,
+    done_tx: mpsc::Sender<Done>,
+    done_rx: mpsc::Receiver<Done>,
+    poller_stop: Arc<AtomicBool>,
+    poller: Option<std::thread::JoinHandle<()>>,
+    parts: HashMap<TopicPartition, Part>,
+    next_epoch: u64,
+    scheduler: Scheduler,
+    running: HashMap<u64, (Job, Kind)>,
+    waiting: HashMap<u64, (Job, Kind)>,
+    retry_at: BinaryHeap<Reverse<(Instant, u64)>>,
+    due: VecDeque<(u64, Job, Kind)>,
+    next_id: u64,
+    held_records: usize,
+    held_bytes: usize,
+    user_paused: bool,
+    revoke: Option<PendingRevoke>,
+    stopping: Option<Stopping>,
+    left_unprocessed: u64,
+    ticks: u64,
+    stats: Arc<SharedStats>,
+    metrics: Metrics,
+}
+
+impl Coordinator {
+    #[allow(clippy::too_many_arguments, reason = "assembled once, by the builder")]
+    pub(crate) fn new(
+        cfg: ParallelConfig,
+        handler: Handler,
+        retry: Arc<dyn RetryPolicy>,
+        dlq: Option<Producer>,
+        dlq_callback: Option<DeadLetterFn>,
+        wiring: Wiring,
+        stats: Arc<SharedStats>,
+    ) -> Self {
+        // Every job sends exactly one Done: capacity for all in flight means no task waits.
+        let (done_tx, done_rx) = mpsc::channel(cfg.max_concurrency + 16);
+        let metrics = Metrics::new(cfg.kafka.group_id.as_deref().unwrap_or_default());
+        Self {
+            scheduler: Scheduler::new(cfg.ordering),
+            handler,
+            retry,
+            dlq,
+            dlq_callback,
+            consumer: Some(wiring.consumer),
+            events: wiring.events,
+            control: wiring.control,
+            done_tx,
+            done_rx,
+            poller_stop: wiring.poller_stop,
+            poller: Some(wiring.poller),
+            parts: HashMap::new(),
+            next_epoch: 0,
+            running: HashMap::new(),
+            waiting: HashMap::new(),
+            retry_at: BinaryHeap::new(),
+            due: VecDeque::new(),
+            next_id: 0,
+            held_records: 0,
+            held_bytes: 0,
+            user_paused: false,
+            revoke: None,
+            stopping: None,
+            left_unprocessed: 0,
+            ticks: 0,
+            stats,
+            metrics,
+            cfg,
+        }
+    }
+
+    /// Runs until shutdown (or a fatal error), then commits, stops the poll thread and reports.
+    pub(crate) async fn run(mut self) -> Result<ShutdownReport> {
+        let result = self.run_loop().await;
+        let report = self.finish(result.is_ok()).await;
+        result.map(|()| report)
+    }
+
+    async fn run_loop(&mut self) -> Result<()> {
+        let mut tick = tokio::time::interval(self.cfg.commit_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
+        loop {
+            self.dispatch();
+            self.finish_revoke_if_ready();
+            if self.stop_ready() {
+                return Ok(());
+            }
+            let retry_at = self
+                .retry_at
+                .peek()
+                .map(|Reverse((t, _))| tokio::time::Instant::from_std(*t));
+            let revoke_at = self
+                .revoke
+                .as_ref()
+                .map(|r| tokio::time::Instant::from_std(r.deadline));
+            let stop_at = self
+                .stopping
+                .as_ref()
+                .map(|s| tokio::time::Instant::from_std(s.deadline));
+            tokio::select! {
+                biased;
+                Some(d) = self.done_rx.recv() => {
+                    self.on_done(d);
+                    while let Ok(d) = self.done_rx.try_recv() {
+                        self.on_done(d);
+                    }
+                }
+                ev = self.events.recv() => match ev {
+                    Some(ev) => self.on_event(ev)?,
+                    None => return Err(Error::Stopped("the poll thread ended".into())),
+                },
+                Some(c) = self.control.recv() => self.on_control(c),
+                () = tokio::time::sleep_until(retry_at.unwrap_or_else(far)), if retry_at.is_some() => self.release_due(),
+                () = tokio::time::sleep_until(revoke_at.unwrap_or_else(far)), if revoke_at.is_some() => self.finish_revoke(),
+                () = tokio::time::sleep_until(stop_at.unwrap_or_else(far)), if stop_at.is_some() => {
+                    tracing::warn!("shutdown timeout: stopping with work unfinished");
+                    return Ok(());
+                }
+                _ = tick.tick() => self.on_tick().await,
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) -> Result<()> {
+        match ev {
+            Event::Records(batch) => {
+                for r in batch {
+                    self.on_record(r);
+                }
+                self.apply_pressure();
+            }
+            Event::Assigned(committed) => {
+                for c in committed {
+                    self.assign(c)?;
+                }
+                self.apply_pressure();
+            }
+            Event::Revoked {
+                partitions,
+                lost,
+                reply,
+            } => self.start_revoke(partitions, lost, reply),
+        }
+        Ok(())
+    }
+
+    fn on_control(&mut self, c: Control) {
+        match c {
+            Control::Pause => self.user_paused = true,
+            Control::Resume => self.user_paused = false,
+            Control::Shutdown(mode, reply) => {
+                if mode == ShutdownMode::Quick {
+                    let dropped = self.scheduler.clear();
+                    self.left_unprocessed += dropped.len() as u64;
+                    self.unhold(&dropped);
+                    for (_, (job, _)) in self.waiting.drain() {
+                        self.left_unprocessed += job.works.len() as u64;
+                        self.held_records -= job.works.len();
+                        self.held_bytes -= job.works.iter().map(|w| w.size).sum::<usize>();
+                    }
+                    for (_, job, _) in self.due.drain(..) {
+                        self.left_unprocessed += job.works.len() as u64;
+                        self.held_records -= job.works.len();
+                        self.held_bytes -= job.works.iter().map(|w| w.size).sum::<usize>();
+                    }
+                    self.retry_at.clear();
+                }
+                self.stopping = Some(Stopping {
+                    mode,
+                    deadline: Instant::now() + self.cfg.shutdown_timeout,
+                    reply: Some(reply),
+                });
+            }
+        }
+        self.apply_pressure();
+    }
+
+    fn stop_ready(&self) -> bool {
+        let Some(s) = &self.stopping else {
+            return false;
+        };
+        let idle = self.running.is_empty();
+        match s.mode {
+            ShutdownMode::Quick => idle,
+            ShutdownMode::Drain => {
+                idle && self.scheduler.buffered() == 0
+                    && self.waiting.is_empty()
+                    && self.due.is_empty()
+            }
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        self.ticks += 1;
+        // Re-send unchanged commits now and then: an async commit can fail silently.
+        let force = self.ticks.is_multiple_of(25);
+        self.commit(force, false).await;
+        for p in self.parts.values_mut() {
+            p.update_metadata_pressure(self.cfg.metadata_limit);
+        }
+        self.apply_pressure();
+        self.publish();
+    }
+
+    /// Commits every partition's prefix and metadata (only changed ones unless `force`).
+    async fn commit(&mut self, force: bool, sync: bool) -> Vec<(TopicPartition, i64)> {
+        let limit = self.cfg.metadata_limit;
+        let revoking: Vec<TopicPartition> = self
+            .revoke
+            .as_ref()
+            .map(|r| r.partitions.clone())
+            .unwrap_or_default();
+        let mut commits = Vec::new();
+        for (tp, p) in &mut self.parts {
+            if revoking.contains(tp) {
+                continue;
+            }
+            let c = if force {
+                p.tracker.commit(limit)
+            } else {
+                p.tracker.commit_if_changed(limit)
+            };
+            if let Some((offset, meta)) = c {
+                commits.push(OffsetCommit {
+                    tp: tp.clone(),
+                    offset: kbatch_core::Offset(offset),
+                    metadata: (!meta.is_empty()).then_some(meta),
+                });
+            }
+        }
+        if commits.is_empty() {
+            return Vec::new();
+        }
+        let done: Vec<(TopicPartition, i64)> =
+            commits.iter().map(|c| (c.tp.clone(), c.offset.0)).collect();
+        let sync = sync || self.cfg.commit_mode == crate::config::CommitMode::Sync;
+        let Some(consumer) = self.consumer.clone() else {
+            return Vec::new();
+        };
+        let result = if sync {
+            let list = commits;
+            tokio::task::spawn_blocking(move || consumer.commit(&list, true))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(kbatch_client::Error::Invalid {
+                        what: "commit task".into(),
+                        why: e.to_string(),
+                    })
+                })
+        } else {
+            consumer.commit(&commits, false)
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "commit failed; retried next interval");
+            for (tp, _) in &done {
+                if let Some(p) = self.parts.get_mut(tp) {
+                    p.tracker.forget_last_commit();
+                }
+            }
+        }
+        done
+    }
+
+    fn publish(&self) {
+        let waiting = self
+            .held_records
+            .saturating_sub(self.running.values().map(|(j, _)| j.works.len()).sum());
+        let paused = self.parts.values().filter(|p| p.paused).count();
+        self.stats.set_waiting(waiting, paused);
+        self.metrics.publish_totals(&self.stats.snapshot());
+        for (tp, p) in &self.parts {
+            let ratio = p.metadata_len as f64 / self.cfg.metadata_limit as f64;
+            self.metrics.publish_partition(
+                &tp.topic,
+                tp.partition,
+                p.tracker.incomplete_count(),
+                p.tracker.highest_seen(),
+                p.tracker.commit_point(),
+                ratio,
+            );
+        }
+    }
+
+    /// Stops the poll thread and commits one last time.
+    async fn finish(&mut self, commit: bool) -> ShutdownReport {
+        let final_commits = if commit {
+            self.commit(true, true).await
+        } else {
+            Vec::new()
+        };
+        self.publish();
+        // Close the event channel first so a revocation during close cannot wait on us.
+        self.events.close();
+        while self.events.try_recv().is_ok() {}
+        self.poller_stop
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.consumer = None;
+        if let Some(h) = self.poller.take() {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        if let Some(reply) = self.stopping.as_mut().and_then(|s| s.reply.take()) {
+            let _ = reply.send(());
+        }
+        let left = self.left_unprocessed
+            + self.scheduler.buffered() as u64
+            + self
+                .waiting
+                .values()
+                .map(|(j, _)| j.works.len() as u64)
+                .sum::<u64>();
+        ShutdownReport {
+            processed: self.stats.snapshot().processed,
+            left_unprocessed: left,
+            final_commits,
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Counters kept by the coordinator, readable through [`Running::stats`](crate::Running::stats)
+//! and published to the `metrics` recorder every commit interval.
+//!
+//! | metric | kind | meaning |
+//! |---|---|---|
+//! | `kbatch_consumer_records_processed_total` | counter | handler succeeded |
+//! | `kbatch_consumer_records_failed_total` | counter | handler attempts that failed |
+//! | `kbatch_consumer_records_retried_total` | counter | failed attempts scheduled again |
+//! | `kbatch_consumer_records_dead_lettered_total` | counter | written to the dead-letter target |
+//! | `kbatch_consumer_records_skipped_total{reason}` | counter | `completed` (per metadata) / `failed` (no dead-letter target) |
+//! | `kbatch_consumer_in_flight` / `_waiting` | gauge | handler jobs running / records held not running |
+//! | `kbatch_consumer_handler_seconds` | histogram | handler latency |
+//! | `kbatch_consumer_partition_incomplete_offsets{topic,partition}` | gauge | polled, not done |
+//! | `kbatch_consumer_partition_highest_seen_offset` / `_committed_offset` | gauge | per partition |
+//! | `kbatch_consumer_partition_metadata_ratio` | gauge | metadata size / limit |
+//!
+//! Every metric carries a `group` label.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use metrics::{Histogram, gauge, histogram};
+
+/// A snapshot of the consumer's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConsumerStats {
+    /// Records processed successfully.
+    pub processed: u64,
+    /// Handler attempts that failed.
+    pub failed: u64,
+    /// Failed attempts scheduled for a retry.
+    pub retried: u64,
+    /// Records written to the dead-letter target.
+    pub dead_lettered: u64,
+    /// Records skipped because the commit metadata said they were already completed.
+    pub skipped_completed: u64,
+    /// Records that failed for good with no dead-letter target (logged, then skipped).
+    pub skipped_failed: u64,
+    /// Handler jobs running now.
+    pub in_flight: u64,
+    /// Records held and not running (buffered or waiting to retry).
+    pub waiting: u64,
+    /// Partitions paused at the client now.
+    pub paused_partitions: u64,
+}
+
+/// Atomics shared between the coordinator and the handle.
+#[derive(Debug, Default)]
+pub(crate) struct SharedStats {
+    processed: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    skipped_completed: AtomicU64,
+    skipped_failed: AtomicU64,
+    in_flight: AtomicU64,
+    waiting: AtomicU64,
+    paused: AtomicU64,
+}
+
+macro_rules! adders {
+    ($($name:ident => $field:ident),*) => {
+        $(pub(crate) fn $name(&self, n: u64) { self.$field.fetch_add(n, Ordering::Relaxed); })*
+    };
+}
+
+impl SharedStats {
+    adders!(add_processed => processed, add_failed => failed, add_retried => retried,
+        add_dead_lettered => dead_lettered, add_skipped_completed => skipped_completed,
+        add_skipped_failed => skipped_failed);
+
+    pub(crate) fn set_in_flight(&self, n: usize) {
+        self.in_flight.store(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_waiting(&self, n: usize, paused: usize) {
+        self.waiting.store(n as u64, Ordering::Relaxed);
+        self.paused.store(paused as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> ConsumerStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ConsumerStats {
+            processed: l(&self.processed),
+            failed: l(&self.failed),
+            retried: l(&self.retried),
+            dead_lettered: l(&self.dead_lettered),
+            skipped_completed: l(&self.skipped_completed),
+            skipped_failed: l(&self.skipped_failed),
+            in_flight: l(&self.in_flight),
+            waiting: l(&self.waiting),
+            paused_partitions: l(&self.paused),
+        }
+    }
+}
+
+/// Handles into the `metrics` recorder.
+pub(crate) struct Metrics {
+    group: String,
+    latency: Histogram,
+}
+
+impl Metrics {
+    pub(crate) fn new(group: &str) -> Self {
+        Self {
+            group: group.to_owned(),
+            latency: histogram!("kbatch_consumer_handler_seconds", "group" => group.to_owned()),
+        }
+    }
+
+    pub(crate) fn handler_latency(&self, d: Duration) {
+        self.latency.record(d.as_secs_f64());
+    }
+
+    pub(crate) fn publish_totals(&self, s: &ConsumerStats) {
+        let g = self.group.clone();
+        metrics::counter!("kbatch_consumer_records_processed_total", "group" => g.clone())
+            .absolute(s.processed);
+        metrics::counter!("kbatch_consumer_records_failed_total", "group" => g.clone())
+            .absolute(s.failed);
+        metrics::counter!("kbatch_consumer_records_retried_total", "group" => g.clone())
+            .absolute(s.retried);
+        metrics::counter!("kbatch_consumer_records_dead_lettered_total", "group" => g.clone())
+            .absolute(s.dead_lettered);
+        metrics::counter!("kbatch_consumer_records_skipped_total", "group" => g.clone(), "reason" => "completed").absolute(s.skipped_completed);
+        metrics::counter!("kbatch_consumer_records_skipped_total", "group" => g.clone(), "reason" => "failed").absolute(s.skipped_failed);
+        gauge!("kbatch_consumer_in_flight", "group" => g.clone()).set(s.in_flight as f64);
+        gauge!("kbatch_consumer_waiting", "group" => g).set(s.waiting as f64);
+    }
+
+    pub(crate) fn publish_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        incomplete: usize,
+        highest: Option<i64>,
+        committed: Option<i64>,
+        ratio: f64,
+    ) {
+        let labels = [
+            ("group", self.group.clone()),
+            ("topic", topic.to_owned()),
+            ("partition", partition.to_string()),
+        ];
+        gauge!("kbatch_consumer_partition_incomplete_offsets", &labels).set(incomplete as f64);
+        if let Some(h) = highest {
+            gauge!("kbatch_consumer_partition_highest_seen_offset", &labels).set(h as f64);
+        }
+        if let Some(c) = committed {
+            gauge!("kbatch_consumer_partition_committed_offset", &labels).set(c as f64);
+        }
+        gauge!("kbatch_consumer_partition_metadata_ratio", &labels).set(ratio);
+    }
+}
