@@ -208,6 +208,24 @@ impl Admin {
         Ok(())
     }
 
+    /// Deletes consumer groups (they must have no active members), with their committed offsets.
+    pub async fn delete_groups(&self, groups: &[&str]) -> Result<()> {
+        let results = self
+            .inner
+            .delete_groups(groups, &self.options())
+            .await
+            .map_err(|e| Error::kafka("delete groups", e))?;
+        for r in results {
+            if let Err((group, code)) = r {
+                return Err(Error::Invalid {
+                    what: format!("delete group {group:?}"),
+                    why: format!("{code} ({code:?})"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Partitions, leaders and replicas of a topic.
     pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
         let inner = Arc::clone(&self.inner);

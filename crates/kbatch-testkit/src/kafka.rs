@@ -43,6 +43,21 @@ pub async fn create_topic(name: &str, partitions: i32) {
         .unwrap_or_else(|e| panic!("create topic {name}: {e}"));
 }
 
+/// Deletes a consumer group (and its committed offsets); retries while its members leave.
+pub async fn admin_delete_group(group: &str) {
+    let a = admin();
+    for attempt in 0.. {
+        match a.delete_groups(&[group]).await {
+            Ok(()) => return,
+            Err(e) if attempt < 50 => {
+                tracing::debug!(error = %e, "group not yet deletable");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("delete group {group}: {e}"),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Collect(Mutex<Vec<Option<Result<Delivered, DeliveryError>>>>);
 

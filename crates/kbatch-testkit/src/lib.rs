@@ -18,8 +18,8 @@ mod kafka;
 mod services;
 
 pub use kafka::{
-    PartitionedRecords, admin, client_config, consume_all, consume_all_from, consumer_config,
-    create_topic, produce, producer_config,
+    PartitionedRecords, admin, admin_delete_group, client_config, consume_all, consume_all_from,
+    consumer_config, create_topic, produce, producer_config,
 };
 pub use services::{brokers, mysql_url, pg_url, repo_root};
 
