@@ -185,7 +185,7 @@ fn stuck(s: u64) -> bool {
     let mut z = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)) % 3 == 0
+    (z ^ (z >> 31)).is_multiple_of(3)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
