@@ -58,7 +58,9 @@ fn golden_vectors_from_parallel_consumer_decode_identically() {
         for e in v["encodings"].as_array().unwrap() {
             let enc = e["encoding"].as_str().unwrap();
             // Some encodings cannot hold a case (v1 limits): PC wrote nothing for them.
-            let Some(text) = e["metadata"].as_str() else { continue };
+            let Some(text) = e["metadata"].as_str() else {
+                continue;
+            };
             let ours = decode(committed, text);
             if !e["pc_decodes"].as_bool().unwrap() {
                 assert!(ours.is_err(), "{name}/{enc}: PC refuses it, so must we");

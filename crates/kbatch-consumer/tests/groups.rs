@@ -1,0 +1,200 @@
+//! Offsets with gaps, null keys, the same key on two topics, and instances joining and leaving
+//! a group while records are processed.
+
+#![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{Ledger, committed, config, eventually, filled_topic};
+use kbatch_client::AssignmentStrategy;
+use kbatch_consumer::{ParallelConsumer, ProcessingOrder, Running, ShutdownMode};
+use kbatch_core::Record;
+use kbatch_testkit::{create_topic, producer_config, unique_name};
+
+fn start(cfg: kbatch_consumer::ParallelConfig, ledger: &Ledger) -> Running {
+    let ledger = ledger.clone();
+    ParallelConsumer::builder(cfg)
+        .handler(move |r| {
+            let ledger = ledger.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                ledger.push(&r);
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transaction_markers_and_aborted_records_do_not_hold_the_commit_back() {
+    let topic = unique_name("pc-txn");
+    create_topic(&topic, 1).await;
+    let p = kbatch_producer::Producer::new(kbatch_producer::ProducerConfig::new(
+        producer_config().with_transactional_id(unique_name("pc-txn")),
+    ))
+    .unwrap();
+    let t = Duration::from_secs(30);
+    p.init_transactions(t).await.unwrap();
+    for (tag, commit) in [("a", true), ("b", false), ("c", true)] {
+        p.begin_transaction().unwrap();
+        let sent = p
+            .send_batch((0..10).map(|i| {
+                Record::new(topic.as_str(), format!("{tag}:{i}")).with_key(format!("{i}"))
+            }))
+            .await;
+        assert!(
+            sent.iter().all(Result::is_ok),
+            "written before the outcome, so aborted records occupy offsets"
+        );
+        if commit {
+            p.commit_transaction(t).await.unwrap()
+        } else {
+            p.abort_transaction(t).await.unwrap()
+        }
+    }
+    p.close().await;
+    let group = unique_name("pc-txn-g");
+    let ledger = Ledger::default();
+    let running = start(config(&group, &[&topic], ProcessingOrder::Key), &ledger);
+    eventually(60, "committed records processed", || ledger.len() >= 20).await;
+    // Offsets: a 0..=9, marker 10, aborted b 11..=20, marker 21, c 22..=31, marker 32. The
+    // commit passes the aborted records and the earlier markers although they are never seen;
+    // it stops at 32 because librdkafka reports positions as "last record + 1", never past a
+    // trailing marker (its own auto-commit stores the same). Nothing is read again from there.
+    let (t, g) = (topic.clone(), group.clone());
+    eventually(20, "commit past the aborted records", || {
+        committed(&g, &t, 0).0 == Some(32)
+    })
+    .await;
+    running.shutdown(ShutdownMode::Drain).await.unwrap();
+    let values: BTreeSet<String> = ledger
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap())
+        .collect();
+    assert_eq!(values.len(), 20);
+    assert!(values.iter().all(|v| !v.starts_with('b')));
+    let again = Ledger::default();
+    let running = start(config(&group, &[&topic], ProcessingOrder::Key), &again);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    running.shutdown(ShutdownMode::Drain).await.unwrap();
+    assert_eq!(
+        again.len(),
+        0,
+        "a restart at the committed offset reads nothing again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn null_keys_and_the_same_key_on_two_topics() {
+    const N: u64 = 400;
+    let t1 = filled_topic("pc-two-a", 2, N, 5).await;
+    let t2 = filled_topic("pc-two-b", 2, N, 5).await;
+    let nulls = filled_topic("pc-nulls", 2, N, 0).await;
+    let group = unique_name("pc-two-g");
+    let ledger = Ledger::default();
+    let running = start(
+        config(&group, &[&t1, &t2, &nulls], ProcessingOrder::Key).with_concurrency(32),
+        &ledger,
+    );
+    eventually(60, "all three topics processed", || {
+        ledger.len() >= 3 * N as usize
+    })
+    .await;
+    running.shutdown(ShutdownMode::Drain).await.unwrap();
+    let all = ledger.0.lock().unwrap().clone();
+    assert_eq!(all.len(), 3 * N as usize, "each record once");
+    // Same key, two topics: each (topic, key) in offset order; the topics interleave freely.
+    for topic in [&t1, &t2] {
+        for k in 0..5 {
+            let key = format!("key-{k}").into_bytes();
+            let offs: Vec<i64> = all
+                .iter()
+                .filter(|r| *r.topic == **topic && r.key.as_deref() == Some(&key[..]))
+                .map(|r| r.offset.0 + i64::from(r.partition) * 1_000_000)
+                .collect();
+            assert!(
+                offs.windows(2).all(|w| w[0] < w[1]),
+                "{topic} key-{k}: {offs:?}"
+            );
+        }
+    }
+    // Null keys: ordered per partition.
+    for p in 0..2 {
+        let offs: Vec<i64> = all
+            .iter()
+            .filter(|r| *r.topic == *nulls && r.partition == p)
+            .map(|r| r.offset.0)
+            .collect();
+        assert!(
+            offs.windows(2).all(|w| w[0] < w[1]),
+            "null keys of partition {p}: {offs:?}"
+        );
+        assert!(!offs.is_empty());
+    }
+}
+
+/// Instances join and leave while records flow; the ledger must hold every record at least once.
+async fn churn(strategy: AssignmentStrategy) {
+    const N: u64 = 6_000;
+    let topic = filled_topic("pc-churn", 4, N, 300).await;
+    let group = unique_name("pc-churn-g");
+    let ledger = Ledger::default();
+    let cfg = || {
+        let mut c = config(&group, &[&topic], ProcessingOrder::Key).with_concurrency(16);
+        c.kafka.assignment_strategy = strategy;
+        c.revoke_timeout = Duration::from_secs(5);
+        c
+    };
+    let mut fleet: Vec<Running> = vec![start(cfg(), &ledger)];
+    for round in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        if round % 2 == 0 || fleet.len() < 2 {
+            fleet.push(start(cfg(), &ledger));
+        } else {
+            let leaving = fleet.remove(round % fleet.len());
+            leaving
+                .shutdown(if round % 4 == 1 {
+                    ShutdownMode::Quick
+                } else {
+                    ShutdownMode::Drain
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let distinct = || ledger.seqs().into_iter().collect::<BTreeSet<u64>>().len();
+    eventually(120, "every record processed at least once", || {
+        distinct() >= N as usize
+    })
+    .await;
+    for r in fleet {
+        r.shutdown(ShutdownMode::Drain).await.unwrap();
+    }
+    let seen: BTreeSet<u64> = ledger.seqs().into_iter().collect();
+    assert_eq!(seen, (0..N).collect::<BTreeSet<_>>());
+    let total: i64 = (0..4)
+        .map(|p| committed(&group, &topic, p).0.unwrap_or(0))
+        .sum();
+    assert_eq!(total, N as i64, "final commits cover everything");
+    let dups = ledger.len() - N as usize;
+    eprintln!("{strategy:?}: {dups} records processed more than once across {N}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eager_rebalances_under_churn_lose_nothing() {
+    churn(AssignmentStrategy::Range).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cooperative_rebalances_under_churn_lose_nothing() {
+    churn(AssignmentStrategy::CooperativeSticky).await;
+}
