@@ -166,3 +166,46 @@ pub async fn future_producer(
         seconds,
     })
 }
+
+/// `BaseConsumer` reading every partition of `topic` from the beginning until `records`
+/// records arrived: the ceiling for any consumer over librdkafka. Times from the first record
+/// to the last.
+pub fn base_consumer(config: &crate::ConsumerConfig, topic: &str, records: u64) -> Result<RawRun> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let c: BaseConsumer = config
+        .to_rdkafka()
+        .create()
+        .map_err(|e| Error::kafka("create BaseConsumer", e))?;
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| Error::kafka("metadata", e))?;
+    let parts = md
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len() as i32);
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..parts {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .map_err(|e| Error::kafka("assign", e))?;
+    }
+    c.assign(&tpl).map_err(|e| Error::kafka("assign", e))?;
+    let (mut n, mut bytes, mut start) = (0u64, 0usize, None);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while n < records && Instant::now() < deadline {
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m.map_err(|e| Error::kafka("poll", e))?;
+            start.get_or_insert_with(Instant::now);
+            // Touch the payload as a handler would.
+            bytes += m.payload().map_or(0, <[u8]>::len);
+            n += 1;
+        }
+    }
+    let seconds = start.map_or(f64::NAN, |s| s.elapsed().as_secs_f64());
+    std::hint::black_box(bytes);
+    Ok(RawRun {
+        delivered: n,
+        failed: records.saturating_sub(n),
+        seconds,
+    })
+}

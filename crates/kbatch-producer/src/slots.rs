@@ -285,10 +285,20 @@ impl Slots {
         self.free.push(i);
     }
 
-    /// Returns one record and `size` bytes to the budgets.
+    /// Returns one record and `size` bytes to the budgets. Waiters are woken once a sixteenth
+    /// of the budget is free again, not on every delivery: a full producer would otherwise wake
+    /// its sender once per record.
     fn release(&self, size: usize) {
-        self.used.fetch_sub(budget(1, size), Ordering::AcqRel);
-        self.notify_space();
+        let before = self.used.fetch_sub(budget(1, size), Ordering::AcqRel);
+        let (records, bytes) = (
+            (before >> BYTE_BITS) as usize - 1,
+            (before & BYTE_MASK) as usize - size,
+        );
+        if records <= self.max_records - self.max_records / 16
+            && bytes <= self.max_bytes - self.max_bytes / 16
+        {
+            self.notify_space();
+        }
     }
 
     fn notify_space(&self) {

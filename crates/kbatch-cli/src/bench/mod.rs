@@ -1,6 +1,7 @@
 //! `kbatch bench`: end-to-end benchmarks against a real broker, with the peers run side by
 //! side in one process run.
 
+mod consumer;
 mod producer;
 
 use clap::Subcommand;
@@ -11,11 +12,15 @@ pub(crate) enum Bench {
     /// kbatch Producer vs rdkafka FutureProducer, BaseProducer and confluent-kafka-python's
     /// AIOProducer: N records of S bytes to P partitions, acks=all, alternating, R rounds.
     Producer(producer::Args),
+    /// kbatch's parallel consumer vs Confluent Parallel Consumer (PC's README scenario) and a
+    /// no-op run vs rdkafka's BaseConsumer.
+    Consumer(consumer::Args),
 }
 
 pub(crate) async fn run(b: Bench) -> anyhow::Result<()> {
     match b {
         Bench::Producer(a) => producer::run(a).await,
+        Bench::Consumer(a) => consumer::run(a).await,
     }
 }
 

@@ -36,7 +36,11 @@ impl Coordinator {
             .stopping
             .as_ref()
             .is_some_and(|s| s.mode == crate::config::ShutdownMode::Quick);
-        while self.running.len() < self.cfg.max_concurrency && !quick {
+        // Bounded per call: jobs that finish on their first poll never fill `running`, and the
+        // loop must get back to its channels and timers.
+        let mut budget = 4096;
+        while self.running.len() < self.cfg.max_concurrency && !quick && budget > 0 {
+            budget -= 1;
             if let Some((id, job, kind)) = self.due.pop_front() {
                 self.start(id, job, kind);
                 continue;
@@ -59,10 +63,30 @@ impl Coordinator {
         }
         let records: Vec<ConsumedRecord> = job.works.iter().map(|w| w.record.clone()).collect();
         let tx = self.done_tx.clone();
-        let fut = match &kind {
+        let mut fut = match &kind {
             Kind::Handle => self.handler_future(records),
             Kind::DeadLetter(e) => self.dead_letter_future(records, e.clone(), job.attempts),
         };
+        // Poll once here: a handler that finishes without waiting (cache hit, no-op, filter)
+        // completes with no task, no channel, no wake-up. One that waits is spawned and polled
+        // again there, with a real waker.
+        let t = Instant::now();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+            Ok(std::task::Poll::Ready(result)) => {
+                self.finished(id, job, kind, result, t.elapsed());
+                return;
+            }
+            Err(p) => {
+                let result = Err(HandlerError::Retriable(format!(
+                    "handler panicked: {}",
+                    panic_text(&p)
+                )));
+                self.finished(id, job, kind, result, t.elapsed());
+                return;
+            }
+            Ok(std::task::Poll::Pending) => {}
+        }
         tokio::spawn(async move {
             let t = Instant::now();
             let result = AssertUnwindSafe(fut)
@@ -147,10 +171,27 @@ impl Coordinator {
     }
 
     pub(super) fn on_done(&mut self, d: Done) {
-        let Some((mut job, kind)) = self.running.remove(&d.id) else {
+        let Some((job, kind)) = self.running.remove(&d.id) else {
             return;
         };
         self.stats.set_in_flight(self.running.len());
+        self.finished(d.id, job, kind, d.result, d.elapsed);
+    }
+
+    /// A job's outcome, whether it came back from a task or finished on its first poll.
+    fn finished(
+        &mut self,
+        id: u64,
+        mut job: Job,
+        kind: Kind,
+        result: HandlerResult,
+        elapsed: Duration,
+    ) {
+        let d = Done {
+            id,
+            result,
+            elapsed,
+        };
         let mut live = false;
         for w in &job.works {
             if let Some(p) = self.parts.get_mut(&w.record.topic_partition())
