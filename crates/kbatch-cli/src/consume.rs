@@ -50,6 +50,39 @@ pub(crate) struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Value)]
     format: Format,
+    /// Process records with the parallel consumer (needs --group and --exec or --http).
+    #[arg(long, requires = "group")]
+    parallel: bool,
+    /// Ordering for --parallel.
+    #[arg(long, value_enum, default_value_t = OrderArg::Key, requires = "parallel")]
+    ordering: OrderArg,
+    /// Records in flight at once for --parallel.
+    #[arg(long, default_value_t = 64, requires = "parallel")]
+    concurrency: usize,
+    /// Run `sh -c CMD` per record (value on stdin, KBATCH_TOPIC/PARTITION/OFFSET/KEY set).
+    #[arg(
+        long,
+        value_name = "CMD",
+        requires = "parallel",
+        conflicts_with = "http"
+    )]
+    exec: Option<String>,
+    /// POST each record's value to this http:// URL.
+    #[arg(long, value_name = "URL", requires = "parallel")]
+    http: Option<crate::bridge::HttpTarget>,
+    /// Write records that fail for good here (with origin headers).
+    #[arg(long, value_name = "TOPIC", requires = "parallel")]
+    dead_letter: Option<String>,
+    /// Attempts before a record is dead-lettered (default: retry retriable failures forever).
+    #[arg(long, requires = "parallel")]
+    max_attempts: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OrderArg {
+    Key,
+    Partition,
+    Unordered,
 }
 
 pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
@@ -67,6 +100,11 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
     let mut config = ConsumerConfig::new(cluster.client()).with_offset_reset(reset);
     if let Some(g) = &a.group {
         config = config.with_group(g.as_str());
+    }
+    if a.parallel {
+        let result = parallel(&a, config).await;
+        drop(cluster);
+        return result;
     }
     // The consumer blocks in poll; it lives on a blocking thread with the dev broker kept alive here.
     let handle = tokio::task::spawn_blocking(move || consume_loop(&a, &config));
@@ -165,4 +203,61 @@ fn print_record(out: &mut impl Write, r: &ConsumedRecord, f: Format) -> std::io:
             writeln!(out, "{v}")
         }
     }
+}
+
+async fn parallel(a: &Args, kafka: ConsumerConfig) -> anyhow::Result<()> {
+    use kbatch_consumer::{ParallelConfig, ParallelConsumer, ProcessingOrder, ShutdownMode};
+    let order = match a.ordering {
+        OrderArg::Key => ProcessingOrder::Key,
+        OrderArg::Partition => ProcessingOrder::Partition,
+        OrderArg::Unordered => ProcessingOrder::Unordered,
+    };
+    let mut cfg = ParallelConfig::new(kafka, [a.topic.as_str()])
+        .with_ordering(order)
+        .with_concurrency(a.concurrency);
+    cfg.dead_letter_topic = a.dead_letter.clone();
+    cfg.max_attempts = a.max_attempts;
+    let builder = ParallelConsumer::builder(cfg);
+    let builder = match (&a.exec, &a.http) {
+        (Some(cmd), None) => {
+            let cmd = cmd.clone();
+            builder.handler(move |r| crate::bridge::exec(cmd.clone(), r))
+        }
+        (None, Some(t)) => {
+            let t = t.clone();
+            builder.handler(move |r| crate::bridge::post(t.clone(), r))
+        }
+        _ => anyhow::bail!("--parallel needs --exec CMD or --http URL"),
+    };
+    let running = builder.build()?.start()?;
+    eprintln!(
+        "bridging {} with {:?} ordering, {} in flight; Ctrl-C to stop",
+        a.topic, a.ordering, a.concurrency
+    );
+    let idle = a.idle_exit.map(Duration::from_secs_f64);
+    let mut last = (running.stats().processed, Instant::now());
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        let s = running.stats();
+        if a.count
+            .is_some_and(|c| s.processed + s.dead_lettered + s.skipped_failed >= c)
+            || running.is_finished()
+        {
+            break;
+        }
+        if s.processed != last.0 {
+            last = (s.processed, Instant::now());
+        } else if idle.is_some_and(|i| last.1.elapsed() >= i) {
+            break;
+        }
+    }
+    let report = running.shutdown(ShutdownMode::Drain).await?;
+    eprintln!(
+        "processed {} records; left {} for the next run",
+        report.processed, report.left_unprocessed
+    );
+    Ok(())
 }

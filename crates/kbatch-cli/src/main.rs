@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bridge;
 mod broker;
 mod cluster;
 mod consume;

@@ -345,3 +345,187 @@ fn bad_input_is_named_in_the_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--size"));
 }
+
+fn produce_lines(topic: &str, lines: &[String]) {
+    let mut p = kbatch()
+        .args([
+            "produce",
+            "--brokers",
+            brokers(),
+            "--topic",
+            topic,
+            "--partitions",
+            "2",
+            "--key-separator",
+            "=",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin
+        .take()
+        .unwrap()
+        .write_all((lines.join("\n") + "\n").as_bytes())
+        .unwrap();
+    let out = p.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn parallel_exec_bridge_keeps_key_order() {
+    let topic = unique_name("cli-exec");
+    let lines: Vec<String> = (0..60).map(|i| format!("car-{}=fix {i}", i % 4)).collect();
+    produce_lines(&topic, &lines);
+    let dir = std::env::temp_dir().join(unique_name("kbatch-exec"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("log");
+    // Short lines appended with >> are atomic; the sleep makes concurrency observable.
+    let cmd = format!(
+        "v=$(cat); sleep 0.01; echo \"$KBATCH_KEY|$v\" >> {}",
+        log.display()
+    );
+    let out = kbatch()
+        .args([
+            "consume",
+            "--brokers",
+            brokers(),
+            "--topic",
+            &topic,
+            "--group",
+            &unique_name("cli-exec-g"),
+        ])
+        .args([
+            "--parallel",
+            "--ordering",
+            "key",
+            "--concurrency",
+            "8",
+            "--exec",
+            &cmd,
+            "--count",
+            "60",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let rows: Vec<(String, u32)> = text
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once('|').unwrap();
+            (k.to_owned(), v.trim_start_matches("fix ").parse().unwrap())
+        })
+        .collect();
+    assert_eq!(rows.len(), 60);
+    for k in 0..4 {
+        let key = format!("car-{k}");
+        let seq: Vec<u32> = rows
+            .iter()
+            .filter(|(rk, _)| *rk == key)
+            .map(|(_, v)| *v)
+            .collect();
+        assert!(seq.windows(2).all(|w| w[0] < w[1]), "{key}: {seq:?}");
+        assert_eq!(seq.len(), 15);
+    }
+}
+
+#[test]
+fn parallel_http_bridge_posts_and_retries_failures() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    let topic = unique_name("cli-http");
+    let lines: Vec<String> = (0..30)
+        .map(|i| format!("{}=payload {i}", if i == 7 { "flaky" } else { "steady" }))
+        .collect();
+    produce_lines(&topic, &lines);
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            for conn in server.incoming() {
+                let Ok(mut s) = conn else { continue };
+                // Read the whole request: head, then Content-Length bytes of body.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let req = loop {
+                    let n = s.read(&mut chunk).unwrap_or(0);
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("Content-Length: "))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if body.len() >= len || n == 0 {
+                            break text;
+                        }
+                    } else if n == 0 {
+                        break text;
+                    }
+                };
+                let body = req.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+                let flaky = req.contains("X-Kafka-Key: flaky");
+                let attempts = {
+                    let mut m = seen.lock().unwrap();
+                    let a = m.entry(body).or_default();
+                    *a += 1;
+                    *a
+                };
+                let status = if flaky && attempts == 1 {
+                    "503 Service Unavailable"
+                } else {
+                    "200 OK"
+                };
+                let _ = s.write_all(
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+                );
+            }
+        });
+    }
+    let out = kbatch()
+        .args([
+            "consume",
+            "--brokers",
+            brokers(),
+            "--topic",
+            &topic,
+            "--group",
+            &unique_name("cli-http-g"),
+        ])
+        .args([
+            "--parallel",
+            "--ordering",
+            "unordered",
+            "--http",
+            &format!("http://127.0.0.1:{port}/fix"),
+            "--count",
+            "30",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = seen.lock().unwrap();
+    assert_eq!(m.len(), 30, "every record posted: {m:?}");
+    assert_eq!(m["payload 7"], 2, "the 503 was retried once");
+    assert!(
+        m.iter()
+            .filter(|(k, _)| *k != "payload 7")
+            .all(|(_, n)| *n == 1)
+    );
+}

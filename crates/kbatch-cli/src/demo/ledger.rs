@@ -30,7 +30,7 @@ pub(crate) struct Ledger {
     duplicates: u64,
     foreign: u64,
     out_of_order: u64,
-    last_seq: HashMap<i32, u64>,
+    last_seq: HashMap<Vec<u8>, u64>,
 }
 
 /// The ledger's verdict.
@@ -63,9 +63,10 @@ impl Ledger {
         }
     }
 
-    /// Records one consumed value from `partition`. Records of one producer to one partition
-    /// must arrive in send order, so a sequence number below its partition's last is a reorder.
-    pub(crate) fn observe(&mut self, partition: i32, value: Option<&[u8]>) {
+    /// Records one consumed value of `key`. Records of one key are produced in order to one
+    /// partition and processed in order (KEY ordering), so a sequence number below its key's
+    /// last is a reorder.
+    pub(crate) fn observe(&mut self, key: &[u8], value: Option<&[u8]>) {
         let Some((seq, _)) = value.and_then(decode).filter(|(s, _)| *s < self.expected) else {
             self.foreign += 1;
             return;
@@ -77,7 +78,7 @@ impl Ledger {
         }
         self.seen[word] |= bit;
         self.distinct += 1;
-        let last = self.last_seq.entry(partition).or_insert(seq);
+        let last = self.last_seq.entry(key.to_vec()).or_insert(seq);
         if seq < *last {
             self.out_of_order += 1;
         }
@@ -115,7 +116,7 @@ mod tests {
     fn clean_run_is_clean() {
         let mut l = Ledger::new(130);
         for s in 0..130 {
-            l.observe((s % 3) as i32, Some(&v(s)));
+            l.observe(format!("k{}", s % 3).as_bytes(), Some(&v(s)));
         }
         let verdict = l.verdict();
         assert!(verdict.is_clean(), "{verdict:?}");
@@ -126,11 +127,11 @@ mod tests {
     fn loss_duplicates_reorders_and_garbage_are_all_counted() {
         let mut l = Ledger::new(10);
         for s in [0, 1, 3, 2, 3, 4, 5, 6, 7] {
-            l.observe(0, Some(&v(s)));
+            l.observe(b"k", Some(&v(s)));
         }
-        l.observe(0, Some(b"short"));
-        l.observe(0, None);
-        l.observe(0, Some(&v(10)));
+        l.observe(b"k", Some(b"short"));
+        l.observe(b"k", None);
+        l.observe(b"k", Some(&v(10)));
         let got = l.verdict();
         assert_eq!(
             got,

@@ -1,14 +1,16 @@
 //! Running the demo: produce and consume concurrently, then summarise.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use kbatch_client::{ConsumerConfig, KafkaConsumer, ProducerConfig as KafkaConfig, StartOffset};
-use kbatch_core::{Classify, Record, TopicPartition};
+use kbatch_client::{AutoOffsetReset, ConsumerConfig, ProducerConfig as KafkaConfig};
+use kbatch_consumer::{ParallelConfig, ParallelConsumer, ProcessingOrder, ShutdownMode};
+use kbatch_core::{Classify, Record};
 use kbatch_producer::{DeliveryFuture, ProduceError, Producer, ProducerConfig};
 use serde::Serialize;
 
@@ -89,13 +91,14 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
             .with_prefix("consumed"),
     );
 
-    let consumed = std::sync::Arc::new(AtomicU64::new(0));
-    let consume = {
-        let (topic, consumed, a) = (topic.clone(), consumed.clone(), a.clone());
-        tokio::task::spawn_blocking(move || {
-            consume_all(&consumer_cfg, &topic, partitions, &a, base, &consumed)
-        })
-    };
+    let consumed = Arc::new(AtomicU64::new(0));
+    let consume = tokio::spawn(consume_all(
+        consumer_cfg,
+        topic.clone(),
+        a.clone(),
+        base,
+        consumed.clone(),
+    ));
     let produce = tokio::spawn(produce_all(
         producer.clone(),
         topic.clone(),
@@ -232,43 +235,69 @@ async fn produce_all(
 
 /// Reads every partition from the beginning until all records arrived, or 30 s pass with
 /// nothing new; returns the ledger's verdict, end-to-end latencies and the time taken.
-fn consume_all(
-    cfg: &ConsumerConfig,
-    topic: &str,
-    partitions: i32,
-    a: &Args,
+async fn consume_all(
+    cfg: ConsumerConfig,
+    topic: String,
+    a: Args,
     base: Instant,
-    progress: &AtomicU64,
+    progress: Arc<AtomicU64>,
 ) -> anyhow::Result<(Verdict, Histogram<u64>, f64)> {
-    let c = KafkaConsumer::new(cfg)?;
-    let parts: Vec<_> = (0..partitions)
-        .map(|p| (TopicPartition::new(topic, p), StartOffset::Beginning))
-        .collect();
-    c.assign(&parts)?;
-    let mut ledger = Ledger::new(a.records);
-    let mut e2e = latency_histogram();
-    let started = Instant::now();
-    let mut last_progress = Instant::now();
-    let mut buf = Vec::with_capacity(10_000);
-    while ledger.distinct() < a.records && last_progress.elapsed() < Duration::from_secs(30) {
-        buf.clear();
-        c.poll_batch(&mut buf, 10_000, Duration::from_millis(100))?;
-        if buf.is_empty() {
-            continue;
-        }
-        last_progress = Instant::now();
-        let now = base.elapsed().as_micros() as u64;
-        for r in &buf {
-            let v = r.value.as_deref();
-            if let Some((_, sent)) = v.and_then(ledger::decode) {
-                e2e.saturating_record(now.saturating_sub(sent).max(1));
+    // The parallel consumer, KEY order, many records in flight: the ledger checks per-key order.
+    let state = Arc::new(Mutex::new((
+        Ledger::new(a.records),
+        latency_histogram(),
+        None::<Instant>,
+    )));
+    let cfg = ParallelConfig::new(
+        cfg.with_group(format!("{topic}-demo"))
+            .with_offset_reset(AutoOffsetReset::Earliest),
+        [topic.as_str()],
+    )
+    .with_ordering(ProcessingOrder::Key)
+    .with_concurrency(256);
+    let running = ParallelConsumer::builder(cfg)
+        .handler({
+            let (state, progress) = (state.clone(), progress.clone());
+            move |r| {
+                let (state, progress) = (state.clone(), progress.clone());
+                async move {
+                    let now = base.elapsed().as_micros() as u64;
+                    let v = r.value.as_deref();
+                    let mut s = state
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    s.2.get_or_insert_with(Instant::now);
+                    if let Some((_, sent)) = v.and_then(ledger::decode) {
+                        s.1.saturating_record(now.saturating_sub(sent).max(1));
+                    }
+                    s.0.observe(r.key.as_deref().unwrap_or_default(), v);
+                    progress.store(s.0.distinct(), Ordering::Relaxed);
+                    metrics::counter!("kbatch_cli_records_consumed_total").increment(1);
+                    Ok(())
+                }
             }
-            ledger.observe(r.partition, v);
+        })
+        .build()?
+        .start()?;
+    let mut last = (0, Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let n = progress.load(Ordering::Relaxed);
+        if n >= a.records || running.is_finished() {
+            break;
         }
-        metrics::counter!("kbatch_cli_records_consumed_total").increment(buf.len() as u64);
-        progress.store(ledger.distinct(), Ordering::Relaxed);
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(30) {
+            break;
+        }
     }
-    Ok((ledger.verdict(), e2e, started.elapsed().as_secs_f64()))
+    running.shutdown(ShutdownMode::Drain).await?;
+    let s = state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let secs = s.2.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    Ok((s.0.verdict(), s.1.clone(), secs))
 }
 
 #[allow(clippy::print_stdout, reason = "the summary is this command's output")]
