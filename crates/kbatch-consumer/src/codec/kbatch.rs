@@ -24,11 +24,18 @@ const ZSTD: u8 = 0x80;
 /// Bound on decompressed payloads: far beyond what 4 KiB of metadata encodes legitimately.
 const MAX_DECOMPRESSED: usize = 256 << 10;
 
+/// Spans longer than this are not tried as a bitset: a gap of a billion offsets (a compacted
+/// topic) must not allocate a billion bits, and run-length is small for such spans anyway.
+const MAX_BITSET_SPAN: i64 = 1 << 20;
+
 /// Encodes `map` (non-empty, base ≥ 0) in the smallest of the four encodings.
 pub(crate) fn encode(map: &OffsetMap) -> String {
-    let candidates = [bitset_payload(map), run_length_payload(map)];
+    let mut candidates = vec![(RUN_LENGTH, run_length_payload(map))];
+    if map.end - map.base <= MAX_BITSET_SPAN {
+        candidates.push((BITSET, bitset_payload(map)));
+    }
     let mut best: Option<Vec<u8>> = None;
-    for (encoding, payload) in [BITSET, RUN_LENGTH].into_iter().zip(candidates) {
+    for (encoding, payload) in candidates {
         let mut options = vec![frame(encoding, &payload)];
         if let Ok(z) = zstd::bulk::compress(&payload, 3) {
             options.push(frame(encoding | ZSTD, &z));

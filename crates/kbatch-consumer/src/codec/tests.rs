@@ -49,6 +49,15 @@ fn smallest_encoding_wins_and_stays_small() {
 }
 
 #[test]
+fn a_huge_offset_gap_encodes_small_without_a_huge_bitset() {
+    // Offsets 7 and 7 + 10^12 (compaction can leave such gaps): run-length, a few bytes.
+    let m = map(7, 7 + 1_000_000_000_001, &[7, 7 + 1_000_000_000_000]);
+    let text = encode(&m);
+    assert!(text.len() < 40, "{text}");
+    assert_eq!(decode(7, &text).unwrap(), m);
+}
+
+#[test]
 fn metadata_for_another_offset_is_detected() {
     let text = encode(&map(100, 110, &[100, 105]));
     assert_eq!(
