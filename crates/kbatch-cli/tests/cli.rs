@@ -97,37 +97,10 @@ fn demo_refuses_a_workload_the_dev_broker_would_silently_truncate() {
 #[test]
 fn stdin_lines_produced_are_consumed_back_with_keys() {
     let topic = unique_name("cli-roundtrip");
-    let mut p = kbatch()
-        .args([
-            "produce",
-            "--brokers",
-            brokers(),
-            "--topic",
-            &topic,
-            "--partitions",
-            "3",
-            "--key-separator",
-            "=",
-        ])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let lines: Vec<String> = (0..500)
         .map(|i| format!("user-{}=event {i}", i % 7))
         .collect();
-    p.stdin
-        .take()
-        .unwrap()
-        .write_all((lines.join("\n") + "\n").as_bytes())
-        .unwrap();
-    let out = p.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("produced 500 of 500"));
+    assert!(produce_lines(&topic, 3, &lines).contains("produced 500 of 500"));
 
     let out = kbatch()
         .args([
@@ -346,7 +319,8 @@ fn bad_input_is_named_in_the_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--size"));
 }
 
-fn produce_lines(topic: &str, lines: &[String]) {
+/// Pipes `lines` (`key=value`) into `kbatch produce`; returns what it reported on stderr.
+fn produce_lines(topic: &str, partitions: u32, lines: &[String]) -> String {
     let mut p = kbatch()
         .args([
             "produce",
@@ -354,11 +328,10 @@ fn produce_lines(topic: &str, lines: &[String]) {
             brokers(),
             "--topic",
             topic,
-            "--partitions",
-            "2",
             "--key-separator",
             "=",
         ])
+        .args(["--partitions", &partitions.to_string()])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -369,18 +342,16 @@ fn produce_lines(topic: &str, lines: &[String]) {
         .write_all((lines.join("\n") + "\n").as_bytes())
         .unwrap();
     let out = p.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    err
 }
 
 #[test]
 fn parallel_exec_bridge_keeps_key_order() {
     let topic = unique_name("cli-exec");
     let lines: Vec<String> = (0..60).map(|i| format!("car-{}=fix {i}", i % 4)).collect();
-    produce_lines(&topic, &lines);
+    produce_lines(&topic, 2, &lines);
     let dir = std::env::temp_dir().join(unique_name("kbatch-exec"));
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("log");
@@ -446,7 +417,7 @@ fn parallel_http_bridge_posts_and_retries_failures() {
     let lines: Vec<String> = (0..30)
         .map(|i| format!("{}=payload {i}", if i == 7 { "flaky" } else { "steady" }))
         .collect();
-    produce_lines(&topic, &lines);
+    produce_lines(&topic, 2, &lines);
     let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = server.local_addr().unwrap().port();
     let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();

@@ -10,25 +10,12 @@ use std::time::Duration;
 
 use common::{Ledger, committed, config, eventually, filled_topic};
 use kbatch_client::AssignmentStrategy;
-use kbatch_consumer::{ParallelConsumer, ProcessingOrder, Running, ShutdownMode};
+use kbatch_consumer::{ProcessingOrder, Running, ShutdownMode};
 use kbatch_core::Record;
 use kbatch_testkit::{create_topic, producer_config, unique_name};
 
 fn start(cfg: kbatch_consumer::ParallelConfig, ledger: &Ledger) -> Running {
-    let ledger = ledger.clone();
-    ParallelConsumer::builder(cfg)
-        .handler(move |r| {
-            let ledger = ledger.clone();
-            async move {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                ledger.push(&r);
-                Ok(())
-            }
-        })
-        .build()
-        .unwrap()
-        .start()
-        .unwrap()
+    common::start_recording(cfg, ledger, Duration::from_millis(1))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::{Ledger, committed, config, eventually};
 use kbatch_consumer::codec::decode;
-use kbatch_consumer::{ParallelConsumer, ProcessingOrder, ShutdownMode};
+use kbatch_consumer::{ProcessingOrder, ShutdownMode};
 use kbatch_testkit::{brokers, repo_root, unique_name};
 
 fn incompletes_of(v: &serde_json::Value) -> BTreeSet<i64> {
@@ -133,21 +133,11 @@ async fn a_group_left_by_the_real_parallel_consumer_resumes_without_reprocessing
     );
 
     let seen = Ledger::default();
-    let running = ParallelConsumer::builder(config(&group, &[&topic], ProcessingOrder::Unordered))
-        .handler({
-            let seen = seen.clone();
-            move |r| {
-                let seen = seen.clone();
-                async move {
-                    seen.push(&r);
-                    Ok(())
-                }
-            }
-        })
-        .build()
-        .unwrap()
-        .start()
-        .unwrap();
+    let running = common::start_recording(
+        config(&group, &[&topic], ProcessingOrder::Unordered),
+        &seen,
+        Duration::ZERO,
+    );
     eventually(60, "kbatch processes what PC left", || {
         seen.len() >= incomplete.len()
     })

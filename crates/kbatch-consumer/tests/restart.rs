@@ -72,21 +72,7 @@ async fn run_with_stuck(
 /// Starts a fresh consumer on the group and returns the sequence numbers it processes.
 async fn restart_and_collect(cfg: ParallelConfig, expect: usize) -> Vec<u64> {
     let seen = Ledger::default();
-    let running = ParallelConsumer::builder(cfg)
-        .handler({
-            let seen = seen.clone();
-            move |r| {
-                let seen = seen.clone();
-                async move {
-                    seen.push(&r);
-                    Ok(())
-                }
-            }
-        })
-        .build()
-        .unwrap()
-        .start()
-        .unwrap();
+    let running = common::start_recording(cfg, &seen, Duration::ZERO);
     eventually(60, "the restarted consumer catches up", || {
         seen.len() >= expect
     })

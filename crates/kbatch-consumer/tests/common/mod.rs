@@ -95,3 +95,27 @@ pub(crate) fn committed(group: &str, topic: &str, partition: i32) -> (Option<i64
     let got = c.committed(&[tp], Duration::from_secs(10)).unwrap();
     (got[0].offset.map(|o| o.0), got[0].metadata.clone())
 }
+
+/// Starts a consumer whose handler waits `delay` (if any) and records each record in `ledger`.
+pub(crate) fn start_recording(
+    cfg: kbatch_consumer::ParallelConfig,
+    ledger: &Ledger,
+    delay: Duration,
+) -> kbatch_consumer::Running {
+    let ledger = ledger.clone();
+    kbatch_consumer::ParallelConsumer::builder(cfg)
+        .handler(move |r| {
+            let ledger = ledger.clone();
+            async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                ledger.push(&r);
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap()
+}
