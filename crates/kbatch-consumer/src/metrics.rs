@@ -11,7 +11,7 @@
 //! | `kbatch_consumer_in_flight` / `_waiting` | gauge | handler jobs running / records held not running |
 //! | `kbatch_consumer_handler_seconds` | histogram | handler latency |
 //! | `kbatch_consumer_partition_incomplete_offsets{topic,partition}` | gauge | polled, not done |
-//! | `kbatch_consumer_partition_highest_seen_offset` / `_committed_offset` | gauge | per partition |
+//! | `kbatch_consumer_partition_highest_seen_offset` / `_highest_completed_offset` / `_committed_offset` | gauge | per partition |
 //! | `kbatch_consumer_partition_metadata_ratio` | gauge | metadata size / limit |
 //!
 //! Every metric carries a `group` label.
@@ -132,9 +132,7 @@ impl Metrics {
         &self,
         topic: &str,
         partition: i32,
-        incomplete: usize,
-        highest: Option<i64>,
-        committed: Option<i64>,
+        t: &crate::tracker::Tracker,
         ratio: f64,
     ) {
         let labels = [
@@ -142,11 +140,19 @@ impl Metrics {
             ("topic", topic.to_owned()),
             ("partition", partition.to_string()),
         ];
-        gauge!("kbatch_consumer_partition_incomplete_offsets", &labels).set(incomplete as f64);
-        if let Some(h) = highest {
+        gauge!("kbatch_consumer_partition_incomplete_offsets", &labels)
+            .set(t.incomplete_count() as f64);
+        if let Some(h) = t.highest_seen() {
             gauge!("kbatch_consumer_partition_highest_seen_offset", &labels).set(h as f64);
         }
-        if let Some(c) = committed {
+        if let Some(h) = t.highest_completed() {
+            gauge!(
+                "kbatch_consumer_partition_highest_completed_offset",
+                &labels
+            )
+            .set(h as f64);
+        }
+        if let Some(c) = t.commit_point() {
             gauge!("kbatch_consumer_partition_committed_offset", &labels).set(c as f64);
         }
         gauge!("kbatch_consumer_partition_metadata_ratio", &labels).set(ratio);

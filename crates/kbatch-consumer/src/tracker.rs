@@ -29,6 +29,8 @@ pub(crate) struct Tracker {
     floor: Option<i64>,
     incomplete: BTreeSet<i64>,
     highest_seen: Option<i64>,
+    /// Highest offset completed so far in this assignment.
+    highest_completed: Option<i64>,
     /// Records dispatched to a handler and not yet back.
     pub(crate) in_flight: usize,
     /// What was last committed (offset, metadata): commit only on change.
@@ -42,6 +44,7 @@ impl Tracker {
             floor: committed,
             incomplete: BTreeSet::new(),
             highest_seen: None,
+            highest_completed: None,
             in_flight: 0,
             last_commit: None,
         };
@@ -86,6 +89,12 @@ impl Tracker {
     /// The record at `offset` is done (processed, skipped for good, or dead-lettered).
     pub(crate) fn completed(&mut self, offset: i64) {
         self.incomplete.remove(&offset);
+        self.highest_completed = Some(self.highest_completed.map_or(offset, |h| h.max(offset)));
+    }
+
+    /// Highest offset completed in this assignment.
+    pub(crate) fn highest_completed(&self) -> Option<i64> {
+        self.highest_completed
     }
 
     /// The offset to commit: the lowest incomplete one, else one past the highest seen.

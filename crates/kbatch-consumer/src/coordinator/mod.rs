@@ -352,14 +352,8 @@ impl Coordinator {
         self.metrics.publish_totals(&self.stats.snapshot());
         for (tp, p) in &self.parts {
             let ratio = p.metadata_len as f64 / self.cfg.metadata_limit as f64;
-            self.metrics.publish_partition(
-                &tp.topic,
-                tp.partition,
-                p.tracker.incomplete_count(),
-                p.tracker.highest_seen(),
-                p.tracker.commit_point(),
-                ratio,
-            );
+            self.metrics
+                .publish_partition(&tp.topic, tp.partition, &p.tracker, ratio);
         }
     }
 
