@@ -185,3 +185,79 @@ async fn eager_rebalances_under_churn_lose_nothing() {
 async fn cooperative_rebalances_under_churn_lose_nothing() {
     churn(AssignmentStrategy::CooperativeSticky).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compacted_topics_leave_gaps_that_do_not_hold_the_commit_back() {
+    let topic = unique_name("pc-compact");
+    let t = kbatch_client::NewTopic::new(&topic, 1)
+        .with_config("cleanup.policy", "compact")
+        .with_config("segment.ms", "100")
+        .with_config("min.cleanable.dirty.ratio", "0.001")
+        .with_config("min.compaction.lag.ms", "0");
+    kbatch_testkit::admin().create_topics(&[t]).await.unwrap();
+    // Three rounds over 20 keys, in separate segments; a last record rolls the final one.
+    let p = kbatch_producer::Producer::new(kbatch_producer::ProducerConfig::new(producer_config()))
+        .unwrap();
+    for round in 0..3 {
+        let rs = p
+            .send_batch((0..20).map(|k| {
+                Record::new(topic.as_str(), format!("r{round}")).with_key(format!("k{k}"))
+            }))
+            .await;
+        assert!(rs.iter().all(Result::is_ok));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        p.send_batch([Record::new(topic.as_str(), "end").with_key("end")])
+            .await[0]
+            .is_ok()
+    );
+    p.close().await;
+    // Wait for the log cleaner: older values of each key disappear, leaving offset gaps.
+    let mut survivors = Vec::new();
+    for _ in 0..120 {
+        let got = tokio::task::block_in_place(|| {
+            kbatch_testkit::consume_all(
+                &topic,
+                kbatch_client::Isolation::ReadCommitted,
+                None,
+                Duration::from_millis(500),
+            )
+        });
+        survivors = got.into_values().flatten().map(|r| r.offset.0).collect();
+        // Fully compacted: the newest value of each of the 20 keys, and "end".
+        if survivors.len() == 21 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        survivors.len() < 61,
+        "the broker compacted the topic (offset gaps exist)"
+    );
+    let group = unique_name("pc-compact-g");
+    let ledger = Ledger::default();
+    let running = start(config(&group, &[&topic], ProcessingOrder::Key), &ledger);
+    eventually(60, "every surviving record processed", || {
+        ledger.len() >= survivors.len()
+    })
+    .await;
+    let (tt, g) = (topic.clone(), group.clone());
+    eventually(20, "commit past the gaps to the end", || {
+        committed(&g, &tt, 0).0 == Some(61)
+    })
+    .await;
+    running.shutdown(ShutdownMode::Drain).await.unwrap();
+    let mut offs: Vec<i64> = ledger
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.offset.0)
+        .collect();
+    offs.sort_unstable();
+    assert_eq!(
+        offs, survivors,
+        "exactly the records that survived compaction"
+    );
+}
