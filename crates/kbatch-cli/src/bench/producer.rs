@@ -170,14 +170,7 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
     // Warm the broker (JIT, page cache, log segments) before anything is measured.
     {
         let topic = format!("kbatch-bench-warmup-{:08x}", rand_u32());
-        match &dev {
-            Some(d) => d.create_topic(&topic, a.partitions)?,
-            None => {
-                admin
-                    .create_topics(&[NewTopic::new(&topic, a.partitions)])
-                    .await?
-            }
-        }
+        create_topic(dev.as_ref(), &admin, &topic, a.partitions).await?;
         let (kafka, value, keys, n) = (
             w.kafka.clone(),
             w.value.clone(),
@@ -200,14 +193,7 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
         for k in 0..contenders.len() {
             let c = contenders[(k + round as usize) % contenders.len()];
             let topic = format!("kbatch-bench-{round}-{k}-{:08x}", rand_u32());
-            match &dev {
-                Some(d) => d.create_topic(&topic, a.partitions)?,
-                None => {
-                    admin
-                        .create_topics(&[NewTopic::new(&topic, a.partitions)])
-                        .await?
-                }
-            }
+            create_topic(dev.as_ref(), &admin, &topic, a.partitions).await?;
             let cpu_before = process_cpu_seconds();
             let r: Measured = match c {
                 Contender::Kbatch => run_kbatch(&w, &topic).await?.into(),
@@ -369,6 +355,24 @@ fn process_cpu_seconds() -> f64 {
     };
     // Linux reports in USER_HZ, 100 on every mainstream configuration.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A topic on the embedded dev broker (which lacks CreateTopics) or through the admin client.
+async fn create_topic(
+    dev: Option<&kbatch_client::DevBroker>,
+    admin: &Admin,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    match dev {
+        Some(d) => d.create_topic(topic, partitions)?,
+        None => {
+            admin
+                .create_topics(&[NewTopic::new(topic, partitions)])
+                .await?
+        }
+    }
+    Ok(())
 }
 
 fn raw_keys(w: &Workload) -> Vec<Vec<u8>> {
