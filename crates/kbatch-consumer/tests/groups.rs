@@ -261,3 +261,34 @@ async fn compacted_topics_leave_gaps_that_do_not_hold_the_commit_back() {
         "exactly the records that survived compaction"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn work_outliving_a_revocation_is_accounted_once() {
+    const N: u64 = 40;
+    let topic = filled_topic("pc-late", 2, N, 40).await;
+    let group = unique_name("pc-late-g");
+    let ledger = Ledger::default();
+    let cfg = || {
+        let mut c = config(&group, &[&topic], ProcessingOrder::Key).with_concurrency(64);
+        // Handlers outlive the revocation wait: their results come back after the revoke.
+        c.revoke_timeout = Duration::from_millis(50);
+        c
+    };
+    let a = common::start_recording(cfg(), &ledger, Duration::from_millis(3000));
+    eventually(60, "A has work in flight", || a.stats().in_flight > 0).await;
+    let b = common::start_recording(cfg(), &ledger, Duration::from_millis(3000));
+    let distinct = || ledger.seqs().into_iter().collect::<BTreeSet<u64>>().len();
+    eventually(120, "every record processed at least once", || {
+        distinct() >= N as usize
+    })
+    .await;
+    // A's coordinator must still be healthy after the late completions came back.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!a.is_finished(), "consumer A stopped: {:?}", a.stats());
+    a.shutdown(ShutdownMode::Drain)
+        .await
+        .expect("A shuts down cleanly");
+    b.shutdown(ShutdownMode::Drain)
+        .await
+        .expect("B shuts down cleanly");
+}

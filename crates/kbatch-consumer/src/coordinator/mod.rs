@@ -235,15 +235,15 @@ impl Coordinator {
                     let dropped = self.scheduler.clear();
                     self.left_unprocessed += dropped.len() as u64;
                     self.unhold(&dropped);
-                    for (_, (job, _)) in self.waiting.drain() {
+                    let retrying: Vec<Job> = self
+                        .waiting
+                        .drain()
+                        .map(|(_, (job, _))| job)
+                        .chain(self.due.drain(..).map(|(_, job, _)| job))
+                        .collect();
+                    for job in retrying {
                         self.left_unprocessed += job.works.len() as u64;
-                        self.held_records -= job.works.len();
-                        self.held_bytes -= job.works.iter().map(|w| w.size).sum::<usize>();
-                    }
-                    for (_, job, _) in self.due.drain(..) {
-                        self.left_unprocessed += job.works.len() as u64;
-                        self.held_records -= job.works.len();
-                        self.held_bytes -= job.works.iter().map(|w| w.size).sum::<usize>();
+                        self.unhold(&job.works);
                     }
                     self.retry_at.clear();
                 }

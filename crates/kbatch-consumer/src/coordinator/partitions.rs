@@ -180,22 +180,20 @@ impl Coordinator {
     }
 
     /// Replies with the final commits of the revoked partitions and forgets them; work still
-    /// in flight is left out of the commit (the next owner reprocesses it) and ignored when it
-    /// returns.
+    /// in flight is left out of the commit (the next owner reprocesses it), and leaves the
+    /// budget through `unhold` when it returns, like every other record.
     pub(super) fn finish_revoke(&mut self) {
         let Some(r) = self.revoke.take() else { return };
         let mut commits = Vec::new();
         for tp in &r.partitions {
-            if let Some(p) = self.parts.remove(tp) {
-                if let Some((offset, meta)) = p.tracker.commit(self.cfg.metadata_limit) {
-                    commits.push(OffsetCommit {
-                        tp: tp.clone(),
-                        offset: Offset(offset),
-                        metadata: (!meta.is_empty()).then_some(meta),
-                    });
-                }
-                self.held_records -= p.held;
-                self.held_bytes -= p.held_bytes;
+            if let Some(p) = self.parts.remove(tp)
+                && let Some((offset, meta)) = p.tracker.commit(self.cfg.metadata_limit)
+            {
+                commits.push(OffsetCommit {
+                    tp: tp.clone(),
+                    offset: Offset(offset),
+                    metadata: (!meta.is_empty()).then_some(meta),
+                });
             }
         }
         tracing::debug!(?commits, "revoked");
