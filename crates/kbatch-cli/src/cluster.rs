@@ -66,3 +66,8 @@ impl Cluster {
         Ok(admin.describe_topic(topic).await?.partitions.len() as i32)
     }
 }
+
+/// A random suffix for names this process makes up (demo and benchmark topics, groups).
+pub(crate) fn random_suffix() -> u32 {
+    rand::random()
+}

@@ -173,7 +173,10 @@ async fn fill(
     n: u64,
     keys: u64,
 ) -> anyhow::Result<String> {
-    let topic = format!("kbatch-bench-{name}-{:08x}", rand_u32());
+    let topic = format!(
+        "kbatch-bench-{name}-{:08x}",
+        crate::cluster::random_suffix()
+    );
     admin
         .create_topics(&[NewTopic::new(&topic, partitions)])
         .await?;
@@ -210,7 +213,10 @@ async fn run_kbatch(
     concurrency: usize,
 ) -> anyhow::Result<KbatchRun> {
     let kafka = ConsumerConfig::new(client.clone())
-        .with_group(format!("kbatch-bench-{:08x}", rand_u32()))
+        .with_group(format!(
+            "kbatch-bench-{:08x}",
+            crate::cluster::random_suffix()
+        ))
         .with_offset_reset(AutoOffsetReset::Earliest);
     let cfg = ParallelConfig::new(kafka, [topic])
         .with_ordering(order)
@@ -269,7 +275,10 @@ async fn run_pc(
     keys: u64,
     sleep_max: u64,
 ) -> anyhow::Result<(f64, f64)> {
-    let topic = format!("kbatch-bench-pc-{name}-{:08x}", rand_u32());
+    let topic = format!(
+        "kbatch-bench-pc-{name}-{:08x}",
+        crate::cluster::random_suffix()
+    );
     let ordering = match order {
         ProcessingOrder::Key => "KEY",
         ProcessingOrder::Partition => "PARTITION",
@@ -332,10 +341,6 @@ async fn run_noop(admin: &Admin, client: &ClientConfig, n: u64) -> anyhow::Resul
         base_consumer_msgs_per_s: br,
         kbatch_vs_base_consumer: kr / br,
     })
-}
-
-fn rand_u32() -> u32 {
-    rand::random()
 }
 
 fn print_report(r: &Report) {

@@ -169,7 +169,10 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
     contenders.retain(|c| wanted(*c));
     // Warm the broker (JIT, page cache, log segments) before anything is measured.
     {
-        let topic = format!("kbatch-bench-warmup-{:08x}", rand_u32());
+        let topic = format!(
+            "kbatch-bench-warmup-{:08x}",
+            crate::cluster::random_suffix()
+        );
         create_topic(dev.as_ref(), &admin, &topic, a.partitions).await?;
         let (kafka, value, keys, n) = (
             w.kafka.clone(),
@@ -192,7 +195,10 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
     for round in 0..a.rounds {
         for k in 0..contenders.len() {
             let c = contenders[(k + round as usize) % contenders.len()];
-            let topic = format!("kbatch-bench-{round}-{k}-{:08x}", rand_u32());
+            let topic = format!(
+                "kbatch-bench-{round}-{k}-{:08x}",
+                crate::cluster::random_suffix()
+            );
             create_topic(dev.as_ref(), &admin, &topic, a.partitions).await?;
             let cpu_before = process_cpu_seconds();
             let r: Measured = match c {
@@ -460,12 +466,6 @@ async fn run_python(py: &PathBuf, w: &Workload, topic: &str, a: &Args) -> anyhow
         seconds: v["seconds"].as_f64().unwrap_or(f64::NAN),
         cpu_seconds: v["cpu_seconds"].as_f64(),
     })
-}
-
-fn rand_u32() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos())
 }
 
 fn print_report(r: &Report) -> anyhow::Result<()> {

@@ -64,7 +64,7 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
     let topic = a
         .topic
         .clone()
-        .unwrap_or_else(|| format!("kbatch-demo-{:08x}", std::process::id() ^ rand_u32()));
+        .unwrap_or_else(|| format!("kbatch-demo-{:08x}", crate::cluster::random_suffix()));
     let partitions = cluster.ensure_topic(&topic, a.partitions).await?;
     eprintln!(
         "demo: {} records of {} bytes → topic {topic} ({partitions} partitions) at {}",
@@ -160,12 +160,6 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
         summary.verdict
     );
     Ok(())
-}
-
-fn rand_u32() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos())
 }
 
 /// Sends every record through the batching producer (waiting while it is full) and awaits
