@@ -84,6 +84,9 @@ pub trait RebalanceListener: Send + Sync + 'static {
     fn on_revoke(&self, partitions: &[TopicPartition], lost: bool) -> Vec<OffsetCommit>;
     /// `partitions` were assigned; `committed` holds their committed offsets and metadata.
     fn on_assign(&self, committed: Vec<CommittedOffset>);
+    /// The broker answered a commit (asynchronous ones included): `Err` when it was refused
+    /// or never reached it.
+    fn on_commit(&self, _result: Result<()>) {}
 }
 
 struct ListenerContext {
@@ -99,6 +102,23 @@ impl ClientContext for ListenerContext {
 }
 
 impl ConsumerContext for ListenerContext {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        let Some(l) = &self.listener else { return };
+        // A request that succeeded as a whole may still carry errors per partition.
+        let result = result.and_then(|()| {
+            offsets
+                .elements()
+                .iter()
+                .find_map(|e| e.error().err())
+                .map_or(Ok(()), Err)
+        });
+        l.on_commit(result.map_err(|e| Error::kafka("commit offsets", e)));
+    }
+
     fn pre_rebalance(
         &self,
         consumer: &BaseConsumer<Self>,

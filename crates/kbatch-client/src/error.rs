@@ -96,7 +96,9 @@ pub(crate) fn classify_kafka(e: &KafkaError) -> ErrorClass {
         KafkaError::Nul(_) | KafkaError::Subscription(_) | KafkaError::SetPartitionOffset(_) => {
             ErrorClass::Permanent
         }
-        KafkaError::Canceled => ErrorClass::Fatal,
+        // librdkafka raised a fatal error (fenced or unreleased instance id, ...): whatever
+        // the code, this client instance can do nothing more.
+        KafkaError::Canceled | KafkaError::MessageConsumptionFatal(_) => ErrorClass::Fatal,
         other => other
             .rdkafka_error_code()
             .map_or(ErrorClass::Retriable, classify_code),
@@ -124,7 +126,10 @@ pub fn classify_code(code: RDKafkaErrorCode) -> ErrorClass {
         | C::BrokerDestroy
         | C::InvalidTransactionTimeout
         | C::UnsupportedFeature
-        | C::UnsupportedVersion => ErrorClass::Fatal,
+        | C::UnsupportedVersion
+        // Another member took this static member's instance id, or still holds it.
+        | C::FencedInstanceId
+        | C::UnreleasedInstanceId => ErrorClass::Fatal,
         C::MessageSizeTooLarge
         | C::InvalidMessageSize
         | C::MessageBatchTooLarge
@@ -200,6 +205,11 @@ mod tests {
             classify_code(RDKafkaErrorCode::ProducerFenced),
             ErrorClass::Fatal
         );
+        let fatal = Error::kafka(
+            "poll",
+            KafkaError::MessageConsumptionFatal(RDKafkaErrorCode::UnknownTopicOrPartition),
+        );
+        assert_eq!(fatal.class(), ErrorClass::Fatal, "librdkafka said fatal");
         let e = Error::kafka(
             "send",
             KafkaError::MessageProduction(RDKafkaErrorCode::InvalidTopic),

@@ -25,7 +25,7 @@ mod tpl;
 pub use admin::{Admin, NewTopic, PartitionInfo, TopicDescription};
 pub use config::{
     Acks, AssignmentStrategy, AutoOffsetReset, ClientConfig, Compression, ConsumerConfig,
-    Isolation, ProducerConfig, Secret, SecurityProtocol,
+    GroupProtocol, Isolation, ProducerConfig, Secret, SecurityProtocol,
 };
 pub use consumer::{
     CommittedOffset, GroupMetadata, KafkaConsumer, OffsetCommit, RebalanceListener, StartOffset,

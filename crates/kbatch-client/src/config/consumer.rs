@@ -41,6 +41,38 @@ pub enum AssignmentStrategy {
     CooperativeSticky,
 }
 
+/// Which consumer group protocol the client speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GroupProtocol {
+    /// The classic protocol (JoinGroup/SyncGroup; assignment computed by a member).
+    #[default]
+    Classic,
+    /// KIP-848's consumer protocol (Kafka 4.0+): the broker assigns partitions, incrementally,
+    /// without a stop-the-world rebalance. The session timeout and the assignor are then the
+    /// broker's (`group.consumer.session.timeout.ms`, default 45 s); `session_timeout` and
+    /// `assignment_strategy` must stay at their defaults.
+    Consumer,
+}
+
+/// Properties the typed consumer fields own (besides the connection's): passing them through
+/// `extra` would fight the typed value, or take commits away from kbatch.
+const OWNED_PROPERTIES: &[(&str, &str)] = &[
+    ("group.id", "group_id"),
+    ("group.instance.id", "group_instance_id"),
+    ("group.protocol", "group_protocol"),
+    ("auto.offset.reset", "auto_offset_reset"),
+    ("isolation.level", "isolation"),
+    ("partition.assignment.strategy", "assignment_strategy"),
+    ("enable.auto.commit", "enable_auto_commit"),
+    ("enable.auto.offset.store", "(kbatch stores offsets itself)"),
+    ("session.timeout.ms", "session_timeout"),
+    ("max.poll.interval.ms", "max_poll_interval"),
+    ("max.partition.fetch.bytes", "max_partition_fetch_bytes"),
+    ("queued.max.messages.kbytes", "prefetch_bytes"),
+    ("fetch.wait.max.ms", "fetch_wait_max"),
+];
+
 /// Settings of the Kafka consumer client.
 ///
 /// kbatch commits offsets itself, so auto-commit and auto offset store are off by default.
@@ -50,6 +82,14 @@ pub struct ConsumerConfig {
     pub client: ClientConfig,
     /// Consumer group; `None` allows only manual assignment without commits.
     pub group_id: Option<String>,
+    /// Static membership (KIP-345, `group.instance.id`): a member restarted with the same id
+    /// takes its partitions back at once, without a rebalance, instead of waiting out the
+    /// session timeout. Each running member needs its own id; a second one with the same id
+    /// fences the first. A static member does not leave the group on shutdown: its partitions
+    /// wait for it until the session timeout.
+    pub group_instance_id: Option<String>,
+    /// Consumer group protocol. Default [`GroupProtocol::Classic`].
+    pub group_protocol: GroupProtocol,
     /// Start position without a committed offset.
     pub auto_offset_reset: AutoOffsetReset,
     /// Transactional visibility.
@@ -75,6 +115,8 @@ impl Default for ConsumerConfig {
         Self {
             client: ClientConfig::default(),
             group_id: None,
+            group_instance_id: None,
+            group_protocol: GroupProtocol::Classic,
             auto_offset_reset: AutoOffsetReset::Latest,
             isolation: Isolation::ReadCommitted,
             assignment_strategy: AssignmentStrategy::Range,
@@ -104,6 +146,20 @@ impl ConsumerConfig {
         self
     }
 
+    /// Makes this member static, with `id` (see [`ConsumerConfig::group_instance_id`]).
+    #[must_use]
+    pub fn with_instance_id(mut self, id: impl Into<String>) -> Self {
+        self.group_instance_id = Some(id.into());
+        self
+    }
+
+    /// Sets the group protocol.
+    #[must_use]
+    pub fn with_group_protocol(mut self, p: GroupProtocol) -> Self {
+        self.group_protocol = p;
+        self
+    }
+
     /// Sets the start position for partitions without a committed offset.
     #[must_use]
     pub fn with_offset_reset(mut self, r: AutoOffsetReset) -> Self {
@@ -128,12 +184,52 @@ impl ConsumerConfig {
                 "a non-empty group id or None",
             ));
         }
+        if self.group_instance_id.as_deref() == Some("") {
+            return Err(ConfigError::new(
+                "group_instance_id",
+                "\"\"",
+                "a non-empty id or None",
+            ));
+        }
+        if self.group_instance_id.is_some() && self.group_id.is_none() {
+            return Err(ConfigError::new(
+                "group_instance_id",
+                format!("{:?}", self.group_instance_id),
+                "None without a group_id (static membership is membership of a group)",
+            ));
+        }
+        for key in self.client.extra.keys() {
+            if let Some((_, field)) = OWNED_PROPERTIES.iter().find(|(p, _)| p == key) {
+                return Err(ConfigError::new(
+                    format!("extra[{key:?}]"),
+                    "(set)",
+                    format!("no such entry: it is the typed field `{field}`"),
+                ));
+            }
+        }
         ConfigError::check_range(
             "session_timeout",
             self.session_timeout,
             Duration::from_secs(1),
             Duration::from_secs(3600),
         )?;
+        if self.group_protocol == GroupProtocol::Consumer {
+            let d = Self::default();
+            if self.session_timeout != d.session_timeout {
+                return Err(ConfigError::new(
+                    "session_timeout",
+                    format!("{:?}", self.session_timeout),
+                    "the default with group_protocol Consumer: the broker sets it (group.consumer.session.timeout.ms)",
+                ));
+            }
+            if self.assignment_strategy != d.assignment_strategy {
+                return Err(ConfigError::new(
+                    "assignment_strategy",
+                    format!("{:?}", self.assignment_strategy),
+                    "the default with group_protocol Consumer: the broker assigns (group.consumer.assignors)",
+                ));
+            }
+        }
         if self.max_poll_interval < self.session_timeout {
             return Err(ConfigError::new(
                 "max_poll_interval",
@@ -171,6 +267,9 @@ impl ConsumerConfig {
             "group.id",
             self.group_id.as_deref().unwrap_or("kbatch-assign-only"),
         );
+        if let Some(id) = &self.group_instance_id {
+            c.set("group.instance.id", id);
+        }
         c.set(
             "auto.offset.reset",
             match self.auto_offset_reset {
@@ -186,17 +285,8 @@ impl ConsumerConfig {
                 Isolation::ReadUncommitted => "read_uncommitted",
             },
         )
-        .set(
-            "partition.assignment.strategy",
-            match self.assignment_strategy {
-                AssignmentStrategy::Range => "range",
-                AssignmentStrategy::RoundRobin => "roundrobin",
-                AssignmentStrategy::CooperativeSticky => "cooperative-sticky",
-            },
-        )
         .set("enable.auto.commit", self.enable_auto_commit.to_string())
         .set("enable.auto.offset.store", "false")
-        .set("session.timeout.ms", millis(self.session_timeout))
         .set("max.poll.interval.ms", millis(self.max_poll_interval))
         .set(
             "max.partition.fetch.bytes",
@@ -208,6 +298,23 @@ impl ConsumerConfig {
         )
         .set("fetch.wait.max.ms", millis(self.fetch_wait_max))
         .set("enable.partition.eof", "false");
+        match self.group_protocol {
+            GroupProtocol::Classic => {
+                c.set(
+                    "partition.assignment.strategy",
+                    match self.assignment_strategy {
+                        AssignmentStrategy::Range => "range",
+                        AssignmentStrategy::RoundRobin => "roundrobin",
+                        AssignmentStrategy::CooperativeSticky => "cooperative-sticky",
+                    },
+                )
+                .set("session.timeout.ms", millis(self.session_timeout));
+            }
+            // librdkafka refuses both with the consumer protocol: the broker owns them.
+            GroupProtocol::Consumer => {
+                c.set("group.protocol", "consumer");
+            }
+        }
         self.client.apply_extra(&mut c);
         c
     }
@@ -222,6 +329,46 @@ mod tests {
         let c = ConsumerConfig::default().with_group("g");
         c.validate().unwrap();
         assert_eq!(c.to_rdkafka().get("enable.auto.commit"), Some("false"));
+    }
+
+    #[test]
+    fn static_membership_and_the_consumer_protocol() {
+        let c = ConsumerConfig::default()
+            .with_group("g")
+            .with_instance_id("worker-1")
+            .with_group_protocol(GroupProtocol::Consumer);
+        c.validate().unwrap();
+        let r = c.to_rdkafka();
+        assert_eq!(r.get("group.instance.id"), Some("worker-1"));
+        assert_eq!(r.get("group.protocol"), Some("consumer"));
+        assert_eq!(
+            r.get("session.timeout.ms"),
+            None,
+            "the broker's with KIP-848"
+        );
+        assert_eq!(r.get("partition.assignment.strategy"), None);
+        let e = ConsumerConfig {
+            session_timeout: Duration::from_secs(10),
+            ..c.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.field, "session_timeout");
+        assert!(
+            e.to_string().contains("group.consumer.session.timeout.ms"),
+            "{e}"
+        );
+        let e = ConsumerConfig::default()
+            .with_instance_id("w")
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "group_instance_id");
+        let mut c = ConsumerConfig::default().with_group("g");
+        c.client
+            .extra
+            .insert("enable.auto.commit".into(), "true".into());
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("enable_auto_commit"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,6 @@ mod producer;
 mod secret;
 
 pub use common::{ClientConfig, SaslConfig, SecurityProtocol};
-pub use consumer::{AssignmentStrategy, AutoOffsetReset, ConsumerConfig, Isolation};
+pub use consumer::{AssignmentStrategy, AutoOffsetReset, ConsumerConfig, GroupProtocol, Isolation};
 pub use producer::{Acks, Compression, ProducerConfig};
 pub use secret::Secret;
