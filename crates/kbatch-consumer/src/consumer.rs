@@ -57,9 +57,13 @@ impl ParallelConsumer {
             _ => None,
         };
         let (events_tx, events) = mpsc::channel(16);
+        let stats = Arc::new(SharedStats::default());
         let listener = Arc::new(Listener {
+            stats: Arc::clone(&stats),
             tx: events_tx.clone(),
-            revoke_wait: self.cfg.revoke_timeout + std::time::Duration::from_secs(5),
+            // The coordinator replies by the revoke deadline, late by one loop pass at most;
+            // this wait only guards against a coordinator that stopped answering.
+            revoke_wait: self.cfg.revoke_timeout + std::time::Duration::from_secs(30),
         });
         let consumer = Arc::new(KafkaConsumer::with_listener(
             &self.cfg.effective_kafka(),
@@ -71,7 +75,6 @@ impl ParallelConsumer {
         let poller = poller::spawn(Arc::clone(&consumer), events_tx, Arc::clone(&poller_stop))
             .map_err(|e| Error::Stopped(format!("cannot start the poll thread: {e}")))?;
         let (control_tx, control) = mpsc::channel(16);
-        let stats = Arc::new(SharedStats::default());
         let wiring = Wiring {
             consumer,
             events,

@@ -8,6 +8,7 @@
 //! | `kbatch_consumer_records_retried_total` | counter | failed attempts scheduled again |
 //! | `kbatch_consumer_records_dead_lettered_total` | counter | written to the dead-letter target |
 //! | `kbatch_consumer_records_skipped_total{reason}` | counter | `completed` (per metadata) / `failed` (no dead-letter target) |
+//! | `kbatch_consumer_commits_total` / `_commit_failures_total` | counter | commits sent / refused or lost |
 //! | `kbatch_consumer_in_flight` / `_waiting` | gauge | handler jobs running / records held not running |
 //! | `kbatch_consumer_handler_seconds` | histogram | handler latency |
 //! | `kbatch_consumer_partition_incomplete_offsets{topic,partition}` | gauge | polled, not done |
@@ -42,6 +43,10 @@ pub struct ConsumerStats {
     pub waiting: u64,
     /// Partitions paused at the client now.
     pub paused_partitions: u64,
+    /// Commit requests sent to the group (periodic, at revocation and at shutdown).
+    pub commits: u64,
+    /// Commits the broker refused or that never reached it (retried on the next interval).
+    pub commit_failures: u64,
 }
 
 /// Atomics shared between the coordinator and the handle.
@@ -56,6 +61,8 @@ pub(crate) struct SharedStats {
     in_flight: AtomicU64,
     waiting: AtomicU64,
     paused: AtomicU64,
+    commits: AtomicU64,
+    commit_failures: AtomicU64,
 }
 
 macro_rules! adders {
@@ -67,7 +74,8 @@ macro_rules! adders {
 impl SharedStats {
     adders!(add_processed => processed, add_failed => failed, add_retried => retried,
         add_dead_lettered => dead_lettered, add_skipped_completed => skipped_completed,
-        add_skipped_failed => skipped_failed);
+        add_skipped_failed => skipped_failed, add_commits => commits,
+        add_commit_failures => commit_failures);
 
     pub(crate) fn set_in_flight(&self, n: usize) {
         self.in_flight.store(n as u64, Ordering::Relaxed);
@@ -90,6 +98,8 @@ impl SharedStats {
             in_flight: l(&self.in_flight),
             waiting: l(&self.waiting),
             paused_partitions: l(&self.paused),
+            commits: l(&self.commits),
+            commit_failures: l(&self.commit_failures),
         }
     }
 }
@@ -124,6 +134,10 @@ impl Metrics {
             .absolute(s.dead_lettered);
         metrics::counter!("kbatch_consumer_records_skipped_total", "group" => g.clone(), "reason" => "completed").absolute(s.skipped_completed);
         metrics::counter!("kbatch_consumer_records_skipped_total", "group" => g.clone(), "reason" => "failed").absolute(s.skipped_failed);
+        metrics::counter!("kbatch_consumer_commits_total", "group" => g.clone())
+            .absolute(s.commits);
+        metrics::counter!("kbatch_consumer_commit_failures_total", "group" => g.clone())
+            .absolute(s.commit_failures);
         gauge!("kbatch_consumer_in_flight", "group" => g.clone()).set(s.in_flight as f64);
         gauge!("kbatch_consumer_waiting", "group" => g).set(s.waiting as f64);
     }

@@ -15,17 +15,22 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kbatch_client::{CommittedOffset, KafkaConsumer, OffsetCommit, RebalanceListener};
-use kbatch_core::{ConsumedRecord, TopicPartition};
+use kbatch_core::{Classify as _, ConsumedRecord, TopicPartition};
 use tokio::sync::mpsc;
 
 /// What the poll thread reports.
 #[derive(Debug)]
 pub(crate) enum Event {
+    /// The client is unusable (e.g. fenced by another member with the same instance id).
+    Fatal(kbatch_client::Error),
     Records(Vec<ConsumedRecord>),
     Assigned(Vec<CommittedOffset>),
     Revoked {
         partitions: Vec<TopicPartition>,
         lost: bool,
+        /// When the rebalance asked: the revoke deadline counts from here, not from when the
+        /// coordinator reads the event behind records polled before it.
+        at: std::time::Instant,
         reply: std::sync::mpsc::SyncSender<Vec<OffsetCommit>>,
     },
 }
@@ -35,6 +40,7 @@ pub(crate) struct Listener {
     pub(crate) tx: mpsc::Sender<Event>,
     /// How long a revocation may wait for the coordinator's final commits.
     pub(crate) revoke_wait: Duration,
+    pub(crate) stats: std::sync::Arc<crate::metrics::SharedStats>,
 }
 
 impl RebalanceListener for Listener {
@@ -43,6 +49,7 @@ impl RebalanceListener for Listener {
         let ev = Event::Revoked {
             partitions: partitions.to_vec(),
             lost,
+            at: std::time::Instant::now(),
             reply,
         };
         if self.tx.blocking_send(ev).is_err() {
@@ -52,6 +59,14 @@ impl RebalanceListener for Listener {
             tracing::warn!(?partitions, "no final commit from the coordinator in time; the next owner reprocesses from the last commit");
             Vec::new()
         })
+    }
+
+    fn on_commit(&self, result: kbatch_client::Result<()>) {
+        if let Err(e) = result {
+            // The offsets stay uncommitted: the next interval commits them again.
+            tracing::warn!(error = %e, "commit failed");
+            self.stats.add_commit_failures(1);
+        }
     }
 
     fn on_assign(&self, committed: Vec<CommittedOffset>) {
@@ -80,6 +95,10 @@ pub(crate) fn spawn(
                         if tx.blocking_send(Event::Records(batch)).is_err() {
                             break;
                         }
+                    }
+                    Err(e) if e.is_fatal() => {
+                        let _ = tx.blocking_send(Event::Fatal(e));
+                        break;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "poll failed");

@@ -261,8 +261,7 @@ impl Coordinator {
     }
 
     /// Moves retries whose time has come to the front of the dispatch queue.
-    pub(super) fn release_due(&mut self) {
-        let now = Instant::now();
+    pub(super) fn release_due(&mut self, now: Instant) {
         while let Some(Reverse((t, id))) = self.retry_at.peek().copied() {
             if t > now {
                 break;

@@ -15,7 +15,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kbatch_client::{KafkaConsumer, OffsetCommit};
 use kbatch_core::TopicPartition;
@@ -99,6 +99,8 @@ pub(crate) struct Coordinator {
     stopping: Option<Stopping>,
     left_unprocessed: u64,
     ticks: u64,
+    /// Commit failures counted when the last commit was sent.
+    commit_failures_seen: u64,
     stats: Arc<SharedStats>,
     metrics: Metrics,
 }
@@ -144,6 +146,7 @@ impl Coordinator {
             stopping: None,
             left_unprocessed: 0,
             ticks: 0,
+            commit_failures_seen: 0,
             stats,
             metrics,
             cfg,
@@ -157,33 +160,56 @@ impl Coordinator {
         result.map(|()| report)
     }
 
+    /// The loop. Every pass first does what is due by the clock — commits, retries, the
+    /// revocation and shutdown deadlines — and only then waits for whichever comes first:
+    /// a finished handler, a poll event, a control request or the next deadline. The wait is
+    /// unbiased and every pass does bounded work, so however busy one source is, a deadline
+    /// is late by at most one pass and no source starves another (issue 7: a `biased` select
+    /// that always found a finished handler never committed while the consumer was busy).
     async fn run_loop(&mut self) -> Result<()> {
-        let mut tick = tokio::time::interval(self.cfg.commit_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
+        let mut next_commit = Instant::now() + self.cfg.commit_interval;
+        let wake = tokio::time::sleep_until(tokio::time::Instant::from_std(next_commit));
+        tokio::pin!(wake);
         loop {
+            let now = Instant::now();
+            if now >= next_commit {
+                self.on_tick().await;
+                // A commit that took longer than the interval is not followed by a burst.
+                next_commit = (next_commit + self.cfg.commit_interval).max(Instant::now());
+            }
+            self.release_due(now);
+            if self.revoke.as_ref().is_some_and(|r| now >= r.deadline) {
+                self.finish_revoke();
+            }
+            if self.stopping.as_ref().is_some_and(|s| now >= s.deadline) {
+                tracing::warn!("shutdown timeout: stopping with work unfinished");
+                return Ok(());
+            }
             self.dispatch();
             self.finish_revoke_if_ready();
             if self.stop_ready() {
                 return Ok(());
             }
-            let retry_at = self
-                .retry_at
-                .peek()
-                .map(|Reverse((t, _))| tokio::time::Instant::from_std(*t));
-            let revoke_at = self
-                .revoke
-                .as_ref()
-                .map(|r| tokio::time::Instant::from_std(r.deadline));
-            let stop_at = self
-                .stopping
-                .as_ref()
-                .map(|s| tokio::time::Instant::from_std(s.deadline));
+            let deadline = [
+                Some(next_commit),
+                self.retry_at.peek().map(|Reverse((t, _))| *t),
+                self.revoke.as_ref().map(|r| r.deadline),
+                self.stopping.as_ref().map(|s| s.deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(next_commit);
+            let deadline = tokio::time::Instant::from_std(deadline);
+            if wake.deadline() != deadline {
+                wake.as_mut().reset(deadline);
+            }
             tokio::select! {
-                biased;
                 Some(d) = self.done_rx.recv() => {
                     self.on_done(d);
-                    while let Ok(d) = self.done_rx.try_recv() {
+                    // Bounded: at most one completion per job in flight is queued anyway.
+                    for _ in 0..self.cfg.max_concurrency {
+                        let Ok(d) = self.done_rx.try_recv() else { break };
                         self.on_done(d);
                     }
                 }
@@ -192,13 +218,7 @@ impl Coordinator {
                     None => return Err(Error::Stopped("the poll thread ended".into())),
                 },
                 Some(c) = self.control.recv() => self.on_control(c),
-                () = tokio::time::sleep_until(retry_at.unwrap_or_else(far)), if retry_at.is_some() => self.release_due(),
-                () = tokio::time::sleep_until(revoke_at.unwrap_or_else(far)), if revoke_at.is_some() => self.finish_revoke(),
-                () = tokio::time::sleep_until(stop_at.unwrap_or_else(far)), if stop_at.is_some() => {
-                    tracing::warn!("shutdown timeout: stopping with work unfinished");
-                    return Ok(());
-                }
-                _ = tick.tick() => self.on_tick().await,
+                () = &mut wake => {}
             }
         }
     }
@@ -217,11 +237,13 @@ impl Coordinator {
                 }
                 self.apply_pressure();
             }
+            Event::Fatal(e) => return Err(Error::Client(e)),
             Event::Revoked {
                 partitions,
                 lost,
+                at,
                 reply,
-            } => self.start_revoke(partitions, lost, reply),
+            } => self.start_revoke(partitions, lost, at, reply),
         }
         Ok(())
     }
@@ -274,8 +296,11 @@ impl Coordinator {
 
     async fn on_tick(&mut self) {
         self.ticks += 1;
-        // Re-send unchanged commits now and then: an async commit can fail silently.
-        let force = self.ticks.is_multiple_of(25);
+        // Re-send unchanged commits after an asynchronous one failed (the poll thread counts
+        // the broker's answers), and now and then in any case.
+        let failures = self.stats.snapshot().commit_failures;
+        let force = self.ticks.is_multiple_of(25) || failures != self.commit_failures_seen;
+        self.commit_failures_seen = failures;
         self.commit(force, false).await;
         for p in self.parts.values_mut() {
             p.update_metadata_pressure(self.cfg.metadata_limit);
@@ -316,6 +341,7 @@ impl Coordinator {
         let done: Vec<(TopicPartition, i64)> =
             commits.iter().map(|c| (c.tp.clone(), c.offset.0)).collect();
         let sync = sync || self.cfg.commit_mode == crate::config::CommitMode::Sync;
+        self.stats.add_commits(1);
         let Some(consumer) = self.consumer.clone() else {
             return Vec::new();
         };
@@ -334,6 +360,11 @@ impl Coordinator {
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "commit failed; retried next interval");
+            if !sync {
+                // Not sent at all; the broker's answers (sync ones too) are counted by the
+                // poll thread.
+                self.stats.add_commit_failures(1);
+            }
             for (tp, _) in &done {
                 if let Some(p) = self.parts.get_mut(tp) {
                     p.tracker.forget_last_commit();

@@ -126,6 +126,7 @@ impl Coordinator {
         &mut self,
         partitions: Vec<TopicPartition>,
         lost: bool,
+        asked_at: Instant,
         reply: std::sync::mpsc::SyncSender<Vec<OffsetCommit>>,
     ) {
         for tp in &partitions {
@@ -140,7 +141,7 @@ impl Coordinator {
             let _ = reply.send(Vec::new());
             return;
         }
-        let deadline = Instant::now() + self.cfg.revoke_timeout;
+        let deadline = asked_at + self.cfg.revoke_timeout;
         self.revoke = Some(PendingRevoke {
             partitions,
             reply,
