@@ -10,23 +10,39 @@ pub(crate) struct Target {
     /// started in this process.
     #[arg(long, env = "KBATCH_BROKERS")]
     pub(crate) brokers: Option<String>,
+    /// A librdkafka property passed through to the clients, as kcat takes it (repeatable).
+    /// Properties kbatch sets itself through a flag or owns (commits, group) are refused.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub(crate) properties: Vec<(String, String)>,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!(
+            "{s:?}: expected KEY=VALUE, e.g. -X socket.timeout.ms=30000"
+        )),
+    }
 }
 
 /// A connected cluster; holds the embedded broker alive when one was started.
 pub(crate) struct Cluster {
     pub(crate) bootstrap: String,
     pub(crate) dev: Option<DevBroker>,
+    properties: Vec<(String, String)>,
 }
 
 impl Target {
     pub(crate) fn connect(&self) -> anyhow::Result<Cluster> {
         match &self.brokers {
             Some(b) => {
-                ClientConfig::new(b.as_str()).validate()?;
-                Ok(Cluster {
+                let cluster = Cluster {
                     bootstrap: b.clone(),
                     dev: None,
-                })
+                    properties: self.properties.clone(),
+                };
+                cluster.client().validate()?;
+                Ok(cluster)
             }
             None => {
                 let dev = DevBroker::start(1)?;
@@ -37,6 +53,7 @@ impl Target {
                 Ok(Cluster {
                     bootstrap,
                     dev: Some(dev),
+                    properties: self.properties.clone(),
                 })
             }
         }
@@ -44,8 +61,12 @@ impl Target {
 }
 
 impl Cluster {
+    /// Client settings for this cluster, with the `-X` properties.
     pub(crate) fn client(&self) -> ClientConfig {
-        ClientConfig::new(self.bootstrap.as_str()).with_client_id("kbatch-cli")
+        self.properties.iter().fold(
+            ClientConfig::new(self.bootstrap.as_str()).with_client_id("kbatch-cli"),
+            |c, (k, v)| c.with_extra(k, v),
+        )
     }
 
     /// Creates the topic if missing. Returns its partition count.

@@ -4,7 +4,9 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use clap::{Args as ClapArgs, ValueEnum};
-use kbatch_client::{AutoOffsetReset, ConsumerConfig, KafkaConsumer, OffsetCommit, StartOffset};
+use kbatch_client::{
+    AutoOffsetReset, ConsumerConfig, GroupProtocol, KafkaConsumer, OffsetCommit, StartOffset,
+};
 use kbatch_core::{ConsumedRecord, TopicPartition};
 
 use crate::cluster::Target;
@@ -76,6 +78,19 @@ pub(crate) struct Args {
     /// Attempts before a record is dead-lettered (default: retry retriable failures forever).
     #[arg(long, requires = "parallel")]
     max_attempts: Option<u32>,
+    /// Static group membership (`group.instance.id`): a restart with the same id takes its
+    /// partitions back at once instead of after the session timeout. One id per running process.
+    #[arg(long, value_name = "ID", requires = "group")]
+    instance_id: Option<String>,
+    /// Consumer group protocol: classic, or consumer (KIP-848, Kafka 4.0+).
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Classic, requires = "group")]
+    group_protocol: ProtocolArg,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ProtocolArg {
+    Classic,
+    Consumer,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -101,6 +116,14 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
     if let Some(g) = &a.group {
         config = config.with_group(g.as_str());
     }
+    if let Some(id) = &a.instance_id {
+        config = config.with_instance_id(id.as_str());
+    }
+    config = config.with_group_protocol(match a.group_protocol {
+        ProtocolArg::Classic => GroupProtocol::Classic,
+        ProtocolArg::Consumer => GroupProtocol::Consumer,
+    });
+    config.validate()?;
     if a.parallel {
         let result = parallel(&a, config).await;
         drop(cluster);
