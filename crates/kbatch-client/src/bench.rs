@@ -169,9 +169,15 @@ pub async fn future_producer(
 
 /// `BaseConsumer` reading every partition of `topic` from the beginning until `records`
 /// records arrived: the ceiling for any consumer over librdkafka. Times from the first record
-/// to the last.
-pub fn base_consumer(config: &crate::ConsumerConfig, topic: &str, records: u64) -> Result<RawRun> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+/// to the last. With `commit_every` (and a group in `config`) it commits its position
+/// asynchronously at that interval, as a deployed consumer does.
+pub fn base_consumer(
+    config: &crate::ConsumerConfig,
+    topic: &str,
+    records: u64,
+    commit_every: Option<Duration>,
+) -> Result<RawRun> {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
     use rdkafka::message::Message;
     let c: BaseConsumer = config
         .to_rdkafka()
@@ -190,9 +196,26 @@ pub fn base_consumer(config: &crate::ConsumerConfig, topic: &str, records: u64) 
             .map_err(|e| Error::kafka("assign", e))?;
     }
     c.assign(&tpl).map_err(|e| Error::kafka("assign", e))?;
+    if commit_every.is_some() && config.group_id.is_none() {
+        return Err(Error::Invalid {
+            what: "base_consumer".into(),
+            why: "committing needs a group_id".into(),
+        });
+    }
     let (mut n, mut bytes, mut start) = (0u64, 0usize, None);
     let deadline = Instant::now() + Duration::from_secs(600);
+    let mut next_commit = commit_every.map(|d| Instant::now() + d);
     while n < records && Instant::now() < deadline {
+        if let (Some(at), Some(every)) = (next_commit, commit_every)
+            && Instant::now() >= at
+        {
+            let pos = c.position().map_err(|e| Error::kafka("position", e))?;
+            if pos.count() > 0 {
+                c.commit(&pos, CommitMode::Async)
+                    .map_err(|e| Error::kafka("commit", e))?;
+            }
+            next_commit = Some(at + every);
+        }
         if let Some(m) = c.poll(Duration::from_millis(100)) {
             let m = m.map_err(|e| Error::kafka("poll", e))?;
             start.get_or_insert_with(Instant::now);

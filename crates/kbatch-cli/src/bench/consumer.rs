@@ -66,7 +66,11 @@ struct Case {
 struct Noop {
     records: u64,
     partitions: i32,
+    /// Both sides commit asynchronously at this interval while they consume.
+    commit_interval_ms: u64,
     kbatch_msgs_per_s: f64,
+    /// Commits kbatch sent between its first record and its last.
+    kbatch_commits_during_run: u64,
     base_consumer_msgs_per_s: f64,
     kbatch_vs_base_consumer: f64,
 }
@@ -202,6 +206,8 @@ struct KbatchRun {
     total_s: f64,
     first_to_last_s: f64,
     mean_handler_s: f64,
+    /// Commits sent while records were processed (not the final one at shutdown).
+    commits_during_run: u64,
 }
 
 async fn run_kbatch(
@@ -257,12 +263,14 @@ async fn run_kbatch(
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
     let end = Instant::now();
+    let commits_during_run = running.stats().commits;
     running.shutdown(ShutdownMode::Quick).await?;
     let first = *first.get().context("no record processed")?;
     Ok(KbatchRun {
         total_s: (end - t0).as_secs_f64(),
         first_to_last_s: (end - first).as_secs_f64(),
         mean_handler_s: busy_ns.load(Ordering::Relaxed) as f64 / 1e9 / n as f64,
+        commits_during_run,
     })
 }
 
@@ -321,10 +329,17 @@ async fn run_pc(
 
 async fn run_noop(admin: &Admin, client: &ClientConfig, n: u64) -> anyhow::Result<Noop> {
     let topic = fill(admin, client, "noop", 8, n, 100_000).await?;
-    let cfg = ConsumerConfig::new(client.clone()).with_offset_reset(AutoOffsetReset::Earliest);
+    // Both commit as they go, at kbatch's default interval, as a deployed consumer does.
+    let every = ParallelConfig::new(ConsumerConfig::default(), ["t"]).commit_interval;
+    let cfg = ConsumerConfig::new(client.clone())
+        .with_offset_reset(AutoOffsetReset::Earliest)
+        .with_group(format!(
+            "kbatch-bench-raw-{:08x}",
+            crate::cluster::random_suffix()
+        ));
     let raw = {
         let (cfg, topic) = (cfg.clone(), topic.clone());
-        tokio::task::spawn_blocking(move || base_consumer(&cfg, &topic, n)).await??
+        tokio::task::spawn_blocking(move || base_consumer(&cfg, &topic, n, Some(every))).await??
     };
     anyhow::ensure!(
         raw.delivered == n,
@@ -334,10 +349,16 @@ async fn run_noop(admin: &Admin, client: &ClientConfig, n: u64) -> anyhow::Resul
     let k = run_kbatch(client, &topic, ProcessingOrder::Key, n, 0, 1000).await?;
     let _ = admin.delete_topics(&[&topic]).await;
     let (kr, br) = (n as f64 / k.first_to_last_s, n as f64 / raw.seconds);
+    anyhow::ensure!(
+        k.commits_during_run > 0,
+        "kbatch committed nothing while it consumed"
+    );
     Ok(Noop {
         records: n,
         partitions: 8,
+        commit_interval_ms: every.as_millis() as u64,
         kbatch_msgs_per_s: kr,
+        kbatch_commits_during_run: k.commits_during_run,
         base_consumer_msgs_per_s: br,
         kbatch_vs_base_consumer: kr / br,
     })
@@ -372,10 +393,12 @@ fn print_report(r: &Report) {
     }
     if let Some(n) = &r.noop {
         eprintln!(
-            "  no-op, {} records on {} partitions: kbatch {:.0} msgs/s, BaseConsumer {:.0} msgs/s ({:.2}x)",
+            "  no-op, {} records on {} partitions, both committing every {} ms: kbatch {:.0} msgs/s ({} commits during the run), BaseConsumer {:.0} msgs/s ({:.2}x)",
             n.records,
             n.partitions,
+            n.commit_interval_ms,
             n.kbatch_msgs_per_s,
+            n.kbatch_commits_during_run,
             n.base_consumer_msgs_per_s,
             n.kbatch_vs_base_consumer
         );

@@ -3,6 +3,7 @@
 
 mod consumer;
 mod producer;
+mod recovery;
 
 use clap::Subcommand;
 
@@ -15,12 +16,16 @@ pub(crate) enum Bench {
     /// kbatch's parallel consumer vs Confluent Parallel Consumer (PC's README scenario) and a
     /// no-op run vs rdkafka's BaseConsumer.
     Consumer(consumer::Args),
+    /// Restart-to-first-record of a parallel consumer killed with SIGKILL, for the classic
+    /// protocol, static membership and KIP-848's consumer protocol.
+    Recovery(recovery::Args),
 }
 
 pub(crate) async fn run(b: Bench) -> anyhow::Result<()> {
     match b {
         Bench::Producer(a) => producer::run(a).await,
         Bench::Consumer(a) => consumer::run(a).await,
+        Bench::Recovery(a) => recovery::run(a).await,
     }
 }
 
