@@ -62,8 +62,23 @@ impl Ledger {
     }
 }
 
+/// The consumer under test, in a process group of its own, killed with it when the test
+/// ends, however it ends.
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.0.id())])
+                .status();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// The consumer under test, in a process group of its own.
-fn start(topic: &str, group: &str, ledger: &Path, extra: &[&str], log: &Path) -> Child {
+fn start(topic: &str, group: &str, ledger: &Path, extra: &[&str], log: &Path) -> Group {
     let cmd = format!(
         "echo \"$KBATCH_PARTITION $KBATCH_OFFSET $KBATCH_KEY\" >> {}",
         ledger.display()
@@ -94,11 +109,12 @@ fn start(topic: &str, group: &str, ledger: &Path, extra: &[&str], log: &Path) ->
         .stdout(Stdio::null())
         .stderr(err)
         .spawn()
+        .map(Group)
         .unwrap()
 }
 
 /// SIGKILL to the whole process group; returns once no process of it is left.
-fn kill_group(child: &mut Child) {
+fn kill_group(Group(child): &mut Group) {
     let group = format!("-{}", child.id());
     let ok = Command::new("kill")
         .args(["-KILL", "--", &group])

@@ -144,7 +144,7 @@ impl Run {
         f
     }
 
-    fn start(&self) -> anyhow::Result<Child> {
+    fn start(&self) -> anyhow::Result<Group> {
         let cmd = format!("echo \"$KBATCH_OFFSET\" >> {}", self.ledger.display());
         Ok(Command::new(&self.exe)
             .env("RUST_LOG", "error")
@@ -162,7 +162,8 @@ impl Run {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()?)
+            .spawn()
+            .map(Group)?)
     }
 
     fn lines(&self) -> usize {
@@ -171,7 +172,7 @@ impl Run {
 
     /// Starts (again, when refused) until a record is processed; returns the seconds from the
     /// first start, the child, and how many starts the broker refused.
-    fn until_first_record(&self, from: usize) -> anyhow::Result<(f64, Child, usize)> {
+    fn until_first_record(&self, from: usize) -> anyhow::Result<(f64, Group, usize)> {
         let t = Instant::now();
         let mut refused = 0;
         let mut child = self.start()?;
@@ -180,7 +181,7 @@ impl Run {
                 t.elapsed() < Duration::from_secs(300),
                 "no record 300 s after the restart"
             );
-            if child.try_wait()?.is_some() {
+            if child.0.try_wait()?.is_some() {
                 // Refused (e.g. the instance id is still held): a supervisor starts it again.
                 refused += 1;
                 std::thread::sleep(Duration::from_secs(1));
@@ -222,8 +223,19 @@ impl Run {
     }
 }
 
+/// A consumer process in a group of its own, killed with it if the benchmark fails midway.
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = kill_group(self);
+        }
+    }
+}
+
 /// SIGKILL to the whole process group; returns once none of it is left.
-fn kill_group(child: &mut Child) -> anyhow::Result<()> {
+fn kill_group(Group(child): &mut Group) -> anyhow::Result<()> {
     let group = format!("-{}", child.id());
     Command::new("kill")
         .args(["-KILL", "--", &group])
