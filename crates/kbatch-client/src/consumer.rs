@@ -6,7 +6,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use kbatch_core::{ConsumedRecord, Header, Offset, Timestamp, Topic, TopicPartition};
+use std::sync::{Arc, OnceLock};
+
+use kbatch_core::{
+    CommitMode as Wait, CommitRequest, CommittedOffset, ConsumedRecord, Header, Offset,
+    OffsetCommit, OffsetSink, RebalanceListener, RecordSource, SourceError, Timestamp, Topic,
+    TopicPartition,
+};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata,
 };
@@ -31,29 +37,6 @@ pub enum StartOffset {
     At(Offset),
 }
 
-/// A group's committed position for one partition.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CommittedOffset {
-    /// The partition.
-    pub tp: TopicPartition,
-    /// The committed offset (next record to read); `None` when nothing is committed.
-    pub offset: Option<Offset>,
-    /// The commit metadata string (empty when none was stored).
-    pub metadata: String,
-}
-
-/// An offset to commit, with optional metadata (at most the broker's
-/// `offset.metadata.max.bytes`, 4,096 by default).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OffsetCommit {
-    /// The partition.
-    pub tp: TopicPartition,
-    /// Offset of the next record to read.
-    pub offset: Offset,
-    /// Metadata stored with the offset.
-    pub metadata: Option<String>,
-}
-
 /// The consumer group state a transactional producer needs to commit offsets atomically.
 /// Cheap to clone.
 #[derive(Clone)]
@@ -71,26 +54,10 @@ impl std::fmt::Debug for GroupMetadata {
     }
 }
 
-/// Told about group rebalances, on the consumer's poll thread, inside `poll`.
-///
-/// `on_revoke` runs before partitions go: the offsets it returns are committed synchronously
-/// (with their metadata) before the partitions are released, so the next owner starts exactly
-/// there. `on_assign` runs after partitions arrive, with each one's committed offset and
-/// metadata, before any of their records is returned by `poll`. With cooperative-sticky
-/// assignment both carry only the partitions that change.
-pub trait RebalanceListener: Send + Sync + 'static {
-    /// `partitions` are being revoked (`lost`: the assignment was lost, e.g. after a session
-    /// timeout; commits would be refused and are not attempted).
-    fn on_revoke(&self, partitions: &[TopicPartition], lost: bool) -> Vec<OffsetCommit>;
-    /// `partitions` were assigned; `committed` holds their committed offsets and metadata.
-    fn on_assign(&self, committed: Vec<CommittedOffset>);
-    /// The broker answered a commit (asynchronous ones included): `Err` when it was refused
-    /// or never reached it.
-    fn on_commit(&self, _result: Result<()>) {}
-}
-
 struct ListenerContext {
-    listener: Option<std::sync::Arc<dyn RebalanceListener>>,
+    /// Set by [`RecordSource::subscribe`]: only a subscription makes group membership, so no
+    /// rebalance goes unreported.
+    listener: OnceLock<Arc<dyn RebalanceListener>>,
     /// Bound on the committed-offsets fetch done at assignment.
     timeout: Duration,
 }
@@ -107,7 +74,9 @@ impl ConsumerContext for ListenerContext {
         result: rdkafka::error::KafkaResult<()>,
         offsets: &TopicPartitionList,
     ) {
-        let Some(l) = &self.listener else { return };
+        let Some(l) = self.listener.get() else {
+            return;
+        };
         // A request that succeeded as a whole may still carry errors per partition.
         let result = result.and_then(|()| {
             offsets
@@ -116,7 +85,7 @@ impl ConsumerContext for ListenerContext {
                 .find_map(|e| e.error().err())
                 .map_or(Ok(()), Err)
         });
-        l.on_commit(result.map_err(|e| Error::kafka("commit offsets", e)));
+        l.on_commit(result.map_err(|e| Error::kafka("commit offsets", e).into()));
     }
 
     fn pre_rebalance(
@@ -124,26 +93,12 @@ impl ConsumerContext for ListenerContext {
         consumer: &BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        let (Some(l), rdkafka::consumer::Rebalance::Revoke(tpl)) = (&self.listener, rebalance)
-        else {
-            return;
-        };
-        let lost = consumer.assignment_lost();
-        let commits = l.on_revoke(&tpl_partitions(tpl), lost);
-        if lost || commits.is_empty() {
-            return;
-        }
-        match offsets_to_tpl(
-            commits
-                .iter()
-                .map(|c| (&c.tp, c.offset, c.metadata.as_deref())),
-        ) {
-            Ok(tpl) => {
-                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                    tracing::warn!(error = %e, "final commit before revocation failed");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot build final commit"),
+        // The listener commits what it wants through this consumer's `OffsetSink` side before
+        // it returns: the partitions stay assigned until this callback ends.
+        if let (Some(l), rdkafka::consumer::Rebalance::Revoke(tpl)) =
+            (self.listener.get(), rebalance)
+        {
+            l.on_revoke(&tpl_partitions(tpl), consumer.assignment_lost());
         }
     }
 
@@ -152,7 +107,7 @@ impl ConsumerContext for ListenerContext {
         consumer: &BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        let (Some(l), rdkafka::consumer::Rebalance::Assign(tpl)) = (&self.listener, rebalance)
+        let (Some(l), rdkafka::consumer::Rebalance::Assign(tpl)) = (self.listener.get(), rebalance)
         else {
             return;
         };
@@ -195,24 +150,9 @@ impl std::fmt::Debug for KafkaConsumer {
 impl KafkaConsumer {
     /// Validates `config` and creates the client.
     pub fn new(config: &ConsumerConfig) -> Result<Self> {
-        Self::build(config, None)
-    }
-
-    /// A consumer that reports rebalances to `listener` (see [`RebalanceListener`]).
-    pub fn with_listener(
-        config: &ConsumerConfig,
-        listener: std::sync::Arc<dyn RebalanceListener>,
-    ) -> Result<Self> {
-        Self::build(config, Some(listener))
-    }
-
-    fn build(
-        config: &ConsumerConfig,
-        listener: Option<std::sync::Arc<dyn RebalanceListener>>,
-    ) -> Result<Self> {
         config.validate()?;
         let ctx = ListenerContext {
-            listener,
+            listener: OnceLock::new(),
             timeout: config.session_timeout.min(Duration::from_secs(30)),
         };
         let inner = config
@@ -236,7 +176,8 @@ impl KafkaConsumer {
         }
     }
 
-    /// Joins the group for these topics (requires a `group_id`).
+    /// Joins the group for these topics (requires a `group_id`). Rebalances are reported to
+    /// no one; [`RecordSource::subscribe`] gives them to a listener.
     pub fn subscribe(&self, topics: &[&str]) -> Result<()> {
         self.require_group("subscribe")?;
         self.inner
@@ -383,6 +324,47 @@ impl KafkaConsumer {
             }
             _ => Err(Error::UnknownTopic(topic.to_owned())),
         }
+    }
+}
+
+impl RecordSource for KafkaConsumer {
+    fn subscribe(
+        &self,
+        topics: &[&str],
+        listener: Arc<dyn RebalanceListener>,
+    ) -> std::result::Result<(), SourceError> {
+        if self.inner.context().listener.set(listener).is_err() {
+            return Err(Error::Invalid {
+                what: "subscribe".into(),
+                why: "this consumer already reports rebalances to a listener".into(),
+            }
+            .into());
+        }
+        KafkaConsumer::subscribe(self, topics).map_err(Into::into)
+    }
+
+    fn poll_batch(
+        &self,
+        out: &mut Vec<ConsumedRecord>,
+        max: usize,
+        timeout: Duration,
+    ) -> std::result::Result<usize, SourceError> {
+        KafkaConsumer::poll_batch(self, out, max, timeout).map_err(Into::into)
+    }
+
+    fn pause(&self, partitions: &[TopicPartition]) -> std::result::Result<(), SourceError> {
+        KafkaConsumer::pause(self, partitions).map_err(Into::into)
+    }
+
+    fn resume(&self, partitions: &[TopicPartition]) -> std::result::Result<(), SourceError> {
+        KafkaConsumer::resume(self, partitions).map_err(Into::into)
+    }
+}
+
+/// Commits to the consumer's group.
+impl OffsetSink for KafkaConsumer {
+    fn commit(&self, request: &CommitRequest, mode: Wait) -> std::result::Result<(), SourceError> {
+        KafkaConsumer::commit(self, &request.offsets, mode == Wait::Sync).map_err(Into::into)
     }
 }
 

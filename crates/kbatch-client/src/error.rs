@@ -86,6 +86,14 @@ impl Classify for Error {
     }
 }
 
+/// A client error at the seams (`RecordSource`, `OffsetSink`): class and message kept, the
+/// error itself as the source.
+impl From<Error> for kbatch_core::SourceError {
+    fn from(e: Error) -> Self {
+        kbatch_core::SourceError::with_source(e.class(), e.to_string(), e)
+    }
+}
+
 /// Classifies a librdkafka error as a whole.
 pub(crate) fn classify_kafka(e: &KafkaError) -> ErrorClass {
     match e {

@@ -27,11 +27,13 @@ pub use config::{
     Acks, AssignmentStrategy, AutoOffsetReset, ClientConfig, Compression, ConsumerConfig,
     GroupProtocol, Isolation, ProducerConfig, Secret, SecurityProtocol,
 };
-pub use consumer::{
-    CommittedOffset, GroupMetadata, KafkaConsumer, OffsetCommit, RebalanceListener, StartOffset,
-};
+pub use consumer::{GroupMetadata, KafkaConsumer, StartOffset};
 pub use dev_broker::{DevBroker, InjectedError};
 pub use error::{Error, Result, classify_code};
+pub use kbatch_core::{
+    CommitMode, CommitReason, CommitRequest, CommittedOffset, OffsetCommit, OffsetSink,
+    RebalanceListener, RecordSource, SourceError,
+};
 pub use producer::{Delivered, DeliveryError, DeliverySink, EnqueueError, KafkaProducer, TICK};
 /// librdkafka's error codes, re-exported so other crates need not depend on rdkafka.
 pub use rdkafka::error::RDKafkaErrorCode as ErrorCode;

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use kbatch_client::ConsumerConfig as KafkaConfig;
+pub use kbatch_core::CommitMode;
 use kbatch_core::ConfigError;
 
 /// Which records may be processed at the same time.
@@ -17,16 +18,6 @@ pub enum ProcessingOrder {
     Partition,
     /// Any records concurrently.
     Unordered,
-}
-
-/// How offsets are committed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum CommitMode {
-    /// Fire the commit and go on; a failed commit is retried on the next interval.
-    #[default]
-    Async,
-    /// Wait for the broker to confirm each commit.
-    Sync,
 }
 
 /// What to do with commit metadata that cannot be read at assignment.

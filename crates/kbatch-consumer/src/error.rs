@@ -18,6 +18,10 @@ pub enum Error {
     /// The Kafka client failed.
     #[error(transparent)]
     Client(#[from] kbatch_client::Error),
+    /// The record source or the offset sink failed for good (e.g. fenced by another member
+    /// with the same instance id).
+    #[error(transparent)]
+    Source(kbatch_core::SourceError),
     /// The dead-letter producer could not be built.
     #[error("dead-letter producer: {0}")]
     DeadLetter(String),
@@ -44,6 +48,7 @@ impl Classify for Error {
     fn class(&self) -> ErrorClass {
         match self {
             Error::Client(e) => e.class(),
+            Error::Source(e) => e.class(),
             Error::Config(_) | Error::NoHandler => ErrorClass::Permanent,
             _ => ErrorClass::Fatal,
         }

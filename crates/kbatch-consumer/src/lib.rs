@@ -45,18 +45,21 @@ pub mod codec;
 pub(crate) mod codec;
 mod config;
 mod consumer;
-mod coordinator;
+mod driver;
+mod engine;
 mod error;
 mod handler;
 mod metrics;
-mod poller;
 mod scheduler;
 mod tracker;
 
 pub use codec::DecodeError;
 pub use config::{CommitMode, MetadataPolicy, ParallelConfig, ProcessingOrder, ShutdownMode};
 pub use consumer::{Builder, ParallelConsumer, Running};
-pub use coordinator::ShutdownReport;
+pub use driver::{Progress, ShutdownReport};
 pub use error::{Error, Result};
-pub use handler::{ExponentialBackoff, HandlerError, HandlerResult, RetryPolicy};
+pub use handler::{
+    BatchHandler, ExponentialBackoff, FailureKind, Handler, HandlerError, HandlerResult,
+    RetryPolicy,
+};
 pub use metrics::ConsumerStats;

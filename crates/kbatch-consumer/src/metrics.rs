@@ -24,6 +24,7 @@ use metrics::{Histogram, gauge, histogram};
 
 /// A snapshot of the consumer's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConsumerStats {
     /// Records processed successfully.
     pub processed: u64,
@@ -72,18 +73,28 @@ macro_rules! adders {
 }
 
 impl SharedStats {
-    adders!(add_processed => processed, add_failed => failed, add_retried => retried,
-        add_dead_lettered => dead_lettered, add_skipped_completed => skipped_completed,
-        add_skipped_failed => skipped_failed, add_commits => commits,
-        add_commit_failures => commit_failures);
+    adders!(add_commits => commits, add_commit_failures => commit_failures);
 
-    pub(crate) fn set_in_flight(&self, n: usize) {
-        self.in_flight.store(n as u64, Ordering::Relaxed);
+    /// Copies the engine's counters.
+    pub(crate) fn set_counters(&self, c: &crate::engine::Counters) {
+        let s = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        s(&self.processed, c.processed);
+        s(&self.failed, c.failed);
+        s(&self.retried, c.retried);
+        s(&self.dead_lettered, c.dead_lettered);
+        s(&self.skipped_completed, c.skipped_completed);
+        s(&self.skipped_failed, c.skipped_failed);
     }
 
-    pub(crate) fn set_waiting(&self, n: usize, paused: usize) {
-        self.waiting.store(n as u64, Ordering::Relaxed);
+    /// Jobs running, records held and not running, partitions paused.
+    pub(crate) fn set_load(&self, in_flight: usize, waiting: usize, paused: usize) {
+        self.in_flight.store(in_flight as u64, Ordering::Relaxed);
+        self.waiting.store(waiting as u64, Ordering::Relaxed);
         self.paused.store(paused as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn commit_failures(&self) -> u64 {
+        self.commit_failures.load(Ordering::Relaxed)
     }
 
     pub(crate) fn snapshot(&self) -> ConsumerStats {

@@ -92,6 +92,7 @@ impl Scheduler {
     }
 
     /// Records buffered, not started.
+    #[cfg(test)]
     pub(crate) fn buffered(&self) -> usize {
         self.buffered
     }

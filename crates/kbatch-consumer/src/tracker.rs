@@ -153,6 +153,11 @@ impl Tracker {
         Some(c)
     }
 
+    /// The offset of the last commit handed out (or found at assignment).
+    pub(crate) fn last_committed(&self) -> Option<i64> {
+        self.last_commit.as_ref().map(|(o, _)| *o)
+    }
+
     /// Makes the next [`Tracker::commit_if_changed`] commit again (the last one failed).
     pub(crate) fn forget_last_commit(&mut self) {
         self.last_commit = None;

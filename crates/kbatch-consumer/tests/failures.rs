@@ -18,12 +18,7 @@ use kbatch_consumer::{
 use kbatch_testkit::{consume_all, create_topic, unique_name};
 
 fn fast_retries() -> ExponentialBackoff {
-    ExponentialBackoff {
-        initial: Duration::from_millis(5),
-        max: Duration::from_millis(50),
-        multiplier: 2.0,
-        jitter: 0.1,
-    }
+    ExponentialBackoff::new(Duration::from_millis(5), Duration::from_millis(50)).with_jitter(0.1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -201,12 +196,11 @@ async fn metadata_near_the_limit_pauses_the_partition_instead_of_failing_commits
     cfg.shutdown_timeout = Duration::from_millis(300);
     // Scattered records keep failing, waiting an hour between attempts: incompletes pile up.
     let running = ParallelConsumer::builder(cfg)
-        .retry_policy(ExponentialBackoff {
-            initial: Duration::from_secs(3600),
-            max: Duration::from_secs(3600),
-            multiplier: 1.0,
-            jitter: 0.0,
-        })
+        .retry_policy(
+            ExponentialBackoff::new(Duration::from_secs(3600), Duration::from_secs(3600))
+                .with_multiplier(1.0)
+                .with_jitter(0.0),
+        )
         .handler({
             let ok = ok.clone();
             move |r| {

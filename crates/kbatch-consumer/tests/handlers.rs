@@ -57,10 +57,10 @@ async fn batch_handlers_get_ordered_batches_and_a_failed_batch_goes_to_the_callb
     let mut cfg = config(&group, &[&topic], ProcessingOrder::Key);
     cfg.max_attempts = Some(2);
     let running = ParallelConsumer::builder(cfg)
-        .retry_policy(kbatch_consumer::ExponentialBackoff {
-            initial: Duration::from_millis(5),
-            ..Default::default()
-        })
+        .retry_policy(kbatch_consumer::ExponentialBackoff::new(
+            Duration::from_millis(5),
+            Duration::from_secs(30),
+        ))
         .batch_handler(25, {
             let batches = batches.clone();
             move |rs: Vec<kbatch_core::ConsumedRecord>| {

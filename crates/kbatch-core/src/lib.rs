@@ -1,6 +1,7 @@
 //! Shared vocabulary of kbatch: [`Record`]s to produce, [`ConsumedRecord`]s read back,
-//! [`TopicPartition`], [`Offset`], and the error taxonomy ([`ErrorClass`]) every crate
-//! classifies its failures into.
+//! [`TopicPartition`], [`Offset`], the error taxonomy ([`ErrorClass`]) every crate
+//! classifies its failures into, and the seams engines are built around: a [`RecordSource`]
+//! and an [`OffsetSink`] that takes [`CommitRequest`]s.
 //!
 //! This crate has no runtime dependencies: it is what the producer, consumer, stream and
 //! outbox crates agree on without knowing about rdkafka.
@@ -19,10 +20,15 @@ mod config;
 mod error;
 mod offset;
 mod record;
+mod source;
 mod topic;
 
 pub use config::ConfigError;
 pub use error::{Classify, ErrorClass};
 pub use offset::Offset;
 pub use record::{ConsumedRecord, Header, Headers, Record, Timestamp};
+pub use source::{
+    CommitMode, CommitReason, CommitRequest, CommittedOffset, OffsetCommit, OffsetSink,
+    RebalanceListener, RecordSource, SourceError,
+};
 pub use topic::{Topic, TopicPartition};

@@ -117,13 +117,7 @@ impl Record {
 
     /// Bytes of key, value and headers: what the record costs in a bounded buffer.
     pub fn size_hint(&self) -> usize {
-        let kv =
-            self.key.as_ref().map_or(0, Bytes::len) + self.value.as_ref().map_or(0, Bytes::len);
-        kv + self
-            .headers
-            .iter()
-            .map(|h| h.key.len() + h.value.as_ref().map_or(0, Bytes::len))
-            .sum::<usize>()
+        payload_size(self.key.as_ref(), self.value.as_ref(), &self.headers)
     }
 
     /// The key rendered for error messages: UTF-8 when it is, hex otherwise, cut at 64 bytes.
@@ -160,6 +154,12 @@ impl ConsumedRecord {
         }
     }
 
+    /// Payload bytes: key, value and headers (names and values) — what memory budgets count,
+    /// the same measure as [`Record::size_hint`].
+    pub fn size(&self) -> usize {
+        payload_size(self.key.as_ref(), self.value.as_ref(), &self.headers)
+    }
+
     /// First header with that name, if any.
     pub fn header(&self, key: &str) -> Option<&Header> {
         self.headers.iter().find(|h| h.key == key)
@@ -169,6 +169,16 @@ impl ConsumedRecord {
     pub fn key_for_display(&self) -> String {
         display_bytes(self.key.as_deref())
     }
+}
+
+/// Key, value and header bytes: the one measure of a record's size.
+fn payload_size(key: Option<&Bytes>, value: Option<&Bytes>, headers: &[Header]) -> usize {
+    key.map_or(0, Bytes::len)
+        + value.map_or(0, Bytes::len)
+        + headers
+            .iter()
+            .map(|h| h.key.len() + h.value.as_ref().map_or(0, Bytes::len))
+            .sum::<usize>()
 }
 
 /// Renders an optional byte string for humans: `null`, the UTF-8 text, or hex, cut at 64 bytes.

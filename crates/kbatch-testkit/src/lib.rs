@@ -7,6 +7,8 @@
 //!   `scripts/postgres` / `scripts/mariadb`.
 //! - [`unique_name`], [`create_topic`], [`produce`], [`consume_all`]: per-test topics and
 //!   groups, and helpers that check what really reached the broker.
+//! - [`memory`]: in-memory `RecordSource` and `OffsetSink`, to test engines and drivers
+//!   without a broker.
 #![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
@@ -15,6 +17,7 @@
 )]
 
 mod kafka;
+pub mod memory;
 mod services;
 
 pub use kafka::{
