@@ -1,11 +1,15 @@
 //! kbatch's Kafka client layer — the only crate that touches `rdkafka`.
 //!
 //! ```text
-//!   ProducerConfig ─► KafkaProducer ─(token)─► DeliverySink   (per-record reports, no allocation)
-//!   ConsumerConfig ─► KafkaConsumer ─► ConsumedRecord, commits with metadata
-//!   ClientConfig   ─► Admin         ─► create / describe / delete topics
-//!                     DevBroker     ─► in-memory mock cluster for demos
+//!   KafkaProducerConfig ─► KafkaProducer ─(token)─► DeliverySink   (per-record reports, no allocation)
+//!   ConsumerConfig      ─► KafkaConsumer ─► ConsumedRecord, commits with metadata
+//!   ClientConfig        ─► Admin         ─► create / describe / delete topics
+//!                          DevBroker     ─► in-memory mock cluster for demos
 //! ```
+//!
+//! `KafkaProducerConfig` holds the librdkafka producer settings only; applications configure
+//! kbatch's producer with `kbatch_producer::ProducerConfig`, which wraps it and adds kbatch's
+//! bounds.
 //!
 //! Configs are typed and validated: `build`/`new` fails with an error naming the field, the
 //! value and the accepted range. Secrets never appear in `Debug`.
@@ -25,7 +29,7 @@ mod tpl;
 pub use admin::{Admin, NewTopic, PartitionInfo, TopicDescription};
 pub use config::{
     Acks, AssignmentStrategy, AutoOffsetReset, ClientConfig, Compression, ConsumerConfig,
-    GroupProtocol, Isolation, ProducerConfig, Secret, SecurityProtocol,
+    GroupProtocol, Isolation, KafkaProducerConfig, Secret, SecurityProtocol,
 };
 pub use consumer::{
     CommittedOffset, GroupMetadata, KafkaConsumer, OffsetCommit, RebalanceListener, StartOffset,

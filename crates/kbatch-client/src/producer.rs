@@ -20,7 +20,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
-use crate::config::ProducerConfig;
+use crate::config::KafkaProducerConfig;
 use crate::consumer::GroupMetadata;
 use crate::error::{Error, Result, classify_code};
 use crate::stats::ProducerStats;
@@ -203,7 +203,7 @@ impl<S: DeliverySink> std::fmt::Debug for KafkaProducer<S> {
 
 impl<S: DeliverySink> KafkaProducer<S> {
     /// Validates `config` and starts the client and its poll thread.
-    pub fn new(config: &ProducerConfig, sink: S) -> Result<Self> {
+    pub fn new(config: &KafkaProducerConfig, sink: S) -> Result<Self> {
         config.validate()?;
         let sink = Arc::new(sink);
         let ctx = SinkContext {

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use kbatch_client::{KafkaConsumer, ProducerConfig as KafkaProducerConfig};
+use kbatch_client::{KafkaConsumer, KafkaProducerConfig};
 use kbatch_core::ConsumedRecord;
 use kbatch_producer::{Producer, ProducerConfig};
 use tokio::sync::{mpsc, oneshot};
@@ -50,8 +50,8 @@ impl ParallelConsumer {
     pub fn start(self) -> Result<Running> {
         let dlq = match &self.cfg.dead_letter_topic {
             Some(_) if self.dlq_callback.is_none() => {
-                let p =
-                    ProducerConfig::new(KafkaProducerConfig::new(self.cfg.kafka.client.clone()));
+                let p = ProducerConfig::default()
+                    .with_kafka(KafkaProducerConfig::new(self.cfg.kafka.client.clone()));
                 Some(Producer::new(p).map_err(|e| Error::DeadLetter(e.to_string()))?)
             }
             _ => None,

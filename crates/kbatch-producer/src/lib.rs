@@ -18,11 +18,9 @@
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 //! use kbatch_core::Record;
-//! use kbatch_producer::{Producer, ProducerConfig};
+//! use kbatch_producer::{ClientConfig, Producer, ProducerConfig};
 //!
-//! let mut config = ProducerConfig::default();
-//! config.kafka.client.brokers = "127.0.0.1:9092".into();
-//! let producer = Producer::new(config)?;
+//! let producer = Producer::new(ProducerConfig::new(ClientConfig::new("127.0.0.1:9092")))?;
 //! // Fire all, then await each: no round trip per record.
 //! let mut futures = Vec::new();
 //! for i in 0..1000 {
@@ -47,6 +45,6 @@ mod slots;
 pub use config::ProducerConfig;
 pub use error::{ProduceError, Result, TrySendError};
 pub use future::DeliveryFuture;
-pub use kbatch_client::Delivered;
+pub use kbatch_client::{Acks, ClientConfig, Compression, Delivered, KafkaProducerConfig};
 pub use metrics::ProducerCounters;
 pub use producer::{CloseReport, Producer};

@@ -10,5 +10,5 @@ mod secret;
 
 pub use common::{ClientConfig, SaslConfig, SecurityProtocol};
 pub use consumer::{AssignmentStrategy, AutoOffsetReset, ConsumerConfig, GroupProtocol, Isolation};
-pub use producer::{Acks, Compression, ProducerConfig};
+pub use producer::{Acks, Compression, KafkaProducerConfig};
 pub use secret::Secret;

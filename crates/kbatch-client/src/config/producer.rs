@@ -95,7 +95,7 @@ const OWNED_PROPERTIES: &[(&str, &str)] = &[
 /// batches up to 10,000 records or 1 MiB, a 120 s delivery timeout (as Java's
 /// `delivery.timeout.ms`), and a client queue of 100,000 records / 256 MiB.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProducerConfig {
+pub struct KafkaProducerConfig {
     /// Connection settings.
     pub client: ClientConfig,
     /// Acknowledgements required.
@@ -129,7 +129,7 @@ pub struct ProducerConfig {
     pub statistics_interval: Option<Duration>,
 }
 
-impl Default for ProducerConfig {
+impl Default for KafkaProducerConfig {
     fn default() -> Self {
         Self {
             client: ClientConfig::default(),
@@ -151,7 +151,7 @@ impl Default for ProducerConfig {
     }
 }
 
-impl ProducerConfig {
+impl KafkaProducerConfig {
     /// Defaults for the given connection settings.
     pub fn new(client: ClientConfig) -> Self {
         Self {
@@ -320,7 +320,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_and_idempotent() {
-        let c = ProducerConfig::default();
+        let c = KafkaProducerConfig::default();
         c.validate().unwrap();
         let rd = c.to_rdkafka();
         assert_eq!(rd.get("enable.idempotence"), Some("true"));
@@ -330,19 +330,19 @@ mod tests {
 
     #[test]
     fn errors_name_the_field_and_range() {
-        let c = ProducerConfig {
+        let c = KafkaProducerConfig {
             batch_records: 0,
             ..Default::default()
         };
         let e = c.validate().unwrap_err();
         assert_eq!(e.field, "batch_records");
         assert!(e.to_string().contains("1 ..= 1000000"), "{e}");
-        let c = ProducerConfig {
+        let c = KafkaProducerConfig {
             acks: Acks::Leader,
             ..Default::default()
         };
         assert_eq!(c.validate().unwrap_err().field, "acks");
-        let c = ProducerConfig {
+        let c = KafkaProducerConfig {
             idempotence: false,
             ..Default::default()
         }
@@ -352,7 +352,7 @@ mod tests {
 
     #[test]
     fn extras_pass_through_but_cannot_fight_typed_fields() {
-        let mut c = ProducerConfig::default().with_compression("zstd".parse().unwrap());
+        let mut c = KafkaProducerConfig::default().with_compression("zstd".parse().unwrap());
         c.client
             .extra
             .insert("socket.keepalive.enable".into(), "true".into());
