@@ -54,7 +54,7 @@ pub struct SaslConfig {
 
 /// Properties that typed fields own: passing them through `extra` would silently fight the
 /// typed value, so it is rejected with a pointer to the field.
-const OWNED_PROPERTIES: &[(&str, &str)] = &[
+const OWNED_PROPERTIES: &[super::Owned] = &[
     ("bootstrap.servers", "brokers"),
     ("metadata.broker.list", "brokers"),
     ("client.id", "client_id"),
@@ -214,16 +214,7 @@ impl ClientConfig {
             }
             _ => {}
         }
-        for key in self.extra.keys() {
-            if let Some((_, field)) = OWNED_PROPERTIES.iter().find(|(p, _)| p == key) {
-                return Err(ConfigError::new(
-                    format!("extra[{key:?}]"),
-                    "(set)",
-                    format!("no such entry: set the typed field `{field}` instead"),
-                ));
-            }
-        }
-        Ok(())
+        super::refuse_owned("extra", self.extra.keys(), OWNED_PROPERTIES)
     }
 
     /// Writes these settings into an rdkafka config (extras last, so they win over defaults).
