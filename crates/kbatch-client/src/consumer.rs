@@ -33,6 +33,7 @@ pub enum StartOffset {
 
 /// A group's committed position for one partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CommittedOffset {
     /// The partition.
     pub tp: TopicPartition,

@@ -18,6 +18,7 @@
 mod admin;
 #[cfg(feature = "unstable-bench")]
 pub mod bench;
+mod code;
 pub mod config;
 mod consumer;
 mod dev_broker;
@@ -27,6 +28,7 @@ mod stats;
 mod tpl;
 
 pub use admin::{Admin, NewTopic, PartitionInfo, TopicDescription};
+pub use code::{ErrorCode, classify_code};
 pub use config::{
     Acks, AssignmentStrategy, AutoOffsetReset, ClientConfig, Compression, ConsumerConfig,
     GroupProtocol, Isolation, KafkaProducerConfig, Secret, SecurityProtocol,
@@ -35,8 +37,6 @@ pub use consumer::{
     CommittedOffset, GroupMetadata, KafkaConsumer, OffsetCommit, RebalanceListener, StartOffset,
 };
 pub use dev_broker::{DevBroker, InjectedError};
-pub use error::{Error, Result, classify_code};
+pub use error::{Error, LibrdkafkaError, Result};
 pub use producer::{Delivered, DeliveryError, DeliverySink, EnqueueError, KafkaProducer, TICK};
-/// librdkafka's error codes, re-exported so other crates need not depend on rdkafka.
-pub use rdkafka::error::RDKafkaErrorCode as ErrorCode;
 pub use stats::ProducerStats;

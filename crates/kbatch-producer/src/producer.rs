@@ -46,6 +46,7 @@ struct Inner {
 
 /// What [`Producer::close`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CloseReport {
     /// Records awaiting delivery when close began.
     pub pending_at_close: usize,

@@ -255,11 +255,11 @@ impl Slots {
                 .unwrap_or(ProduceError::Closed { record: None }));
         }
         let ts = s.timestamp.load(Ordering::Relaxed);
-        Ok(Delivered {
-            partition: s.partition.load(Ordering::Relaxed),
-            offset: Offset(s.offset.load(Ordering::Relaxed)),
-            timestamp: (ts != NO_TIMESTAMP).then_some(Timestamp(ts)),
-        })
+        Ok(Delivered::new(
+            s.partition.load(Ordering::Relaxed),
+            Offset(s.offset.load(Ordering::Relaxed)),
+            (ts != NO_TIMESTAMP).then_some(Timestamp(ts)),
+        ))
     }
 
     /// The future of slot `i` is gone (resolved or dropped).

@@ -81,10 +81,8 @@ pub fn produce(
                 Ok(()) => break,
                 Err(e) if e.is_queue_full() => std::thread::sleep(Duration::from_millis(1)),
                 Err(e) => {
-                    p.sink().0.lock().unwrap()[i] = Some(Err(DeliveryError {
-                        code: e.code,
-                        record: Box::new(r.clone()),
-                    }));
+                    p.sink().0.lock().unwrap()[i] =
+                        Some(Err(DeliveryError::new(e.code, Box::new(r.clone()))));
                     break;
                 }
             }

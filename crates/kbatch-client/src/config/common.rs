@@ -43,6 +43,7 @@ impl SecurityProtocol {
 
 /// SASL mechanism and credentials.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SaslConfig {
     /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
     pub mechanism: String,
@@ -70,6 +71,7 @@ const OWNED_PROPERTIES: &[super::Owned] = &[
 ///
 /// Defaults: `brokers = "127.0.0.1:9092"`, `client_id = "kbatch"`, plaintext, no extras.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// Bootstrap servers, `host:port[,host:port…]`.
     pub brokers: String,

@@ -80,6 +80,7 @@ const OWNED_PROPERTIES: &[super::Owned] = &[
 ///
 /// kbatch commits offsets itself, so auto-commit and auto offset store are off by default.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConsumerConfig {
     /// Connection settings.
     pub client: ClientConfig,

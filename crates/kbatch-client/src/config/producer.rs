@@ -102,6 +102,7 @@ const OWNED_PROPERTIES: &[super::Owned] = &[
 /// batches up to 10,000 records or 1 MiB, a 120 s delivery timeout (as Java's
 /// `delivery.timeout.ms`), and a client queue of 100,000 records / 256 MiB.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KafkaProducerConfig {
     /// Connection settings.
     pub client: ClientConfig,

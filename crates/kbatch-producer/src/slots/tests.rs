@@ -12,18 +12,14 @@ use super::*;
 use crate::future::DeliveryFuture;
 
 fn ok(p: i32, o: i64) -> Result<Delivered, DeliveryError> {
-    Ok(Delivered {
-        partition: p,
-        offset: Offset(o),
-        timestamp: None,
-    })
+    Ok(Delivered::new(p, Offset(o), None))
 }
 
 fn fail(code: ErrorCode) -> Result<Delivered, DeliveryError> {
-    Err(DeliveryError {
+    Err(DeliveryError::new(
         code,
-        record: Box::new(Record::new("t", "v").with_key("k")),
-    })
+        Box::new(Record::new("t", "v").with_key("k")),
+    ))
 }
 
 fn reserve(s: &Slots, size: usize) -> u32 {
