@@ -37,14 +37,13 @@
 
 mod config;
 mod error;
-mod future;
 mod metrics;
 mod producer;
 mod slots;
 
 pub use config::ProducerConfig;
 pub use error::{ProduceError, Result, TrySendError};
-pub use future::DeliveryFuture;
 pub use kbatch_client::{Acks, ClientConfig, Compression, Delivered, KafkaProducerConfig};
 pub use metrics::ProducerCounters;
 pub use producer::{CloseReport, Producer};
+pub use slots::DeliveryFuture;

@@ -10,9 +10,8 @@ use kbatch_core::{Classify, Offset, Record, TopicPartition};
 
 use crate::config::ProducerConfig;
 use crate::error::{ProduceError, TrySendError};
-use crate::future::DeliveryFuture;
 use crate::metrics::{Metrics, ProducerCounters};
-use crate::slots::{Reserve, Slots};
+use crate::slots::{DeliveryFuture, Reserve, Slots};
 
 /// A busy sender serves delivery reports itself every this many sends (see
 /// [`KafkaProducer::poll_inline`]): the reports are freed where the messages were allocated.
