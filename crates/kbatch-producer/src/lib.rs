@@ -13,7 +13,8 @@
 //! - Every outcome is classified (see [`kbatch_core::ErrorClass`]); errors name the record and
 //!   hand it back for retry or dead-lettering.
 //! - `close()` (and dropping the last handle) flushes within a deadline, then resolves every
-//!   remaining future with an error.
+//!   remaining future with an error and reports what failed. A drop inside a tokio runtime
+//!   does this on a blocking thread: it never blocks an async worker.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,15 +36,17 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod close;
 mod config;
 mod error;
 mod metrics;
 mod producer;
 mod slots;
 
+pub use close::CloseReport;
 pub use config::ProducerConfig;
 pub use error::{ProduceError, Result, TrySendError};
 pub use kbatch_client::{Acks, ClientConfig, Compression, Delivered, KafkaProducerConfig};
 pub use metrics::ProducerCounters;
-pub use producer::{CloseReport, Producer};
+pub use producer::Producer;
 pub use slots::DeliveryFuture;
