@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use kbatch_client::{Admin, ClientConfig, DevBroker, NewTopic, ProducerConfig as KafkaConfig};
+use kbatch_client::{Admin, ClientConfig, DevBroker, NewTopic};
 use kbatch_core::{Classify, Record};
 use kbatch_producer::{Producer, ProducerConfig};
 
@@ -37,7 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     // Batches leave at 5,000 records, 512 KiB or 10 ms, whichever comes first.
-    let config = ProducerConfig::new(KafkaConfig::new(ClientConfig::new(brokers.as_str())))
+    let config = ProducerConfig::new(ClientConfig::new(brokers.as_str()))
         .with_batch(5_000, 512 << 10, Duration::from_millis(10))
         .with_pending_limits(50_000, 32 << 20);
     let producer = Producer::new(config)?;

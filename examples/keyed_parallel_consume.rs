@@ -16,10 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kbatch_client::{
-    Admin, AutoOffsetReset, ClientConfig, ConsumerConfig, DevBroker, NewTopic,
-    ProducerConfig as KafkaConfig,
-};
+use kbatch_client::{Admin, AutoOffsetReset, ClientConfig, ConsumerConfig, DevBroker, NewTopic};
 use kbatch_consumer::{
     HandlerError, ParallelConfig, ParallelConsumer, ProcessingOrder, ShutdownMode,
 };
@@ -51,7 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = ClientConfig::new(brokers.as_str());
 
     // Every 97th fix is malformed: the service rejects it for good.
-    let producer = Producer::new(ProducerConfig::new(KafkaConfig::new(client.clone())))?;
+    let producer = Producer::new(ProducerConfig::new(client.clone()))?;
     let fixes = (0..FIXES).map(|i| {
         let body = if i % 97 == 0 {
             "malformed".to_owned()

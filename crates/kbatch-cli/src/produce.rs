@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Args as ClapArgs;
 use kbatch_client::{
-    Compression, Delivered, DeliveryError, DeliverySink, KafkaProducer, ProducerConfig,
+    Compression, Delivered, DeliveryError, DeliverySink, KafkaProducer, KafkaProducerConfig,
 };
 use kbatch_core::{Classify, Record};
 
@@ -77,7 +77,7 @@ impl DeliverySink for Outcome {
 pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
     let cluster = a.target.connect()?;
     cluster.ensure_topic(&a.topic, a.partitions).await?;
-    let config = ProducerConfig::new(cluster.client())
+    let config = KafkaProducerConfig::new(cluster.client())
         .with_compression(a.compression)
         .with_linger(Duration::from_millis(a.linger_ms));
     let producer = KafkaProducer::new(&config, Outcome::default())?;

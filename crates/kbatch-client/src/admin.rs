@@ -20,11 +20,13 @@ use rdkafka::admin::{
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 
+use crate::code::ErrorCode;
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
 
 /// A topic to create.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NewTopic {
     /// Topic name.
     pub name: String,
@@ -64,6 +66,7 @@ impl NewTopic {
 
 /// One partition as the cluster metadata reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PartitionInfo {
     /// Partition id.
     pub id: i32,
@@ -77,6 +80,7 @@ pub struct PartitionInfo {
 
 /// A topic as the cluster metadata reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TopicDescription {
     /// Topic name.
     pub name: String,
@@ -163,7 +167,7 @@ impl Admin {
                 return Err(Error::Topic {
                     op: "create",
                     topic,
-                    code,
+                    code: ErrorCode::from_rdkafka(code),
                 });
             }
         }
@@ -179,7 +183,7 @@ impl Admin {
         match self.create_topics(std::slice::from_ref(&topic)).await {
             Ok(()) => Ok(true),
             Err(Error::Topic {
-                code: RDKafkaErrorCode::TopicAlreadyExists,
+                code: ErrorCode::TopicAlreadyExists,
                 ..
             }) => Ok(false),
             Err(e) => Err(e),
@@ -200,7 +204,7 @@ impl Admin {
                     code => Error::Topic {
                         op: "delete",
                         topic,
-                        code,
+                        code: ErrorCode::from_rdkafka(code),
                     },
                 });
             }
@@ -219,7 +223,7 @@ impl Admin {
             if let Err((group, code)) = r {
                 return Err(Error::Invalid {
                     what: format!("delete group {group:?}"),
-                    why: format!("{code} ({code:?})"),
+                    why: ErrorCode::from_rdkafka(code).to_string(),
                 });
             }
         }
@@ -276,7 +280,7 @@ impl Admin {
             let res = r.map_err(|code| Error::Topic {
                 op: "describe configs",
                 topic: name.into(),
-                code,
+                code: ErrorCode::from_rdkafka(code),
             })?;
             for e in res.entries {
                 if let Some(v) = e.value {
@@ -332,7 +336,7 @@ fn describe_blocking(
             code => Error::Topic {
                 op: "describe",
                 topic: name.to_owned(),
-                code,
+                code: ErrorCode::from_rdkafka(code),
             },
         });
     }

@@ -1,5 +1,5 @@
 //! Raw librdkafka producers that `kbatch bench producer` measures kbatch against, built from
-//! the same [`ProducerConfig`] so every contender runs with identical librdkafka settings.
+//! the same [`KafkaProducerConfig`] so every contender runs with identical librdkafka settings.
 //! Not a stable API (feature `unstable-bench`).
 
 use std::collections::VecDeque;
@@ -13,7 +13,7 @@ use rdkafka::producer::{
     ProducerContext,
 };
 
-use crate::config::ProducerConfig;
+use crate::config::KafkaProducerConfig;
 use crate::error::{Error, Result};
 
 /// One measured run.
@@ -29,7 +29,7 @@ pub struct RawRun {
 
 /// The librdkafka properties `config` produces, for handing to another client (the Python
 /// peer). Includes credentials: do not log.
-pub fn librdkafka_properties(config: &ProducerConfig) -> Vec<(String, String)> {
+pub fn librdkafka_properties(config: &KafkaProducerConfig) -> Vec<(String, String)> {
     config
         .to_rdkafka()
         .config_map()
@@ -62,7 +62,7 @@ fn is_queue_full(e: &KafkaError) -> bool {
 /// `BaseProducer` with a counting delivery callback, polled from the sending thread: the
 /// ceiling of what any layer over librdkafka can reach.
 pub fn base_producer(
-    config: &ProducerConfig,
+    config: &KafkaProducerConfig,
     topic: &str,
     records: u64,
     value: &[u8],
@@ -105,7 +105,7 @@ pub fn base_producer(
 /// `FutureProducer::send_result` awaiting every per-record future, at most `window`
 /// outstanding (the oldest is awaited first).
 pub async fn future_producer(
-    config: &ProducerConfig,
+    config: &KafkaProducerConfig,
     topic: &str,
     records: u64,
     value: &[u8],

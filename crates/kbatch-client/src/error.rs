@@ -1,9 +1,12 @@
-//! The client layer's error type and the classification of librdkafka error codes.
+//! The client layer's error type.
 
+use std::fmt;
 use std::time::Duration;
 
 use kbatch_core::{Classify, ConfigError, ErrorClass};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
+
+use crate::code::{ErrorCode, classify_code};
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -20,19 +23,21 @@ pub enum Error {
     Kafka {
         /// What kbatch was doing, e.g. `create topic "orders"`.
         op: String,
-        /// librdkafka's error.
+        /// The error code, when librdkafka's error carries one.
+        code: Option<ErrorCode>,
+        /// librdkafka's error, for its message and source chain.
         #[source]
-        source: KafkaError,
+        source: LibrdkafkaError,
     },
     /// A topic-level admin operation was refused by the broker.
-    #[error("{op} for topic {topic:?} failed: {code} ({code:?})")]
+    #[error("{op} for topic {topic:?} failed: {code}")]
     Topic {
         /// Operation, e.g. `create`.
         op: &'static str,
         /// The topic.
         topic: String,
         /// The broker's error code.
-        code: RDKafkaErrorCode,
+        code: ErrorCode,
     },
     /// A topic does not exist.
     #[error("topic {0:?} does not exist")]
@@ -59,14 +64,15 @@ impl Error {
     pub(crate) fn kafka(op: impl Into<String>, source: KafkaError) -> Self {
         Error::Kafka {
             op: op.into(),
-            source,
+            code: source.rdkafka_error_code().map(ErrorCode::from_rdkafka),
+            source: LibrdkafkaError(Box::new(source)),
         }
     }
 
-    /// librdkafka's error code, when the error came from librdkafka.
-    pub fn code(&self) -> Option<RDKafkaErrorCode> {
+    /// The error code, when the error came from librdkafka or the broker.
+    pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            Error::Kafka { source, .. } => source.rdkafka_error_code(),
+            Error::Kafka { code, .. } => *code,
             Error::Topic { code, .. } => Some(*code),
             _ => None,
         }
@@ -81,16 +87,31 @@ impl Classify for Error {
             }
             Error::Timeout { .. } => ErrorClass::Retriable,
             Error::Topic { code, .. } => classify_code(*code),
-            Error::Kafka { source, .. } => classify_kafka(source),
+            Error::Kafka { source, .. } => classify_kafka(&source.0),
         }
     }
 }
 
-/// A client error at the seams (`RecordSource`, `OffsetSink`): class and message kept, the
-/// error itself as the source.
-impl From<Error> for kbatch_core::SourceError {
-    fn from(e: Error) -> Self {
-        kbatch_core::SourceError::with_source(e.class(), e.to_string(), e)
+/// librdkafka's own error, kept for its message (`Display`) and its source chain. Opaque, so
+/// that kbatch's API does not depend on rdkafka's types: read the code from [`Error::code`]
+/// and the class from [`Classify`].
+pub struct LibrdkafkaError(Box<KafkaError>);
+
+impl fmt::Display for LibrdkafkaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for LibrdkafkaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for LibrdkafkaError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }
 
@@ -109,120 +130,63 @@ pub(crate) fn classify_kafka(e: &KafkaError) -> ErrorClass {
         KafkaError::Canceled | KafkaError::MessageConsumptionFatal(_) => ErrorClass::Fatal,
         other => other
             .rdkafka_error_code()
-            .map_or(ErrorClass::Retriable, classify_code),
+            .map_or(ErrorClass::Retriable, |c| {
+                classify_code(ErrorCode::from_rdkafka(c))
+            }),
     }
 }
 
-/// Classifies a librdkafka error code, as seen after the client's own retries are exhausted.
-///
-/// Permanent: the same record or request fails again (too large, unknown or invalid topic
-/// and partition, authorization, bad record). Fatal: the client instance is unusable
-/// (fenced, fatal idempotence state, destroyed). Everything else — timeouts, transport,
-/// leadership changes, full queues, not enough replicas — is retriable.
-pub fn classify_code(code: RDKafkaErrorCode) -> ErrorClass {
-    use RDKafkaErrorCode as C;
-    match code {
-        C::Fatal
-        | C::Fenced
-        | C::InvalidProducerEpoch
-        | C::ProducerFenced
-        | C::OutOfOrderSequenceNumber
-        | C::UnknownProducerId
-        | C::InvalidProducerIdMapping
-        | C::TransactionalIdAuthorizationFailed
-        | C::ClusterAuthorizationFailed
-        | C::BrokerDestroy
-        | C::InvalidTransactionTimeout
-        | C::UnsupportedFeature
-        | C::UnsupportedVersion
-        // Another member took this static member's instance id, or still holds it.
-        | C::FencedInstanceId
-        | C::UnreleasedInstanceId => ErrorClass::Fatal,
-        C::MessageSizeTooLarge
-        | C::InvalidMessageSize
-        | C::MessageBatchTooLarge
-        | C::UnknownTopic
-        | C::UnknownPartition
-        // Retried by the client until `topic.metadata.propagation.max.ms`; once it reaches
-        // the caller, the topic or partition does not exist.
-        | C::UnknownTopicOrPartition
-        | C::InvalidTopic
-        | C::InvalidPartitions
-        | C::InvalidRecord
-        | C::InvalidMessage
-        | C::BadMessage
-        | C::TopicAuthorizationFailed
-        | C::GroupAuthorizationFailed
-        | C::SaslAuthenticationFailed
-        | C::Authentication
-        | C::TopicAlreadyExists
-        | C::PolicyViolation
-        | C::InvalidConfig
-        | C::InvalidReplicationFactor
-        | C::InvalidRequiredAcks
-        | C::InvalidArgument
-        | C::InvalidTimestamp
-        | C::OffsetMetadataTooLarge
-        | C::KeySerialization
-        | C::ValueSerialization
-        | C::TopicDeletionDisabled
-        | C::InvalidRequest => ErrorClass::Permanent,
-        _ => ErrorClass::Retriable,
+/// A client error at the seams (`RecordSource`, `OffsetSink`): class and message kept, the
+/// error itself as the source.
+impl From<Error> for kbatch_core::SourceError {
+    fn from(e: Error) -> Self {
+        kbatch_core::SourceError::with_source(e.class(), e.to_string(), e)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use rdkafka::error::RDKafkaErrorCode;
+
     use super::*;
 
     #[test]
-    fn codes_fall_in_the_documented_classes() {
-        assert_eq!(
-            classify_code(RDKafkaErrorCode::MessageSizeTooLarge),
-            ErrorClass::Permanent
-        );
-        assert_eq!(
-            classify_code(RDKafkaErrorCode::TopicAuthorizationFailed),
-            ErrorClass::Permanent
-        );
-        assert_eq!(
-            classify_code(RDKafkaErrorCode::UnknownPartition),
-            ErrorClass::Permanent
-        );
-        assert_eq!(
-            classify_code(RDKafkaErrorCode::MessageTimedOut),
-            ErrorClass::Retriable
-        );
-        assert_eq!(
-            classify_code(RDKafkaErrorCode::QueueFull),
-            ErrorClass::Retriable
-        );
-        assert_eq!(
-            classify_code(RDKafkaErrorCode::NotLeaderForPartition),
-            ErrorClass::Retriable
-        );
-        assert_eq!(
-            classify_code(RDKafkaErrorCode::NotEnoughReplicasAfterAppend),
-            ErrorClass::Retriable
-        );
-        assert_eq!(
-            classify_code(RDKafkaErrorCode::BrokerTransportFailure),
-            ErrorClass::Retriable
-        );
-        assert_eq!(
-            classify_code(RDKafkaErrorCode::ProducerFenced),
-            ErrorClass::Fatal
-        );
+    fn librdkafka_errors_keep_code_class_and_message() {
         let fatal = Error::kafka(
             "poll",
             KafkaError::MessageConsumptionFatal(RDKafkaErrorCode::UnknownTopicOrPartition),
         );
         assert_eq!(fatal.class(), ErrorClass::Fatal, "librdkafka said fatal");
+        assert_eq!(fatal.code(), Some(ErrorCode::UnknownTopicOrPartition));
         let e = Error::kafka(
             "send",
             KafkaError::MessageProduction(RDKafkaErrorCode::InvalidTopic),
         );
         assert_eq!(e.class(), ErrorClass::Permanent);
-        assert!(e.to_string().starts_with("send failed:"), "{e}");
+        assert!(matches!(
+            e,
+            Error::Kafka {
+                code: Some(ErrorCode::InvalidTopic),
+                ..
+            }
+        ));
+        // The message is librdkafka's, with the code's name and description.
+        let msg = e.to_string();
+        assert!(msg.starts_with("send failed:"), "{msg}");
+        assert!(
+            msg.contains("InvalidTopic") && msg.contains("Broker: Invalid topic"),
+            "{msg}"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+        let t = Error::Topic {
+            op: "create",
+            topic: "orders".into(),
+            code: ErrorCode::TopicAlreadyExists,
+        };
+        assert_eq!(
+            t.to_string(),
+            "create for topic \"orders\" failed: TopicAlreadyExists (Broker: Topic already exists)"
+        );
+        assert_eq!(t.class(), ErrorClass::Permanent);
     }
 }

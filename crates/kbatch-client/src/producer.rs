@@ -20,14 +20,16 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
-use crate::config::ProducerConfig;
+use crate::code::{ErrorCode, classify_code};
+use crate::config::KafkaProducerConfig;
 use crate::consumer::GroupMetadata;
-use crate::error::{Error, Result, classify_code};
+use crate::error::{Error, Result};
 use crate::stats::ProducerStats;
 use crate::tpl::offsets_to_tpl;
 
 /// Where a record landed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Delivered {
     /// Partition written to.
     pub partition: i32,
@@ -37,17 +39,36 @@ pub struct Delivered {
     pub timestamp: Option<Timestamp>,
 }
 
+impl Delivered {
+    /// A delivery at `partition`, `offset`.
+    pub fn new(partition: i32, offset: Offset, timestamp: Option<Timestamp>) -> Self {
+        Self {
+            partition,
+            offset,
+            timestamp,
+        }
+    }
+}
+
 /// Why a record was not delivered, after the client's own retries, with the record itself
 /// (rebuilt from librdkafka's copy) so the caller can name it, retry it or dead-letter it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("record for topic {topic:?}, partition {partition}, key {key} was not delivered: {code} ({code:?}, {class})",
+#[error("record for topic {topic:?}, partition {partition}, key {key} was not delivered: {code}, {class}",
     topic = record.topic(), partition = partition_display(record.partition), key = record.key_for_display(),
     class = classify_code(*code))]
+#[non_exhaustive]
 pub struct DeliveryError {
-    /// librdkafka's error code.
-    pub code: RDKafkaErrorCode,
+    /// The error code.
+    pub code: ErrorCode,
     /// The record as librdkafka held it (`partition` is the one it was assigned, if any).
     pub record: Box<Record>,
+}
+
+impl DeliveryError {
+    /// `record` failed with `code`.
+    pub fn new(code: ErrorCode, record: Box<Record>) -> Self {
+        Self { code, record }
+    }
 }
 
 fn partition_display(p: Option<i32>) -> String {
@@ -79,16 +100,17 @@ pub const TICK: Duration = Duration::from_millis(250);
 
 /// A record that could not even be enqueued; the caller keeps its token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("could not enqueue: {code} ({code:?})")]
+#[error("could not enqueue: {code}")]
+#[non_exhaustive]
 pub struct EnqueueError {
-    /// librdkafka's error code: `QueueFull` when the client queue is full.
-    pub code: RDKafkaErrorCode,
+    /// The error code: `QueueFull` when the client queue is full.
+    pub code: ErrorCode,
 }
 
 impl EnqueueError {
     /// True when the client queue is full: wait for deliveries and try again.
     pub fn is_queue_full(&self) -> bool {
-        self.code == RDKafkaErrorCode::QueueFull
+        self.code.is_queue_full()
     }
 }
 
@@ -110,6 +132,11 @@ impl<S: DeliverySink> ClientContext for SinkContext<S> {
     fn stats(&self, stats: rdkafka::Statistics) {
         self.sink.on_stats(&ProducerStats::from_rdkafka(&stats));
     }
+}
+
+/// The code of a per-record error; librdkafka's per-record errors always carry one.
+fn code_of(e: &KafkaError) -> ErrorCode {
+    ErrorCode::from_rdkafka(e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail))
 }
 
 /// Rebuilds a kbatch record from librdkafka's copy of a message (failure path only).
@@ -147,7 +174,7 @@ impl<S: DeliverySink> ProducerContext for SinkContext<S> {
                 timestamp: m.timestamp().to_millis().map(Timestamp),
             }),
             Err((e, m)) => Err(DeliveryError {
-                code: e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail),
+                code: code_of(e),
                 record: Box::new(record_of(m)),
             }),
         };
@@ -203,7 +230,7 @@ impl<S: DeliverySink> std::fmt::Debug for KafkaProducer<S> {
 
 impl<S: DeliverySink> KafkaProducer<S> {
     /// Validates `config` and starts the client and its poll thread.
-    pub fn new(config: &ProducerConfig, sink: S) -> Result<Self> {
+    pub fn new(config: &KafkaProducerConfig, sink: S) -> Result<Self> {
         config.validate()?;
         let sink = Arc::new(sink);
         let ctx = SinkContext {
@@ -273,9 +300,9 @@ impl<S: DeliverySink> KafkaProducer<S> {
             );
             br.headers = Some(hs);
         }
-        self.inner.send(br).map_err(|(e, _)| EnqueueError {
-            code: e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail),
-        })
+        self.inner
+            .send(br)
+            .map_err(|(e, _)| EnqueueError { code: code_of(&e) })
     }
 
     /// Waits until every enqueued record has a delivery report, or the timeout passes.

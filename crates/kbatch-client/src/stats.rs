@@ -2,6 +2,7 @@
 
 /// Producer statistics from one librdkafka statistics report (all topics, all brokers).
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct ProducerStats {
     /// Records in the client's queues (waiting or in flight).
     pub queued_records: u64,

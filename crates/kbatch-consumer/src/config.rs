@@ -185,10 +185,9 @@ impl ParallelConfig {
 
     /// The Kafka settings used: manual commits, whatever the caller set.
     pub(crate) fn effective_kafka(&self) -> KafkaConfig {
-        KafkaConfig {
-            enable_auto_commit: false,
-            ..self.kafka.clone()
-        }
+        let mut kafka = self.kafka.clone();
+        kafka.enable_auto_commit = false;
+        kafka
     }
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use kbatch_client::{KafkaConsumer, ProducerConfig as KafkaProducerConfig};
+use kbatch_client::KafkaConsumer;
 use kbatch_core::{ConsumedRecord, OffsetSink, RecordSource};
 use kbatch_producer::{Producer, ProducerConfig};
 use tokio::sync::{mpsc, watch};
@@ -66,8 +66,7 @@ impl ParallelConsumer {
         let dead_letter = match (&self.cfg.dead_letter_topic, self.dlq_callback) {
             (_, Some(cb)) => DeadLetter::Callback(cb),
             (Some(topic), None) => {
-                let p =
-                    ProducerConfig::new(KafkaProducerConfig::new(self.cfg.kafka.client.clone()));
+                let p = ProducerConfig::new(self.cfg.kafka.client.clone());
                 let p = Producer::new(p).map_err(|e| Error::DeadLetter(e.to_string()))?;
                 DeadLetter::Topic(p, topic.clone())
             }

@@ -22,9 +22,10 @@ fn start(cfg: kbatch_consumer::ParallelConfig, ledger: &Ledger) -> Running {
 async fn transaction_markers_and_aborted_records_do_not_hold_the_commit_back() {
     let topic = unique_name("pc-txn");
     create_topic(&topic, 1).await;
-    let p = kbatch_producer::Producer::new(kbatch_producer::ProducerConfig::new(
-        producer_config().with_transactional_id(unique_name("pc-txn")),
-    ))
+    let p = kbatch_producer::Producer::new(
+        kbatch_producer::ProducerConfig::default()
+            .with_kafka(producer_config().with_transactional_id(unique_name("pc-txn"))),
+    )
     .unwrap();
     let t = Duration::from_secs(30);
     p.init_transactions(t).await.unwrap();
@@ -196,8 +197,10 @@ async fn compacted_topics_leave_gaps_that_do_not_hold_the_commit_back() {
         .with_config("min.compaction.lag.ms", "0");
     kbatch_testkit::admin().create_topics(&[t]).await.unwrap();
     // Three rounds over 20 keys, in separate segments; a last record rolls the final one.
-    let p = kbatch_producer::Producer::new(kbatch_producer::ProducerConfig::new(producer_config()))
-        .unwrap();
+    let p = kbatch_producer::Producer::new(
+        kbatch_producer::ProducerConfig::default().with_kafka(producer_config()),
+    )
+    .unwrap();
     for round in 0..3 {
         let rs = p
             .send_batch((0..20).map(|k| {

@@ -2,20 +2,34 @@
 
 use std::time::Duration;
 
-use kbatch_client::ProducerConfig as KafkaConfig;
+use kbatch_client::{ClientConfig, Compression, KafkaProducerConfig};
 use kbatch_core::ConfigError;
 
-/// Settings of a [`Producer`](crate::Producer).
+/// Settings of a [`Producer`](crate::Producer): the Kafka client's ([`KafkaProducerConfig`])
+/// plus kbatch's own bounds.
+///
+/// ```
+/// use std::time::Duration;
+/// use kbatch_producer::{ClientConfig, ProducerConfig};
+///
+/// let config = ProducerConfig::new(ClientConfig::new("kafka-1:9092,kafka-2:9092"))
+///     .with_batch(5_000, 512 << 10, Duration::from_millis(10))
+///     .with_pending_limits(50_000, 32 << 20);
+/// config.validate().unwrap(); // `Producer::new` validates too
+/// ```
 ///
 /// Batching — flush a partition's batch at `N` records, `B` bytes or `T` linger, whichever
 /// comes first — is `kafka.batch_records`, `kafka.batch_bytes` and `kafka.linger`
 /// (defaults 10,000 records, 1 MiB, 5 ms). Memory is bounded by `max_pending_records` and
 /// `max_pending_bytes`: past either, [`Producer::send`](crate::Producer::send) waits and
 /// [`Producer::try_send`](crate::Producer::try_send) hands the record back as `Full`.
+/// Builders only set fields; [`ProducerConfig::validate`] (called by
+/// [`Producer::new`](crate::Producer::new)) checks them all.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ProducerConfig {
     /// The Kafka client settings (connection, acks, idempotence, batching, compression…).
-    pub kafka: KafkaConfig,
+    pub kafka: KafkaProducerConfig,
     /// Most records the producer holds (sent, not yet delivered or failed),
     /// 1..=10,000,000. Default 100,000. Futures the caller has not awaited do not count.
     pub max_pending_records: usize,
@@ -29,10 +43,9 @@ pub struct ProducerConfig {
 
 impl Default for ProducerConfig {
     fn default() -> Self {
-        let kafka = KafkaConfig {
-            statistics_interval: Some(Duration::from_secs(1)),
-            ..KafkaConfig::default()
-        };
+        let mut kafka = KafkaProducerConfig::default();
+        // The producer's metrics include librdkafka's batch statistics.
+        kafka.statistics_interval = Some(Duration::from_secs(1));
         Self {
             kafka,
             max_pending_records: 100_000,
@@ -43,12 +56,20 @@ impl Default for ProducerConfig {
 }
 
 impl ProducerConfig {
-    /// Defaults around the given Kafka client settings.
-    pub fn new(kafka: KafkaConfig) -> Self {
-        Self {
-            kafka,
-            ..Self::default()
-        }
+    /// Defaults for the given connection settings, e.g.
+    /// `ProducerConfig::new(ClientConfig::new("host:9092"))`.
+    pub fn new(client: ClientConfig) -> Self {
+        let mut c = Self::default();
+        c.kafka.client = client;
+        c
+    }
+
+    /// Replaces the Kafka client settings as a whole; they are used as given (including
+    /// their `statistics_interval`, which `new` sets to 1 s for the producer's metrics).
+    #[must_use]
+    pub fn with_kafka(mut self, kafka: KafkaProducerConfig) -> Self {
+        self.kafka = kafka;
+        self
     }
 
     /// Sets the batch triggers: `records` (N), `bytes` (B) and `linger` (T).
@@ -57,6 +78,27 @@ impl ProducerConfig {
         self.kafka.batch_records = records;
         self.kafka.batch_bytes = bytes;
         self.kafka.linger = linger;
+        self
+    }
+
+    /// Sets the compression codec.
+    #[must_use]
+    pub fn with_compression(mut self, c: Compression) -> Self {
+        self.kafka = self.kafka.with_compression(c);
+        self
+    }
+
+    /// Enables transactions under this id (see [`KafkaProducerConfig::with_transactional_id`]).
+    #[must_use]
+    pub fn with_transactional_id(mut self, id: impl Into<String>) -> Self {
+        self.kafka = self.kafka.with_transactional_id(id);
+        self
+    }
+
+    /// Sets the time from enqueue to a final delivery report, retries included.
+    #[must_use]
+    pub fn with_delivery_timeout(mut self, t: Duration) -> Self {
+        self.kafka = self.kafka.with_delivery_timeout(t);
         self
     }
 
@@ -108,11 +150,11 @@ impl ProducerConfig {
     /// bounds so that kbatch's back-pressure, not a client `QueueFull`, is what callers see.
     /// Public for benchmarks, which give their peers the very same settings.
     #[doc(hidden)]
-    pub fn effective_kafka_for_bench(&self) -> KafkaConfig {
+    pub fn effective_kafka_for_bench(&self) -> KafkaProducerConfig {
         self.effective_kafka()
     }
 
-    pub(crate) fn effective_kafka(&self) -> KafkaConfig {
+    pub(crate) fn effective_kafka(&self) -> KafkaProducerConfig {
         let mut k = self.kafka.clone();
         // librdkafka counts key + value bytes; kbatch's budget counts headers too, so equal
         // limits keep the client queue at least as large as what kbatch admits.
@@ -144,6 +186,22 @@ mod tests {
             d.kafka,
             "defaults already agree: nothing is changed"
         );
+    }
+
+    #[test]
+    fn short_path_from_a_bootstrap_string_validates_on_use() {
+        let c = ProducerConfig::new(ClientConfig::new("k1:9092,k2:9092"))
+            .with_compression(Compression::Zstd)
+            .with_transactional_id("orders-tx");
+        assert_eq!(c.kafka.client.brokers, "k1:9092,k2:9092");
+        assert_eq!(c.kafka.transactional_id.as_deref(), Some("orders-tx"));
+        assert_eq!(c.kafka.statistics_interval, Some(Duration::from_secs(1)));
+        c.validate().unwrap();
+        // Builders do not check; validation names the field.
+        let e = ProducerConfig::new(ClientConfig::new("k1"))
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "brokers");
     }
 
     #[test]

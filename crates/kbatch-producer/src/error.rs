@@ -16,7 +16,7 @@ pub enum ProduceError {
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
     /// The client refused to enqueue the record (too large, unknown partition, …).
-    #[error("record for topic {topic:?}, partition {partition}, key {key} could not be enqueued: {code} ({code:?}, {class})",
+    #[error("record for topic {topic:?}, partition {partition}, key {key} could not be enqueued: {code}, {class}",
         topic = record.topic(), partition = record.partition.map_or("any".to_owned(), |p| p.to_string()),
         key = record.key_for_display(), class = classify_code(*code))]
     Enqueue {
@@ -131,10 +131,10 @@ mod tests {
         assert_eq!(e.class(), ErrorClass::Permanent);
         assert_eq!(e.into_record(), Some(r.clone()));
 
-        let d = ProduceError::from(DeliveryError {
-            code: ErrorCode::MessageTimedOut,
-            record: Box::new(r.clone()),
-        });
+        let d = ProduceError::from(DeliveryError::new(
+            ErrorCode::MessageTimedOut,
+            Box::new(r.clone()),
+        ));
         assert!(d.is_retriable());
         assert!(d.to_string().contains("\"order-1\""), "{d}");
         let c = ProduceError::Closed { record: None };

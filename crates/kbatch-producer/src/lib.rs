@@ -13,16 +13,15 @@
 //! - Every outcome is classified (see [`kbatch_core::ErrorClass`]); errors name the record and
 //!   hand it back for retry or dead-lettering.
 //! - `close()` (and dropping the last handle) flushes within a deadline, then resolves every
-//!   remaining future with an error.
+//!   remaining future with an error and reports what failed. A drop inside a tokio runtime
+//!   does this on a blocking thread: it never blocks an async worker.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 //! use kbatch_core::Record;
-//! use kbatch_producer::{Producer, ProducerConfig};
+//! use kbatch_producer::{ClientConfig, Producer, ProducerConfig};
 //!
-//! let mut config = ProducerConfig::default();
-//! config.kafka.client.brokers = "127.0.0.1:9092".into();
-//! let producer = Producer::new(config)?;
+//! let producer = Producer::new(ProducerConfig::new(ClientConfig::new("127.0.0.1:9092")))?;
 //! // Fire all, then await each: no round trip per record.
 //! let mut futures = Vec::new();
 //! for i in 0..1000 {
@@ -37,16 +36,17 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod close;
 mod config;
 mod error;
-mod future;
 mod metrics;
 mod producer;
 mod slots;
 
+pub use close::CloseReport;
 pub use config::ProducerConfig;
 pub use error::{ProduceError, Result, TrySendError};
-pub use future::DeliveryFuture;
-pub use kbatch_client::Delivered;
+pub use kbatch_client::{Acks, ClientConfig, Compression, Delivered, KafkaProducerConfig};
 pub use metrics::ProducerCounters;
-pub use producer::{CloseReport, Producer};
+pub use producer::Producer;
+pub use slots::DeliveryFuture;

@@ -22,6 +22,7 @@ use crate::slots::Slots;
 
 /// A counters snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct ProducerCounters {
     /// Records handed to the client.
     pub sent: u64,

@@ -1,25 +1,25 @@
 //! The batching producer.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use kbatch_client::{
     Delivered, DeliveryError, DeliverySink, GroupMetadata, KafkaProducer, ProducerStats,
 };
 use kbatch_core::{Classify, Offset, Record, TopicPartition};
 
+use crate::close::{CloseReport, LastHandle};
 use crate::config::ProducerConfig;
 use crate::error::{ProduceError, TrySendError};
-use crate::future::DeliveryFuture;
 use crate::metrics::{Metrics, ProducerCounters};
-use crate::slots::{Reserve, Slots};
+use crate::slots::{DeliveryFuture, Reserve, Slots};
 
 /// A busy sender serves delivery reports itself every this many sends (see
 /// [`KafkaProducer::poll_inline`]): the reports are freed where the messages were allocated.
 const INLINE_POLL_EVERY: u64 = 64;
 
 /// Delivery reports and statistics from the client's poll thread.
-struct Completions {
+pub(crate) struct Completions {
     slots: Arc<Slots>,
     metrics: Metrics,
 }
@@ -38,29 +38,27 @@ impl DeliverySink for Completions {
     }
 }
 
-struct Inner {
-    kafka: KafkaProducer<Completions>,
-    slots: Arc<Slots>,
-    config: ProducerConfig,
-}
-
-/// What [`Producer::close`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CloseReport {
-    /// Records awaiting delivery when close began.
-    pub pending_at_close: usize,
-    /// Whether everything was delivered within the close timeout.
-    pub flushed: bool,
-    /// Records failed because the timeout passed (their futures resolved with an error).
-    pub failed: usize,
+pub(crate) struct Inner {
+    pub(crate) kafka: KafkaProducer<Completions>,
+    pub(crate) slots: Arc<Slots>,
+    pub(crate) config: ProducerConfig,
+    /// Set by the first close, explicit or on drop; later ones return it.
+    pub(crate) closed: OnceLock<CloseReport>,
 }
 
 /// A Kafka producer whose [`send`](Producer::send) returns a per-record [`DeliveryFuture`]
 /// while records travel in librdkafka's large batches. Cheap to clone; all clones share one
 /// client. See the [crate docs](crate) for the data flow.
+///
+/// Dropping the last clone closes the producer as [`Producer::close`] does — flush within
+/// `close_timeout`, then fail and report what is left — on a blocking thread when dropped
+/// inside a tokio runtime, so no async worker waits for it.
 #[derive(Clone)]
 pub struct Producer {
     inner: Arc<Inner>,
+    /// Held by the handles only (not by blocking tasks borrowing `inner`): it drops with the
+    /// last handle and closes the producer.
+    _last: Arc<LastHandle>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -85,12 +83,15 @@ impl Producer {
             metrics,
         };
         let kafka = KafkaProducer::new(&config.effective_kafka(), sink)?;
+        let inner = Arc::new(Inner {
+            kafka,
+            slots,
+            config,
+            closed: OnceLock::new(),
+        });
         Ok(Self {
-            inner: Arc::new(Inner {
-                kafka,
-                slots,
-                config,
-            }),
+            _last: Arc::new(LastHandle::new(Arc::clone(&inner))),
+            inner,
         })
     }
 
@@ -190,13 +191,14 @@ impl Producer {
     }
 
     /// Stops accepting records, flushes within `close_timeout`, then fails whatever is left so
-    /// that every outstanding future resolves. Later sends fail with `Closed`.
+    /// that every outstanding future resolves. Later sends fail with `Closed`; later closes
+    /// return the first one's report.
     pub async fn close(&self) -> CloseReport {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || inner.close_blocking())
+        tokio::task::spawn_blocking(move || inner.close_once(false))
             .await
             .unwrap_or(CloseReport {
-                pending_at_close: 0,
+                pending_at_close: self.inner.slots.undelivered(),
                 flushed: false,
                 failed: 0,
             })
@@ -297,45 +299,6 @@ impl Producer {
                     }))
                 }
             }
-        }
-    }
-}
-
-impl Inner {
-    fn close_blocking(&self) -> CloseReport {
-        let slots = &self.slots;
-        slots.close();
-        let pending_at_close = slots.undelivered();
-        let failures =
-            |c: ProducerCounters| c.failed_retriable + c.failed_permanent + c.failed_fatal;
-        let failed_before = failures(slots.counters());
-        let deadline = Instant::now() + self.config.close_timeout;
-        let flushed =
-            self.kafka.flush(self.config.close_timeout).is_ok() && slots.undelivered() == 0;
-        let mut failed = 0;
-        if !flushed {
-            // Purged records come back as delivery reports (PurgeQueue / PurgeInflight errors).
-            self.kafka.purge();
-            let grace = deadline.max(Instant::now()) + Duration::from_secs(5);
-            while slots.undelivered() > 0 && Instant::now() < grace {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            slots.fail_undelivered();
-            failed = (failures(slots.counters()) - failed_before) as usize;
-            tracing::warn!(failed, "producer closed before every record was delivered");
-        }
-        CloseReport {
-            pending_at_close,
-            flushed,
-            failed,
-        }
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if !self.slots.is_closed() {
-            self.close_blocking();
         }
     }
 }

@@ -9,15 +9,13 @@ mod common;
 use std::time::Duration;
 
 use common::assert_exactly_once_in_order;
-use kbatch_client::{
-    ClientConfig, DevBroker, InjectedError, Isolation, ProducerConfig as KafkaConfig,
-};
+use kbatch_client::{ClientConfig, DevBroker, InjectedError, Isolation};
 use kbatch_core::{Classify, ErrorClass, Record};
 use kbatch_producer::{DeliveryFuture, ProduceError, Producer, ProducerConfig, TrySendError};
 use kbatch_testkit::consume_all_from;
 
 fn dev_producer(dev: &DevBroker, tweak: impl FnOnce(&mut ProducerConfig)) -> Producer {
-    let mut cfg = ProducerConfig::new(KafkaConfig::new(ClientConfig::new(dev.bootstrap_servers())));
+    let mut cfg = ProducerConfig::new(ClientConfig::new(dev.bootstrap_servers()));
     tweak(&mut cfg);
     Producer::new(cfg).unwrap()
 }

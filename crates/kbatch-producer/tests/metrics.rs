@@ -28,7 +28,7 @@ async fn counters_gauges_and_batch_statistics_are_exported() {
     let mut kafka = producer_config();
     kafka.client.client_id = client.clone();
     kafka.statistics_interval = Some(Duration::from_millis(100));
-    let p = Producer::new(ProducerConfig::new(kafka)).unwrap();
+    let p = Producer::new(ProducerConfig::default().with_kafka(kafka)).unwrap();
     let ok = p
         .send_batch(
             (0..2000)

@@ -58,7 +58,7 @@ async fn a_bad_record_fails_alone_with_a_clear_error() {
     let topic = unique_name("prod-bad");
     let missing = unique_name("prod-missing");
     create_topic(&topic, 2).await;
-    let mut cfg = ProducerConfig::new(producer_config());
+    let mut cfg = ProducerConfig::default().with_kafka(producer_config());
     cfg.kafka.max_record_bytes = 10_000;
     cfg.kafka
         .client
@@ -154,7 +154,7 @@ async fn headers_timestamps_partitions_and_compression_round_trip() {
     for codec in [Compression::Lz4, Compression::Zstd] {
         let topic = unique_name("prod-codec");
         create_topic(&topic, 4).await;
-        let cfg = ProducerConfig::new(producer_config().with_compression(codec));
+        let cfg = ProducerConfig::default().with_kafka(producer_config().with_compression(codec));
         let p = Producer::new(cfg).unwrap();
         let ts = Timestamp(1_700_000_000_123);
         let records: Vec<Record> = (0..200)
@@ -201,7 +201,8 @@ async fn headers_timestamps_partitions_and_compression_round_trip() {
 async fn transactions_pass_through() {
     let topic = unique_name("prod-txn");
     create_topic(&topic, 1).await;
-    let cfg = ProducerConfig::new(producer_config().with_transactional_id(unique_name("txn")));
+    let cfg = ProducerConfig::default()
+        .with_kafka(producer_config().with_transactional_id(unique_name("txn")));
     let p = Producer::new(cfg).unwrap();
     let t = Duration::from_secs(30);
     p.init_transactions(t).await.unwrap();
@@ -284,7 +285,8 @@ async fn dropping_the_last_handle_delivers_what_was_sent() {
                 .unwrap(),
         );
     }
-    tokio::task::block_in_place(|| drop(p));
+    // Dropping inside async code is fine: the flush runs on a blocking thread.
+    drop(p);
     for f in futures {
         f.await.unwrap();
     }
@@ -299,7 +301,9 @@ async fn fire_all_then_await_each_works_far_beyond_the_pending_bound() {
     const N: u64 = 50_000;
     let topic = unique_name("prod-fire-all");
     create_topic(&topic, 4).await;
-    let cfg = ProducerConfig::new(producer_config()).with_pending_limits(1_000, 1 << 20);
+    let cfg = ProducerConfig::default()
+        .with_kafka(producer_config())
+        .with_pending_limits(1_000, 1 << 20);
     let p = Producer::new(cfg).unwrap();
     let mut futures = Vec::with_capacity(N as usize);
     for i in 0..N {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use kbatch_client::{
     Admin, AutoOffsetReset, ClientConfig, ConsumerConfig, Delivered, DeliveryError, DeliverySink,
-    Isolation, KafkaConsumer, KafkaProducer, NewTopic, ProducerConfig, StartOffset,
+    Isolation, KafkaConsumer, KafkaProducer, KafkaProducerConfig, NewTopic, StartOffset,
 };
 use kbatch_core::{ConsumedRecord, Record, TopicPartition};
 
@@ -21,8 +21,8 @@ pub fn client_config() -> ClientConfig {
 }
 
 /// Producer settings for the test cluster (kbatch defaults: idempotent, acks=all).
-pub fn producer_config() -> ProducerConfig {
-    ProducerConfig::new(client_config())
+pub fn producer_config() -> KafkaProducerConfig {
+    KafkaProducerConfig::new(client_config())
 }
 
 /// Consumer settings for the test cluster, reading from the earliest offset.
@@ -70,7 +70,7 @@ impl DeliverySink for Collect {
 /// Produces `records` with `config` and returns each record's delivery result, in input
 /// order. Waits (by flushing) until every record has a result.
 pub fn produce(
-    config: &ProducerConfig,
+    config: &KafkaProducerConfig,
     records: &[Record],
 ) -> Vec<Result<Delivered, DeliveryError>> {
     let sink = Collect(Mutex::new(vec![None; records.len()]));
@@ -81,10 +81,8 @@ pub fn produce(
                 Ok(()) => break,
                 Err(e) if e.is_queue_full() => std::thread::sleep(Duration::from_millis(1)),
                 Err(e) => {
-                    p.sink().0.lock().unwrap()[i] = Some(Err(DeliveryError {
-                        code: e.code,
-                        record: Box::new(r.clone()),
-                    }));
+                    p.sink().0.lock().unwrap()[i] =
+                        Some(Err(DeliveryError::new(e.code, Box::new(r.clone()))));
                     break;
                 }
             }

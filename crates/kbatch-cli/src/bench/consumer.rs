@@ -10,9 +10,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Args as ClapArgs;
 use kbatch_client::bench::base_consumer;
-use kbatch_client::{
-    Admin, AutoOffsetReset, ClientConfig, ConsumerConfig, NewTopic, ProducerConfig as KafkaConfig,
-};
+use kbatch_client::{Admin, AutoOffsetReset, ClientConfig, ConsumerConfig, NewTopic};
 use kbatch_consumer::{ParallelConfig, ParallelConsumer, ProcessingOrder, ShutdownMode};
 use kbatch_core::Record;
 use kbatch_producer::{Producer, ProducerConfig};
@@ -184,7 +182,7 @@ async fn fill(
     admin
         .create_topics(&[NewTopic::new(&topic, partitions)])
         .await?;
-    let p = Producer::new(ProducerConfig::new(KafkaConfig::new(client.clone())))?;
+    let p = Producer::new(ProducerConfig::new(client.clone()))?;
     let value = Bytes::from_static(b"0123456789");
     let mut futures = Vec::with_capacity(n as usize);
     for i in 0..n {

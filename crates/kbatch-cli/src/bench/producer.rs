@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Args as ClapArgs;
 use kbatch_client::bench::{RawRun, base_producer, future_producer, librdkafka_properties};
-use kbatch_client::{Admin, ClientConfig, NewTopic, ProducerConfig as KafkaConfig};
+use kbatch_client::{Admin, ClientConfig, KafkaProducerConfig, NewTopic};
 use kbatch_core::{Record, Topic};
 use kbatch_producer::{Producer, ProducerConfig};
 use serde::Serialize;
@@ -101,7 +101,7 @@ struct Report {
 }
 
 struct Workload {
-    kafka: KafkaConfig,
+    kafka: KafkaProducerConfig,
     kbatch: ProducerConfig,
     value: Bytes,
     keys: Vec<Bytes>,
@@ -122,14 +122,16 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("--brokers (or KBATCH_BROKERS) or --embedded is required"),
     };
     let kafka = {
-        let mut k =
-            KafkaConfig::new(ClientConfig::new(bootstrap.as_str()).with_client_id("kbatch-bench"));
+        let mut k = KafkaProducerConfig::new(
+            ClientConfig::new(bootstrap.as_str()).with_client_id("kbatch-bench"),
+        );
         k.statistics_interval = None;
         k
     };
     // One in-flight window for all: librdkafka's queue (the raw contenders' bound) equals
     // kbatch's pending-records bound.
-    let kbatch = ProducerConfig::new(kafka.clone())
+    let kbatch = ProducerConfig::default()
+        .with_kafka(kafka.clone())
         .with_pending_limits(kafka.queue_records, kafka.queue_bytes);
     anyhow::ensure!(
         librdkafka_properties(&kafka) == librdkafka_properties(&kbatch.effective_kafka_for_bench()),

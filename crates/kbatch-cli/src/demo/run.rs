@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use kbatch_client::{AutoOffsetReset, ConsumerConfig, ProducerConfig as KafkaConfig};
+use kbatch_client::{AutoOffsetReset, ConsumerConfig};
 use kbatch_consumer::{ParallelConfig, ParallelConsumer, ProcessingOrder, ShutdownMode};
 use kbatch_core::{Classify, Record};
 use kbatch_producer::{DeliveryFuture, ProduceError, Producer, ProducerConfig};
@@ -72,7 +72,7 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
     );
 
     let base = Instant::now();
-    let producer = Producer::new(ProducerConfig::new(KafkaConfig::new(cluster.client())))?;
+    let producer = Producer::new(ProducerConfig::new(cluster.client()))?;
     let consumer_cfg = ConsumerConfig::new(cluster.client());
 
     let bars = MultiProgress::new();

@@ -43,6 +43,7 @@ impl SecurityProtocol {
 
 /// SASL mechanism and credentials.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SaslConfig {
     /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
     pub mechanism: String,
@@ -54,7 +55,7 @@ pub struct SaslConfig {
 
 /// Properties that typed fields own: passing them through `extra` would silently fight the
 /// typed value, so it is rejected with a pointer to the field.
-const OWNED_PROPERTIES: &[(&str, &str)] = &[
+const OWNED_PROPERTIES: &[super::Owned] = &[
     ("bootstrap.servers", "brokers"),
     ("metadata.broker.list", "brokers"),
     ("client.id", "client_id"),
@@ -70,6 +71,7 @@ const OWNED_PROPERTIES: &[(&str, &str)] = &[
 ///
 /// Defaults: `brokers = "127.0.0.1:9092"`, `client_id = "kbatch"`, plaintext, no extras.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// Bootstrap servers, `host:port[,host:port…]`.
     pub brokers: String,
@@ -214,16 +216,7 @@ impl ClientConfig {
             }
             _ => {}
         }
-        for key in self.extra.keys() {
-            if let Some((_, field)) = OWNED_PROPERTIES.iter().find(|(p, _)| p == key) {
-                return Err(ConfigError::new(
-                    format!("extra[{key:?}]"),
-                    "(set)",
-                    format!("no such entry: set the typed field `{field}` instead"),
-                ));
-            }
-        }
-        Ok(())
+        super::refuse_owned("extra", self.extra.keys(), OWNED_PROPERTIES)
     }
 
     /// Writes these settings into an rdkafka config (extras last, so they win over defaults).

@@ -57,7 +57,7 @@ pub enum GroupProtocol {
 
 /// Properties the typed consumer fields own (besides the connection's): passing them through
 /// `extra` would fight the typed value, or take commits away from kbatch.
-const OWNED_PROPERTIES: &[(&str, &str)] = &[
+const OWNED_PROPERTIES: &[super::Owned] = &[
     ("group.id", "group_id"),
     ("group.instance.id", "group_instance_id"),
     ("group.protocol", "group_protocol"),
@@ -65,7 +65,10 @@ const OWNED_PROPERTIES: &[(&str, &str)] = &[
     ("isolation.level", "isolation"),
     ("partition.assignment.strategy", "assignment_strategy"),
     ("enable.auto.commit", "enable_auto_commit"),
-    ("enable.auto.offset.store", "(kbatch stores offsets itself)"),
+    (
+        "enable.auto.offset.store",
+        "(offsets are stored as records complete)",
+    ),
     ("session.timeout.ms", "session_timeout"),
     ("max.poll.interval.ms", "max_poll_interval"),
     ("max.partition.fetch.bytes", "max_partition_fetch_bytes"),
@@ -77,6 +80,7 @@ const OWNED_PROPERTIES: &[(&str, &str)] = &[
 ///
 /// kbatch commits offsets itself, so auto-commit and auto offset store are off by default.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConsumerConfig {
     /// Connection settings.
     pub client: ClientConfig,
@@ -198,15 +202,7 @@ impl ConsumerConfig {
                 "None without a group_id (static membership is membership of a group)",
             ));
         }
-        for key in self.client.extra.keys() {
-            if let Some((_, field)) = OWNED_PROPERTIES.iter().find(|(p, _)| p == key) {
-                return Err(ConfigError::new(
-                    format!("extra[{key:?}]"),
-                    "(set)",
-                    format!("no such entry: it is the typed field `{field}`"),
-                ));
-            }
-        }
+        super::refuse_owned("client.extra", self.client.extra.keys(), OWNED_PROPERTIES)?;
         ConfigError::check_range(
             "session_timeout",
             self.session_timeout,

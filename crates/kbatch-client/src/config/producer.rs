@@ -67,8 +67,9 @@ impl std::str::FromStr for Compression {
     }
 }
 
-/// librdkafka properties the typed fields own.
-const OWNED_PROPERTIES: &[(&str, &str)] = &[
+/// librdkafka properties the typed producer fields set (besides the connection's), with their
+/// aliases: every property `to_rdkafka` sets is here, so `extra` cannot silently override one.
+const OWNED_PROPERTIES: &[super::Owned] = &[
     ("acks", "acks"),
     ("request.required.acks", "acks"),
     ("enable.idempotence", "idempotence"),
@@ -87,6 +88,12 @@ const OWNED_PROPERTIES: &[(&str, &str)] = &[
     ("transaction.timeout.ms", "transaction_timeout"),
     ("allow.auto.create.topics", "allow_auto_create_topics"),
     ("statistics.interval.ms", "statistics_interval"),
+    // Success reports are what resolve kbatch's delivery futures and release its budgets:
+    // without them every future would hang and the producer would fill up for good.
+    (
+        "delivery.report.only.error",
+        "(every delivery report resolves a future)",
+    ),
 ];
 
 /// Settings of the Kafka producer client.
@@ -95,7 +102,8 @@ const OWNED_PROPERTIES: &[(&str, &str)] = &[
 /// batches up to 10,000 records or 1 MiB, a 120 s delivery timeout (as Java's
 /// `delivery.timeout.ms`), and a client queue of 100,000 records / 256 MiB.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProducerConfig {
+#[non_exhaustive]
+pub struct KafkaProducerConfig {
     /// Connection settings.
     pub client: ClientConfig,
     /// Acknowledgements required.
@@ -129,7 +137,7 @@ pub struct ProducerConfig {
     pub statistics_interval: Option<Duration>,
 }
 
-impl Default for ProducerConfig {
+impl Default for KafkaProducerConfig {
     fn default() -> Self {
         Self {
             client: ClientConfig::default(),
@@ -151,7 +159,7 @@ impl Default for ProducerConfig {
     }
 }
 
-impl ProducerConfig {
+impl KafkaProducerConfig {
     /// Defaults for the given connection settings.
     pub fn new(client: ClientConfig) -> Self {
         Self {
@@ -193,15 +201,7 @@ impl ProducerConfig {
     /// Checks every field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.client.validate()?;
-        for key in self.client.extra.keys() {
-            if let Some((_, field)) = OWNED_PROPERTIES.iter().find(|(p, _)| p == key) {
-                return Err(ConfigError::new(
-                    format!("client.extra[{key:?}]"),
-                    "(set)",
-                    format!("no such entry: set the typed field `{field}` instead"),
-                ));
-            }
-        }
+        self.refuse_owned_extras()?;
         ConfigError::check_range(
             "linger",
             self.linger,
@@ -266,6 +266,26 @@ impl ProducerConfig {
         Ok(())
     }
 
+    /// Refuses pass-through entries for what the typed fields set (see [`OWNED_PROPERTIES`]).
+    fn refuse_owned_extras(&self) -> Result<(), ConfigError> {
+        for (key, value) in &self.client.extra {
+            let Some(owner) = super::owner_of(key, OWNED_PROPERTIES) else {
+                continue;
+            };
+            let mut expected = super::owned_message(key, owner);
+            if owner == "idempotence" && self.transactional_id.is_some() {
+                // Turning it off would also break transactions, which require it.
+                expected.push_str(" (transactions require idempotence on)");
+            }
+            return Err(ConfigError::new(
+                format!("client.extra[{key:?}]"),
+                format!("{value:?}"),
+                expected,
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn to_rdkafka(&self) -> rdkafka::ClientConfig {
         let mut c = rdkafka::ClientConfig::new();
         self.client.apply(&mut c);
@@ -320,7 +340,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_and_idempotent() {
-        let c = ProducerConfig::default();
+        let c = KafkaProducerConfig::default();
         c.validate().unwrap();
         let rd = c.to_rdkafka();
         assert_eq!(rd.get("enable.idempotence"), Some("true"));
@@ -330,19 +350,19 @@ mod tests {
 
     #[test]
     fn errors_name_the_field_and_range() {
-        let c = ProducerConfig {
+        let c = KafkaProducerConfig {
             batch_records: 0,
             ..Default::default()
         };
         let e = c.validate().unwrap_err();
         assert_eq!(e.field, "batch_records");
         assert!(e.to_string().contains("1 ..= 1000000"), "{e}");
-        let c = ProducerConfig {
+        let c = KafkaProducerConfig {
             acks: Acks::Leader,
             ..Default::default()
         };
         assert_eq!(c.validate().unwrap_err().field, "acks");
-        let c = ProducerConfig {
+        let c = KafkaProducerConfig {
             idempotence: false,
             ..Default::default()
         }
@@ -350,9 +370,89 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().field, "idempotence");
     }
 
+    /// Every property the typed fields write (found by building the librdkafka config, not
+    /// from the list) is refused in `extra`, also with librdkafka's `topic.` prefix, and the
+    /// error names the property and the field to use.
+    #[test]
+    fn every_property_the_typed_fields_set_is_refused_in_extra() {
+        let mut c = KafkaProducerConfig::default().with_transactional_id("tx");
+        c.statistics_interval = Some(Duration::from_secs(1));
+        c.validate().unwrap();
+        let connection: Vec<String> = {
+            let mut rd = rdkafka::ClientConfig::new();
+            c.client.apply(&mut rd);
+            rd.config_map().keys().map(|k| (*k).to_owned()).collect()
+        };
+        let typed = c.to_rdkafka();
+        let mut checked = 0;
+        for key in typed.config_map().keys().copied() {
+            if connection.iter().any(|c| c == key) {
+                continue; // refused by ClientConfig::validate (its own test)
+            }
+            for spelling in [key.to_owned(), format!("topic.{key}")] {
+                let mut bad = c.clone();
+                bad.client.extra.insert(spelling.clone(), "1".into());
+                let e = bad.validate().expect_err(&spelling);
+                assert_eq!(e.field, format!("client.extra[{spelling:?}]"));
+                let owner = OWNED_PROPERTIES.iter().find(|(p, _)| *p == key).unwrap().1;
+                assert!(
+                    e.to_string().contains(&format!("`{owner}`")) && e.to_string().contains(key),
+                    "{e}"
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked >= 14, "only {checked} typed properties found");
+    }
+
+    #[test]
+    fn aliases_and_kbatch_managed_properties_are_refused() {
+        for (key, owner) in [
+            ("request.required.acks", "acks"),
+            ("queue.buffering.max.ms", "linger"),
+            ("compression.codec", "compression"),
+            ("delivery.timeout.ms", "delivery_timeout"),
+        ] {
+            let e = KafkaProducerConfig::new(ClientConfig::new("h:1").with_extra(key, "0"))
+                .validate()
+                .unwrap_err();
+            assert!(e.to_string().contains(&format!("`{owner}`")), "{e}");
+        }
+        // Turning success reports off would leave every delivery future pending for good.
+        let e = KafkaProducerConfig::new(
+            ClientConfig::new("h:1").with_extra("delivery.report.only.error", "true"),
+        )
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("delivery report"), "{e}");
+        // Idempotence cannot be switched off behind a transactional producer's back.
+        let e = KafkaProducerConfig::new(
+            ClientConfig::new("h:1").with_extra("enable.idempotence", "false"),
+        )
+        .with_transactional_id("tx")
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.field, "client.extra[\"enable.idempotence\"]");
+        assert!(
+            e.to_string().contains("`idempotence`") && e.to_string().contains("transactions"),
+            "{e}"
+        );
+        // Properties kbatch does not type still pass through, `topic.`-prefixed ones too.
+        let c = KafkaProducerConfig::new(
+            ClientConfig::new("h:1")
+                .with_extra("topic.metadata.refresh.interval.ms", "1000")
+                .with_extra("topic.partitioner", "murmur2_random"),
+        );
+        c.validate().unwrap();
+        assert_eq!(
+            c.to_rdkafka().get("topic.partitioner"),
+            Some("murmur2_random")
+        );
+    }
+
     #[test]
     fn extras_pass_through_but_cannot_fight_typed_fields() {
-        let mut c = ProducerConfig::default().with_compression("zstd".parse().unwrap());
+        let mut c = KafkaProducerConfig::default().with_compression("zstd".parse().unwrap());
         c.client
             .extra
             .insert("socket.keepalive.enable".into(), "true".into());

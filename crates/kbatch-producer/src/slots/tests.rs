@@ -8,22 +8,17 @@ use std::task::{Context, Poll, Waker};
 use kbatch_client::{Delivered, DeliveryError, ErrorCode};
 use kbatch_core::{Offset, Record};
 
-use super::*;
-use crate::future::DeliveryFuture;
+use super::{DeliveryFuture, Reserve, Slots};
 
 fn ok(p: i32, o: i64) -> Result<Delivered, DeliveryError> {
-    Ok(Delivered {
-        partition: p,
-        offset: Offset(o),
-        timestamp: None,
-    })
+    Ok(Delivered::new(p, Offset(o), None))
 }
 
 fn fail(code: ErrorCode) -> Result<Delivered, DeliveryError> {
-    Err(DeliveryError {
+    Err(DeliveryError::new(
         code,
-        record: Box::new(Record::new("t", "v").with_key("k")),
-    })
+        Box::new(Record::new("t", "v").with_key("k")),
+    ))
 }
 
 fn reserve(s: &Slots, size: usize) -> u32 {
@@ -160,6 +155,16 @@ fn close_fails_undelivered_and_ignores_late_reports() {
     );
     assert_eq!(s.undelivered(), 0);
     assert_eq!(s.counters().failed_fatal, 1);
+    // Both futures are gone and their slots retired; librdkafka reporting b once more (as it
+    // does for what is left when the client is destroyed) must not give its budget back twice.
+    s.complete(b, ok(0, 8));
+    s.complete(b, fail(ErrorCode::PurgeQueue));
+    let c = s.counters();
+    assert_eq!((c.delivered, c.failed_fatal, c.failed_retriable), (1, 1, 0));
+    assert_eq!(
+        (s.undelivered(), s.pending_bytes(), s.outstanding_futures()),
+        (0, 0, 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

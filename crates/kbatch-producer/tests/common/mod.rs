@@ -9,7 +9,7 @@ use kbatch_producer::{Producer, ProducerConfig};
 
 /// A producer on the test broker with kbatch defaults.
 pub(crate) fn producer() -> Producer {
-    Producer::new(ProducerConfig::new(kbatch_testkit::producer_config())).unwrap()
+    Producer::new(ProducerConfig::default().with_kafka(kbatch_testkit::producer_config())).unwrap()
 }
 
 /// The sequence number a test wrote into a value as `…:<seq>`.

@@ -7,8 +7,8 @@ use std::task::{Context, Poll};
 
 use kbatch_client::Delivered;
 
+use super::table::Slots;
 use crate::error::ProduceError;
-use crate::slots::Slots;
 
 /// Resolves when the broker acknowledged the record (or it failed for good). Dropping it
 /// does not cancel the record; its result is then discarded.

@@ -1,53 +1,48 @@
-//! The completion path: a table of reusable slots, one per outstanding delivery future.
-//!
-//! ```text
-//!  send ──reserve record + bytes──pop free index──► slot[i] = PENDING ──token i──► librdkafka
-//!  poll thread: delivery(i) ──► write result, set DONE, release budget, wake (if registered)
-//!  DeliveryFuture(i): DONE? read result, set DETACHED ──► whoever sets the second of
-//!                     DONE / DETACHED pushes i back on the free list
-//! ```
-//!
-//! A delivery costs a few atomic stores and no allocation: no oneshot channel, no boxed
-//! future, no per-record `Arc`. Futures awaited in order find most results already there, so
-//! one wake-up resolves a whole run of them.
-//!
-//! The budgets (records and payload bytes held by the producer) are released at delivery,
-//! when librdkafka lets go of the record, not when the caller awaits the future: a caller may
-//! fire a million records and await them afterwards. The table therefore grows to the most
-//! futures ever outstanding at once (append-only, lock-free indexing, slots reused through
-//! the free list); its memory follows the futures the caller chose to hold.
+//! The slot table and the two budgets (see the [module docs](super)).
 
-use std::sync::Mutex;
-use std::sync::atomic::{
-    AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering,
-};
+use std::sync::PoisonError;
 use std::task::Waker;
 
-use crossbeam_queue::SegQueue;
-use futures::task::AtomicWaker;
 use kbatch_client::{Delivered, DeliveryError};
 use kbatch_core::{Classify, ErrorClass, Offset, Timestamp};
-use tokio::sync::Notify;
 
+use super::sync::{
+    AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, AtomicWaker, FreeList,
+    Mutex, MutexGuard, Notify, Ordering,
+};
 use crate::error::ProduceError;
 use crate::metrics::ProducerCounters;
 
+/// A record holds the slot: reserved, with librdkafka, or its report being written.
 const PENDING: u32 = 1;
+/// The result is written and published: the future may read it.
 const DONE: u32 = 2;
+/// The future is gone (resolved or dropped) and will not touch the slot again.
 const DETACHED: u32 = 4;
+/// The result is a failure, held in `Slot::failure`.
 const FAILED: u32 = 8;
-/// A waker was registered: only then does completion touch the `AtomicWaker`.
+/// A waker was registered: only then does the reporter touch the `AtomicWaker`.
 const WAITING: u32 = 16;
+/// A failure is being written. Two reporters can race for a slot — librdkafka and
+/// `fail_undelivered` at close — and only the first may write it.
+const CLAIMED: u32 = 32;
+/// The reporter will not touch the slot again: set with DONE, or after the wake-up when a
+/// waker was registered. The slot is free once RELEASED and DETACHED are both set.
+const RELEASED: u32 = 64;
 const NO_TIMESTAMP: i64 = i64::MIN;
 
 /// Both budgets live in one word so reserving and releasing is one atomic operation each:
 /// records in the top 24 bits, bytes in the low 40. The config limits (10,000,000 records,
-/// 256 GiB) leave headroom for transient over-reservation by concurrent senders.
+/// 256 GiB) stay far below either field.
 const BYTE_BITS: u32 = 40;
 const BYTE_MASK: u64 = (1 << BYTE_BITS) - 1;
 
 fn budget(records: u64, bytes: usize) -> u64 {
     (records << BYTE_BITS) | (bytes as u64 & BYTE_MASK)
+}
+
+fn unpack(used: u64) -> (usize, usize) {
+    ((used >> BYTE_BITS) as usize, (used & BYTE_MASK) as usize)
 }
 
 #[derive(Default)]
@@ -78,7 +73,9 @@ pub(crate) struct Slots {
     slots: boxcar::Vec<Slot>,
     /// Indices of reusable slots. Holds at most the table's length: a free list, not a queue
     /// of work.
-    free: SegQueue<u32>,
+    free: FreeList,
+    /// Slots finished after close, kept out of the free list (see the module docs).
+    retired: AtomicUsize,
     /// Records and bytes reserved or with librdkafka, not yet reported on (see [`budget`]).
     used: AtomicU64,
     max_bytes: usize,
@@ -100,7 +97,8 @@ impl Slots {
     pub(crate) fn new(max_records: usize, max_bytes: usize) -> Self {
         Self {
             slots: boxcar::Vec::new(),
-            free: SegQueue::new(),
+            free: FreeList::new(),
+            retired: AtomicUsize::new(0),
             used: AtomicU64::new(0),
             max_bytes,
             max_records,
@@ -117,23 +115,10 @@ impl Slots {
         if self.closed.load(Ordering::Acquire) {
             return Reserve::Closed;
         }
-        let before = self.used.fetch_add(budget(1, size), Ordering::AcqRel);
-        let (records, bytes) = (
-            (before >> BYTE_BITS) as usize,
-            (before & BYTE_MASK) as usize,
-        );
-        if records >= self.max_records || (bytes != 0 && bytes + size > self.max_bytes) {
-            self.release(size);
+        if !self.reserve_budget(size, self.used.load(Ordering::Relaxed)) {
             return Reserve::Full;
         }
-        let i = match self.free.pop() {
-            Some(i) => i,
-            None => self.slots.push(Slot::default()) as u32,
-        };
-        let s = &self.slots[i as usize];
-        s.size.store(size, Ordering::Relaxed);
-        s.state.store(PENDING, Ordering::Release);
-        Reserve::Slot(i)
+        Reserve::Slot(self.take_slot(size))
     }
 
     /// Reserves a slot and `size` bytes, waiting for room; `None` once closed. Cancel-safe.
@@ -149,12 +134,50 @@ impl Slots {
             let notified = self.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.try_reserve(size) {
-                Reserve::Full => notified.await,
-                Reserve::Slot(i) => return Some(i),
-                Reserve::Closed => return None,
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            // Read the budget with a read-modify-write, after announcing the waiter: it sees
+            // every release before it, and a release after it sees the announcement (all
+            // changes of `used` are read-modify-writes, so they synchronize).
+            let now = self.used.fetch_add(0, Ordering::AcqRel);
+            if self.reserve_budget(size, now) {
+                return Some(self.take_slot(size));
+            }
+            notified.await;
+        }
+    }
+
+    /// Adds one record and `size` bytes to `used` if they fit, starting from `cur`. Never
+    /// over-reserves: a failed attempt changes nothing, so it cannot hide room from a
+    /// concurrent release (which would then skip a wake-up) nor wake anyone itself.
+    fn reserve_budget(&self, size: usize, mut cur: u64) -> bool {
+        loop {
+            let (records, bytes) = unpack(cur);
+            if records >= self.max_records || (bytes != 0 && bytes + size > self.max_bytes) {
+                return false;
+            }
+            match self.used.compare_exchange_weak(
+                cur,
+                cur + budget(1, size),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
             }
         }
+    }
+
+    fn take_slot(&self, size: usize) -> u32 {
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => self.slots.push(Slot::default()) as u32,
+        };
+        let s = &self.slots[i as usize];
+        s.size.store(size, Ordering::Relaxed);
+        s.state.store(PENDING, Ordering::Release);
+        i
     }
 
     /// A record went to librdkafka; returns how many have so far.
@@ -162,63 +185,105 @@ impl Slots {
         self.counters.sent.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// librdkafka refused the record of slot `i`: give everything back.
+    /// librdkafka refused the record of slot `i` (no future was made): give everything back.
     pub(crate) fn cancel(&self, i: u32) {
-        self.release(self.slots[i as usize].size.load(Ordering::Relaxed));
+        let s = &self.slots[i as usize];
+        let size = s.size.load(Ordering::Relaxed);
+        // `fail_undelivered` may have resolved the slot already (close during the send).
+        if s.state
+            .fetch_or(DONE | RELEASED | DETACHED, Ordering::AcqRel)
+            & DONE
+            == 0
+        {
+            self.release(size);
+        }
         self.free_slot(i);
     }
 
-    /// A delivery report for slot `i` (poll thread).
+    /// A delivery report for slot `i` (poll thread). A report for a slot that is already
+    /// done (resolved by `fail_undelivered`) is ignored and not counted.
     pub(crate) fn complete(&self, i: u32, result: Result<Delivered, DeliveryError>) {
         let s = &self.slots[i as usize];
-        let flag = match result {
+        match result {
             Ok(d) => {
+                // Written before publishing. Should `fail_undelivered` win the slot instead,
+                // its FAILED flag means these are never read.
                 s.partition.store(d.partition, Ordering::Relaxed);
                 s.offset.store(d.offset.0, Ordering::Relaxed);
                 s.timestamp
                     .store(d.timestamp.map_or(NO_TIMESTAMP, |t| t.0), Ordering::Relaxed);
-                self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                DONE
+                if self.publish(i, 0) {
+                    self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Err(e) => {
-                self.count_failure(e.class());
+                if !claim(s) {
+                    return;
+                }
+                let class = e.class();
                 *lock(&s.failure) = Some(ProduceError::Delivery(e));
-                DONE | FAILED
+                if self.publish(i, FAILED) {
+                    self.count_failure(class);
+                }
             }
-        };
-        self.finish(i, flag);
+        }
     }
 
-    /// Resolves every slot still waiting for librdkafka with `Closed`. Only for after the
-    /// client stopped reporting: a late report for such a slot is then ignored by `finish`.
+    /// Resolves every slot still waiting for librdkafka with `Closed`; returns how many.
+    /// Only after [`Slots::close`]: a report librdkafka sends for such a slot later is then
+    /// ignored (see `complete`).
     pub(crate) fn fail_undelivered(&self) -> usize {
+        debug_assert!(self.is_closed(), "fail_undelivered before close");
         let mut n = 0;
         for (i, s) in self.slots.iter() {
-            let st = s.state.load(Ordering::Acquire);
-            if st & PENDING != 0 && st & DONE == 0 {
-                *lock(&s.failure) = Some(ProduceError::Closed { record: None });
+            if !claim(s) {
+                continue;
+            }
+            *lock(&s.failure) = Some(ProduceError::Closed { record: None });
+            if self.publish(i as u32, FAILED) {
                 self.count_failure(ErrorClass::Fatal);
-                if self.finish(i as u32, DONE | FAILED) {
-                    n += 1;
-                }
+                n += 1;
+            } else {
+                // librdkafka's success report came first.
+                lock(&s.failure).take();
             }
         }
         n
     }
 
-    /// Sets DONE (plus `flag`), releases the bytes and wakes the future. Returns false when
-    /// the slot was already done (a report after `fail_undelivered`).
-    fn finish(&self, i: u32, flag: u32) -> bool {
+    /// Publishes the result written into slot `i` (sets DONE plus `flag`), releases its
+    /// budget and wakes its future. Returns false, changing nothing, when the slot was done
+    /// already.
+    fn publish(&self, i: u32, flag: u32) -> bool {
         let s = &self.slots[i as usize];
-        let prev = s.state.fetch_or(flag, Ordering::AcqRel);
-        if prev & DONE != 0 {
-            return false;
-        }
-        self.release(s.size.load(Ordering::Relaxed));
+        // Read before DONE is set: until then the slot cannot be freed, let alone reused.
+        let size = s.size.load(Ordering::Relaxed);
+        let mut cur = s.state.load(Ordering::Relaxed);
+        let prev = loop {
+            if cur & DONE != 0 {
+                return false;
+            }
+            // Without a registered waker, setting DONE is the reporter's last touch.
+            let released = if cur & WAITING == 0 { RELEASED } else { 0 };
+            match s.state.compare_exchange_weak(
+                cur,
+                cur | DONE | flag | released,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(prev) => break prev,
+                Err(now) => cur = now,
+            }
+        };
+        self.release(size);
         if prev & WAITING != 0 {
+            // The future cannot free the slot (and a sender reuse it) before RELEASED, so
+            // the waker woken is this future's.
             s.waker.wake();
-        }
-        if prev & DETACHED != 0 {
+            if s.state.fetch_or(RELEASED, Ordering::AcqRel) & DETACHED != 0 {
+                self.free_slot(i);
+            }
+        } else if prev & DETACHED != 0 {
             self.free_slot(i);
         }
         true
@@ -233,7 +298,7 @@ impl Slots {
         let s = &self.slots[i as usize];
         if s.state.load(Ordering::Acquire) & DONE == 0 {
             s.waker.register(waker);
-            // Announce the waker; DONE set before this is seen here, after it by `finish`.
+            // Announce the waker; DONE set before this is seen here, after it by `publish`.
             if s.state.fetch_or(WAITING, Ordering::AcqRel) & DONE == 0 {
                 return None;
             }
@@ -255,11 +320,11 @@ impl Slots {
                 .unwrap_or(ProduceError::Closed { record: None }));
         }
         let ts = s.timestamp.load(Ordering::Relaxed);
-        Ok(Delivered {
-            partition: s.partition.load(Ordering::Relaxed),
-            offset: Offset(s.offset.load(Ordering::Relaxed)),
-            timestamp: (ts != NO_TIMESTAMP).then_some(Timestamp(ts)),
-        })
+        Ok(Delivered::new(
+            s.partition.load(Ordering::Relaxed),
+            Offset(s.offset.load(Ordering::Relaxed)),
+            (ts != NO_TIMESTAMP).then_some(Timestamp(ts)),
+        ))
     }
 
     /// The future of slot `i` is gone (resolved or dropped).
@@ -267,11 +332,12 @@ impl Slots {
         let prev = self.slots[i as usize]
             .state
             .fetch_or(DETACHED, Ordering::AcqRel);
-        if prev & DONE != 0 {
+        if prev & RELEASED != 0 {
             self.free_slot(i);
         }
     }
 
+    /// Slot `i` is finished on both sides: recycle it, or retire it after close.
     fn free_slot(&self, i: u32) {
         let s = &self.slots[i as usize];
         let st = s.state.load(Ordering::Relaxed);
@@ -281,19 +347,20 @@ impl Slots {
         if st & FAILED != 0 {
             lock(&s.failure).take();
         }
+        if self.is_closed() {
+            self.retired.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         s.state.store(0, Ordering::Release);
         self.free.push(i);
     }
 
-    /// Returns one record and `size` bytes to the budgets. Waiters are woken once a sixteenth
-    /// of the budget is free again, not on every delivery: a full producer would otherwise wake
-    /// its sender once per record.
+    /// Returns one record and `size` bytes to the budgets. Waiters are woken only while at
+    /// least a sixteenth of both budgets is free, not on every delivery near the bound.
     fn release(&self, size: usize) {
         let before = self.used.fetch_sub(budget(1, size), Ordering::AcqRel);
-        let (records, bytes) = (
-            (before >> BYTE_BITS) as usize - 1,
-            (before & BYTE_MASK) as usize - size,
-        );
+        let (records, bytes) = unpack(before);
+        let (records, bytes) = (records - 1, bytes - size);
         if records <= self.max_records - self.max_records / 16
             && bytes <= self.max_bytes - self.max_bytes / 16
         {
@@ -344,22 +411,41 @@ impl Slots {
 
     /// Records reserved or with librdkafka, not yet reported on.
     pub(crate) fn undelivered(&self) -> usize {
-        (self.used.load(Ordering::Relaxed) >> BYTE_BITS) as usize
+        unpack(self.used.load(Ordering::Relaxed)).0
     }
 
     /// Delivery futures outstanding (undelivered, or delivered and not yet awaited or dropped).
     pub(crate) fn outstanding_futures(&self) -> usize {
-        self.slots.count() - self.free.len()
+        self.slots.count() - self.free.len() - self.retired.load(Ordering::Relaxed)
     }
 
     /// Payload bytes reserved and not yet delivered.
     pub(crate) fn pending_bytes(&self) -> usize {
-        (self.used.load(Ordering::Relaxed) & BYTE_MASK) as usize
+        unpack(self.used.load(Ordering::Relaxed)).1
     }
 
     /// Records the producer holds: reserved or with librdkafka, not yet reported on.
     pub(crate) fn pending_records(&self) -> usize {
         self.undelivered()
+    }
+}
+
+/// Takes the right to write slot `s`'s failure: only while a record holds it (PENDING)
+/// undone and unclaimed. A compare-and-swap, not a `fetch_or`: a stale look at a slot that
+/// was meanwhile delivered and recycled must fail, not mark a free slot.
+fn claim(s: &Slot) -> bool {
+    let mut cur = s.state.load(Ordering::Relaxed);
+    loop {
+        if cur & PENDING == 0 || cur & (CLAIMED | DONE) != 0 {
+            return false;
+        }
+        match s
+            .state
+            .compare_exchange_weak(cur, cur | CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
+        {
+            Ok(_) => return true,
+            Err(now) => cur = now,
+        }
     }
 }
 
@@ -371,9 +457,6 @@ impl Drop for WaiterGuard<'_> {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
-
-#[cfg(test)]
-mod tests;
