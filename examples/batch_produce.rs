@@ -13,9 +13,9 @@
 
 use std::time::Duration;
 
-use kbatch_client::{Admin, ClientConfig, DevBroker, NewTopic};
-use kbatch_core::{Classify, Record};
-use kbatch_producer::{Producer, ProducerConfig};
+use kbatch::Classify as _;
+use kbatch::client::{Admin, DevBroker, NewTopic};
+use kbatch::prelude::*;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,7 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     // Batches leave at 5,000 records, 512 KiB or 10 ms, whichever comes first.
-    let config = ProducerConfig::new(ClientConfig::new(brokers.as_str()))
+    let config = ProducerConfig::for_brokers(&brokers)
         .with_batch(5_000, 512 << 10, Duration::from_millis(10))
         .with_pending_limits(50_000, 32 << 20);
     let producer = Producer::new(config)?;

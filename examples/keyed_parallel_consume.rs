@@ -16,15 +16,35 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kbatch_client::{Admin, AutoOffsetReset, ClientConfig, ConsumerConfig, DevBroker, NewTopic};
-use kbatch_consumer::{
-    HandlerError, ParallelConfig, ParallelConsumer, ProcessingOrder, ShutdownMode,
-};
-use kbatch_core::Record;
-use kbatch_producer::{Producer, ProducerConfig};
+use kbatch::client::{Admin, DevBroker, NewTopic};
+use kbatch::prelude::*;
 
 const FIXES: u64 = 5_000;
 const VEHICLES: u64 = 200;
+
+/// The handler: a client of the slow service, and what it saw per vehicle. Its state is
+/// shared through `&self` by every record in flight — nothing is cloned per record.
+struct Router {
+    seen: Arc<Mutex<HashMap<Vec<u8>, Vec<i64>>>>,
+}
+
+impl Handler for Router {
+    async fn handle(&self, fix: ConsumedRecord) -> HandlerResult {
+        if fix.value.as_deref() == Some(b"malformed") {
+            return Err(HandlerError::permanent("service rejected a malformed fix"));
+        }
+        // The slow service.
+        tokio::time::sleep(Duration::from_millis(rand::random_range(1..=5))).await;
+        let vehicle = fix.key.as_deref().unwrap_or_default().to_vec();
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(vehicle)
+            .or_default()
+            .push(fix.offset.0);
+        Ok(())
+    }
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -45,10 +65,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             dev.bootstrap_servers()
         }
     };
-    let client = ClientConfig::new(brokers.as_str());
 
     // Every 97th fix is malformed: the service rejects it for good.
-    let producer = Producer::new(ProducerConfig::new(client.clone()))?;
+    let producer = Producer::new(ProducerConfig::for_brokers(&brokers))?;
     let fixes = (0..FIXES).map(|i| {
         let body = if i % 97 == 0 {
             "malformed".to_owned()
@@ -61,63 +80,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert!(sent.iter().all(Result::is_ok));
     producer.close().await;
 
-    let kafka = ConsumerConfig::new(client)
-        .with_group(format!("{topic}-router"))
-        .with_offset_reset(AutoOffsetReset::Earliest);
-    let config = ParallelConfig::new(kafka, [topic.as_str()])
+    let config = ParallelConfig::for_brokers(&brokers, &format!("{topic}-router"), [&topic])
         .with_ordering(ProcessingOrder::Key)
         .with_concurrency(500)
         .with_dead_letter(dlq.as_str(), 3);
-    let order: Arc<Mutex<HashMap<Vec<u8>, Vec<i64>>>> = Arc::default();
     let started = Instant::now();
+    let seen = Arc::default();
+    let router = Router {
+        seen: Arc::clone(&seen),
+    };
     let running = ParallelConsumer::builder(config)
-        .handler({
-            let order = order.clone();
-            move |fix| {
-                let order = order.clone();
-                async move {
-                    if fix.value.as_deref() == Some(b"malformed") {
-                        return Err(HandlerError::permanent("service rejected a malformed fix"));
-                    }
-                    // The slow service.
-                    tokio::time::sleep(Duration::from_millis(rand::random_range(1..=5))).await;
-                    let key = fix.key.as_deref().unwrap_or_default().to_vec();
-                    order
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .entry(key)
-                        .or_default()
-                        .push(fix.offset.0);
-                    Ok(())
-                }
-            }
-        })
-        .build()?
+        .with_handler(router)
         .start()?;
     let rejected = FIXES.div_ceil(97);
-    while running.stats().processed + running.stats().dead_lettered < FIXES {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    running.wait_for(|p| p.processed >= FIXES - rejected).await;
     let elapsed = started.elapsed();
+    running.until_idle().await; // the dead letters written, every offset committed
+    let dead_lettered = running.stats().dead_lettered;
     let report = running.shutdown(ShutdownMode::Drain).await?;
-    let order = order
+    let seen = seen
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let in_order = order
+    let in_order = seen
         .values()
         .all(|offs| offs.windows(2).all(|w| w[0] < w[1]));
     println!(
-        "processed {} fixes for {} vehicles in {:.2?} (incl. group join), each vehicle in order: {in_order}",
+        "processed {} fixes for {} vehicles in {elapsed:.2?} (incl. group join), each vehicle in order: {in_order}",
         report.processed,
-        order.len(),
-        elapsed
+        seen.len()
     );
-    println!("dead-lettered {rejected} malformed fixes to {dlq}");
+    println!("dead-lettered {dead_lettered} malformed fixes to {dlq}");
     println!(
         "sequentially per partition this would take ~{:.1} s",
         (FIXES as f64 * 3e-3) / 2.0
     );
-    if !in_order || report.processed != FIXES - rejected {
+    if !in_order || report.processed != FIXES - rejected || dead_lettered != rejected {
         return Err("ordering or count check failed".into());
     }
     Ok(())

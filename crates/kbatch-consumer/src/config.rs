@@ -42,6 +42,7 @@ pub enum ShutdownMode {
 
 /// Settings of a [`ParallelConsumer`](crate::ParallelConsumer).
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ParallelConfig {
     /// The Kafka consumer (must name a group; auto-commit is forced off).
     pub kafka: KafkaConfig,
@@ -92,6 +93,27 @@ impl ParallelConfig {
             dead_letter_topic: None,
             shutdown_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// Defaults for group `group` on the cluster at `brokers` (`host:port[,host:port…]`),
+    /// subscribing to `topics`, reading from the earliest offset where the group has no
+    /// commit yet.
+    ///
+    /// ```
+    /// use kbatch_consumer::ParallelConfig;
+    /// let c = ParallelConfig::for_brokers("127.0.0.1:9092", "router", ["positions"]);
+    /// assert_eq!(c.kafka.group_id.as_deref(), Some("router"));
+    /// c.validate().unwrap();
+    /// ```
+    pub fn for_brokers(
+        brokers: &str,
+        group: &str,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        let kafka = KafkaConfig::new(kbatch_client::ClientConfig::new(brokers))
+            .with_group(group)
+            .with_offset_reset(kbatch_client::AutoOffsetReset::Earliest);
+        Self::new(kafka, topics)
     }
 
     /// Sets the ordering.

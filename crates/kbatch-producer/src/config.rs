@@ -64,6 +64,12 @@ impl ProducerConfig {
         c
     }
 
+    /// Defaults for the cluster at `brokers` (`host:port[,host:port…]`): the short path,
+    /// `ProducerConfig::new(ClientConfig::new(brokers))`.
+    pub fn for_brokers(brokers: &str) -> Self {
+        Self::new(ClientConfig::new(brokers))
+    }
+
     /// Replaces the Kafka client settings as a whole; they are used as given (including
     /// their `statistics_interval`, which `new` sets to 1 s for the producer's metrics).
     #[must_use]
