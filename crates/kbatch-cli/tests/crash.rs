@@ -3,6 +3,8 @@
 //! counted by an independent reader: the ledger each handler process appends to.
 //!
 //! - every record is processed at least once;
+//! - what was committed before a kill — the offset, and the completed offsets its metadata
+//!   lists — is not processed again after it (read from the group by another client);
 //! - within each run, each key's records are processed in offset order;
 //! - what a restart processes again is bounded by what was in flight at the kill plus what
 //!   finished within about one commit interval before it (the commit metadata carries the
@@ -138,6 +140,31 @@ fn kill_group(Group(child): &mut Group) {
     }
 }
 
+/// What the group's commits say is done, per partition (read as another client, while no
+/// consumer runs): every offset below the committed one, and those its metadata marks
+/// completed.
+fn committed_done(group: &str, topic: &str, partitions: i32) -> HashSet<(i32, i64)> {
+    let reader =
+        kbatch_client::KafkaConsumer::new(&kbatch_testkit::consumer_config().with_group(group))
+            .unwrap();
+    let tps: Vec<kbatch_core::TopicPartition> = (0..partitions)
+        .map(|p| kbatch_core::TopicPartition::new(topic, p))
+        .collect();
+    let mut done = HashSet::new();
+    for c in reader.committed(&tps, Duration::from_secs(10)).unwrap() {
+        let Some(offset) = c.offset else { continue };
+        done.extend((0..offset.0).map(|o| (c.tp.partition, o)));
+        let map = kbatch_consumer::codec::decode(offset.0, &c.metadata)
+            .unwrap_or_else(|e| panic!("the consumer's own metadata of {}: {e}", c.tp));
+        done.extend(
+            (map.base..map.end)
+                .filter(|o| map.is_completed(*o))
+                .map(|o| (c.tp.partition, o)),
+        );
+    }
+    done
+}
+
 /// Fills a topic with `n` records of `keys` keys on `partitions` partitions.
 fn filled_topic(prefix: &str, partitions: u32, n: u64, keys: u64) -> String {
     let topic = unique_name(prefix);
@@ -241,6 +268,8 @@ fn run_crash_test(m: &Membership, n: u64) {
     let mut timeline = Timeline::default();
     // (ledger length when the run began, when it was killed)
     let mut runs: Vec<(usize, Option<Instant>)> = Vec::new();
+    // What the group's commit said was done after each kill.
+    let mut done_at_kill: Vec<HashSet<(i32, i64)>> = Vec::new();
     let mut child = start(&topic, &group, &ledger.0, &static_args, &log);
     runs.push((0, None));
     first_record_after(&ledger, 0, &mut timeline, Duration::from_secs(120));
@@ -262,6 +291,7 @@ fn run_crash_test(m: &Membership, n: u64) {
         kill_group(&mut child);
         let len = ledger.count();
         runs.last_mut().unwrap().1 = Some(at);
+        done_at_kill.push(committed_done(&group, &topic, 8));
         assert!(
             (len as u64) < n,
             "the run finished before kill {kill}: pick a larger topic ({len} lines)"
@@ -349,6 +379,17 @@ fn run_crash_test(m: &Membership, n: u64) {
             }
         }
         if i > 0 {
+            let committed = &done_at_kill[i - 1];
+            let redone: Vec<&Line> = run
+                .iter()
+                .filter(|l| committed.contains(&(l.partition, l.offset)))
+                .collect();
+            assert!(
+                redone.is_empty(),
+                "restart {i} processed {} records the commit before the kill had marked done, e.g. {:?}",
+                redone.len(),
+                &redone[..redone.len().min(5)]
+            );
             let again = run
                 .iter()
                 .filter(|l| seen_before.contains(&(l.partition, l.offset)))

@@ -6,11 +6,15 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Ledger, committed, config, eventually, filled_topic};
 use kbatch_client::AssignmentStrategy;
-use kbatch_consumer::{ProcessingOrder, Running, ShutdownMode};
+use kbatch_consumer::{
+    ExponentialBackoff, HandlerError, ParallelConsumer, ProcessingOrder, Running, ShutdownMode,
+};
+use kbatch_core::ConsumedRecord;
 use kbatch_core::Record;
 use kbatch_testkit::{create_topic, producer_config, unique_name};
 
@@ -130,60 +134,135 @@ async fn null_keys_and_the_same_key_on_two_topics() {
     }
 }
 
-/// Instances join and leave while records flow; the ledger must hold every record at least once.
+async fn within_secs<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for: {what}"))
+}
+
+/// Six instances join one by one and then leave (quick or drain) while records flow, with
+/// work in flight and records waiting in retry backoff at every handover. A graceful handover
+/// commits what was done before the partitions move, so nothing is processed twice, and a
+/// key's records are processed in offset order across instances.
 async fn churn(strategy: AssignmentStrategy) {
-    const N: u64 = 6_000;
-    let topic = filled_topic("pc-churn", 4, N, 300).await;
+    const PARTITIONS: i32 = 12;
+    const N: u64 = 24_000;
+    let topic = filled_topic("pc-churn", PARTITIONS, N, 300).await;
     let group = unique_name("pc-churn-g");
     let ledger = Ledger::default();
+    // Every 40th record fails its first attempt: it waits 300 ms to retry, so some are in
+    // backoff whenever partitions move.
+    let failed_once: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
     let cfg = || {
-        let mut c = config(&group, &[&topic], ProcessingOrder::Key).with_concurrency(16);
+        // Few at a time, so the work lasts through every join and leave.
+        let mut c = config(&group, &[&topic], ProcessingOrder::Key).with_concurrency(2);
         c.kafka.assignment_strategy = strategy;
-        c.revoke_timeout = Duration::from_secs(5);
+        c.revoke_timeout = Duration::from_secs(10);
+        // A small budget: a draining instance finishes what it holds, not the topic.
+        c.max_records = 200;
         c
     };
-    let mut fleet: Vec<Running> = vec![start(cfg(), &ledger)];
-    for round in 0..6 {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        if round % 2 == 0 || fleet.len() < 2 {
-            fleet.push(start(cfg(), &ledger));
-        } else {
-            let leaving = fleet.remove(round % fleet.len());
-            leaving
-                .shutdown(if round % 4 == 1 {
-                    ShutdownMode::Quick
-                } else {
-                    ShutdownMode::Drain
-                })
-                .await
-                .unwrap();
-        }
-    }
+    let start = || {
+        let (ledger, failed_once) = (ledger.clone(), failed_once.clone());
+        ParallelConsumer::builder(cfg())
+            .retry_policy(
+                ExponentialBackoff::new(Duration::from_millis(300), Duration::from_millis(300))
+                    .with_jitter(0.0),
+            )
+            .handler(move |r: ConsumedRecord| {
+                let (ledger, failed_once) = (ledger.clone(), failed_once.clone());
+                async move {
+                    let s = common::seq(&r);
+                    if s % 40 == 7 && failed_once.lock().unwrap().insert(s) {
+                        return Err(HandlerError::retriable("first attempt fails"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    ledger.push(&r);
+                    Ok(())
+                }
+            })
+            .start()
+            .unwrap()
+    };
     let distinct = || ledger.seqs().into_iter().collect::<BTreeSet<u64>>().len();
-    eventually(120, "every record processed at least once", || {
-        distinct() >= N as usize
-    })
-    .await;
+    // Each join moves partitions from busy instances to the new one; wait until it has them.
+    let mut fleet: Vec<Running> = Vec::new();
+    let mut handled = Vec::new();
+    for _ in 0..6 {
+        let new = start();
+        within_secs(
+            120,
+            "the new instance gets partitions",
+            new.wait_for(|p| !p.assigned.is_empty()),
+        )
+        .await;
+        fleet.push(new);
+    }
+    assert!(
+        distinct() < N as usize * 3 / 4,
+        "six instances run while most of the work is still ahead ({} of {N} done): make the work longer",
+        distinct()
+    );
+    // Each leave moves its partitions to the others; wait until they have taken them on.
+    for i in 0..5 {
+        let r = fleet.remove(0);
+        handled.push(r.stats().processed);
+        let mode = if i % 2 == 0 {
+            ShutdownMode::Quick
+        } else {
+            ShutdownMode::Drain
+        };
+        r.shutdown(mode).await.unwrap();
+        // The others take its partitions on.
+        let fleet_ref = &fleet;
+        eventually(120, "the others take the partitions over", || {
+            let owned: usize = fleet_ref
+                .iter()
+                .map(|f| f.progress().borrow().assigned.len())
+                .sum();
+            owned == PARTITIONS as usize
+        })
+        .await;
+    }
+    assert!(
+        distinct() < N as usize,
+        "the last handover happened with work still to do"
+    );
+    eventually(300, "every record processed", || distinct() >= N as usize).await;
     for r in fleet {
+        handled.push(r.stats().processed);
         r.shutdown(ShutdownMode::Drain).await.unwrap();
     }
     let seen: BTreeSet<u64> = ledger.seqs().into_iter().collect();
     assert_eq!(seen, (0..N).collect::<BTreeSet<_>>());
-    let total: i64 = (0..4)
+    let total: i64 = (0..PARTITIONS)
         .map(|p| committed(&group, &topic, p).0.unwrap_or(0))
         .sum();
     assert_eq!(total, N as i64, "final commits cover everything");
-    let dups = ledger.len() - N as usize;
-    eprintln!("{strategy:?}: {dups} records processed more than once across {N}");
+    let twice = ledger.len() - N as usize;
+    assert_eq!(
+        twice, 0,
+        "{strategy:?}: {twice} records processed twice across graceful handovers"
+    );
+    for (key, offsets) in ledger.per_key() {
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "{strategy:?}: key {key:?} out of order across instances: {offsets:?}"
+        );
+    }
+    eprintln!(
+        "{strategy:?}: {N} records, none twice, keys in order; {} first attempts failed; per instance {handled:?}",
+        failed_once.lock().unwrap().len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn eager_rebalances_under_churn_lose_nothing() {
+async fn eager_handovers_under_churn_process_nothing_twice_and_keep_key_order() {
     churn(AssignmentStrategy::Range).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn cooperative_rebalances_under_churn_lose_nothing() {
+async fn cooperative_handovers_under_churn_process_nothing_twice_and_keep_key_order() {
     churn(AssignmentStrategy::CooperativeSticky).await;
 }
 

@@ -15,7 +15,7 @@
 pub(crate) mod poller;
 mod tasks;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -60,6 +60,8 @@ pub struct ShutdownReport {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Progress {
+    /// Partitions assigned to this consumer now.
+    pub assigned: BTreeSet<TopicPartition>,
     /// Per assigned partition, the offset last handed to the offset sink (with
     /// `CommitMode::Async` the broker may still refuse it: see `ConsumerStats::commit_failures`).
     pub committed: BTreeMap<TopicPartition, Offset>,
@@ -317,8 +319,14 @@ impl Driver {
         let idle = self.engine.is_idle()
             && self.engine.partitions().next().is_some()
             && now.duration_since(l.last_records) >= self.commit_interval;
-        let was_idle = self.progress.borrow().idle;
-        if now < l.next_publish && idle == was_idle {
+        let (was_idle, was_assigned) = {
+            let p = self.progress.borrow();
+            (p.idle, p.assigned.len())
+        };
+        if now < l.next_publish
+            && idle == was_idle
+            && self.engine.partitions().count() == was_assigned
+        {
             return;
         }
         l.next_publish = now + self.commit_interval;
@@ -333,8 +341,11 @@ impl Driver {
             .map(|(tp, o)| (tp.clone(), Offset(o)))
             .collect();
         let settled = idle && self.engine.nothing_to_commit();
+        let assigned: BTreeSet<TopicPartition> =
+            self.engine.partitions().map(|p| p.0.clone()).collect();
         self.progress.send_if_modified(|p| {
             let next = Progress {
+                assigned,
                 committed,
                 processed: c.processed,
                 held: held as u64,
