@@ -153,6 +153,61 @@ fn stdin_lines_produced_are_consumed_back_with_keys() {
 }
 
 #[test]
+fn generating_past_the_in_flight_window_delivers_every_record() {
+    // 150,000 records: more than the producer's 100,000 pending records, so the oldest
+    // futures are awaited while later records are still being sent.
+    let topic = unique_name("cli-generate");
+    let out = kbatch()
+        .args(["produce", "--brokers", brokers(), "--topic", &topic])
+        .args([
+            "--generate",
+            "150000",
+            "--size",
+            "8",
+            "--keys",
+            "0",
+            "--partitions",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("produced 150000 of 150000 records") && err.contains("failed 0"),
+        "{err}"
+    );
+    let out = kbatch()
+        .args(["consume", "--brokers", brokers(), "--topic", &topic])
+        .args(["--count", "150000", "--idle-exit", "10", "--format", "text"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut per_partition = [0u64; 2];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut cols = line.split('\t');
+        let partition: usize = cols.next().unwrap().parse().unwrap();
+        let offset: u64 = cols.next().unwrap().parse().unwrap();
+        assert_eq!(
+            offset, per_partition[partition],
+            "offsets are dense: nothing lost"
+        );
+        per_partition[partition] += 1;
+        assert_eq!(cols.next(), Some("null"), "--keys 0 sends no key");
+        assert_eq!(cols.next(), Some("xxxxxxxx"));
+    }
+    assert_eq!(
+        per_partition.iter().sum::<u64>(),
+        150_000,
+        "{per_partition:?}"
+    );
+}
+
+#[test]
 fn consume_with_a_group_commits_so_a_second_run_continues() {
     let topic = unique_name("cli-group");
     let group = unique_name("cli-group-g");
@@ -321,6 +376,14 @@ fn bad_input_is_named_in_the_error() {
 
 /// Pipes `lines` (`key=value`) into `kbatch produce`; returns what it reported on stderr.
 fn produce_lines(topic: &str, partitions: u32, lines: &[String]) -> String {
+    let out = produce_lines_output(topic, partitions, lines);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    err
+}
+
+/// Pipes `lines` (`key=value`) into `kbatch produce`, however it ends.
+fn produce_lines_output(topic: &str, partitions: u32, lines: &[String]) -> std::process::Output {
     let mut p = kbatch()
         .args([
             "produce",
@@ -341,10 +404,45 @@ fn produce_lines(topic: &str, partitions: u32, lines: &[String]) -> String {
         .unwrap()
         .write_all((lines.join("\n") + "\n").as_bytes())
         .unwrap();
-    let out = p.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{err}");
-    err
+    p.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_record_the_broker_refuses_fails_alone_named_and_the_exit_is_non_zero() {
+    let topic = unique_name("cli-refused");
+    // 2 MB is over the 1 MB max record size: refused; the lines around it still go.
+    let lines = vec![
+        "first=1".to_owned(),
+        format!("huge={}", "x".repeat(2_000_000)),
+        "last=3".to_owned(),
+    ];
+    let out = produce_lines_output(&topic, 1, &lines);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("produced 2 of 3 records") && err.contains("failed 1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("1 records failed")
+            && err.contains("key \"huge\"")
+            && err.contains("permanent"),
+        "the error names the record and its class: {err}"
+    );
+    let out = kbatch()
+        .args(["consume", "--brokers", brokers(), "--topic", &topic])
+        .args(["--count", "2", "--idle-exit", "10", "--format", "text"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "0\t0\tfirst\t1\n0\t1\tlast\t3\n"
+    );
 }
 
 #[test]
