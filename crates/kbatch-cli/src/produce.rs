@@ -101,10 +101,20 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
 /// `count` records of `size` bytes, keyed `key-{i % keys}` (no key when `keys` is 0).
 async fn generate(sender: &mut Sender, topic: Topic, count: u64, size: usize, keys: u64) {
     let value = Bytes::from(vec![b'x'; size]);
+    // Up to this many keys are made once and shared; more are formatted per record.
+    const SHARED_KEYS: u64 = 1 << 16;
+    let shared: Vec<Bytes> = (0..keys.min(count))
+        .take_while(|_| keys <= SHARED_KEYS)
+        .map(|k| Bytes::from(format!("key-{k}")))
+        .collect();
     for i in 0..count {
         let mut r = Record::new(topic.clone(), value.clone());
         if keys > 0 {
-            r.key = Some(Bytes::from(format!("key-{}", i % keys)));
+            let k = i % keys;
+            r.key = Some(match shared.get(k as usize) {
+                Some(key) => key.clone(),
+                None => Bytes::from(format!("key-{k}")),
+            });
         }
         if !sender.send(r).await {
             return;

@@ -152,34 +152,38 @@ fn stdin_lines_produced_are_consumed_back_with_keys() {
     assert_eq!(got.len(), 500, "no duplicates");
 }
 
-#[test]
-fn generating_past_the_in_flight_window_delivers_every_record() {
-    // 150,000 records: more than the producer's 100,000 pending records, so the oldest
-    // futures are awaited while later records are still being sent.
+/// Runs `kbatch produce --generate` into a new topic of 2 partitions, then reads it all back as
+/// (partition, offset, key, value) text rows.
+fn generate_and_read_back(records: u64, keys: u64) -> Vec<(usize, u64, String, String)> {
     let topic = unique_name("cli-generate");
     let out = kbatch()
         .args(["produce", "--brokers", brokers(), "--topic", &topic])
         .args([
             "--generate",
-            "150000",
-            "--size",
-            "8",
+            &records.to_string(),
             "--keys",
-            "0",
-            "--partitions",
-            "2",
+            &keys.to_string(),
         ])
+        .args(["--size", "8", "--partitions", "2"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("produced 150000 of 150000 records") && err.contains("failed 0"),
+        err.contains(&format!("produced {records} of {records} records"))
+            && err.contains("failed 0"),
         "{err}"
     );
     let out = kbatch()
         .args(["consume", "--brokers", brokers(), "--topic", &topic])
-        .args(["--count", "150000", "--idle-exit", "10", "--format", "text"])
+        .args([
+            "--count",
+            &records.to_string(),
+            "--idle-exit",
+            "10",
+            "--format",
+            "text",
+        ])
         .output()
         .unwrap();
     assert!(
@@ -187,23 +191,50 @@ fn generating_past_the_in_flight_window_delivers_every_record() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let c: Vec<&str> = line.split('\t').collect();
+            (
+                c[0].parse().unwrap(),
+                c[1].parse().unwrap(),
+                c[2].to_owned(),
+                c[3].to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn generating_past_the_in_flight_window_delivers_every_record() {
+    // 150,000 records: more than the producer's 100,000 pending records, so the oldest
+    // futures are awaited while later records are still being sent. 70,000 keys: the first
+    // 65,536 are made once and shared, the rest formatted per record.
+    let rows = generate_and_read_back(150_000, 70_000);
+    assert_eq!(rows.len(), 150_000);
     let mut per_partition = [0u64; 2];
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let mut cols = line.split('\t');
-        let partition: usize = cols.next().unwrap().parse().unwrap();
-        let offset: u64 = cols.next().unwrap().parse().unwrap();
+    let mut per_key = std::collections::HashMap::<String, u32>::new();
+    for (partition, offset, key, value) in rows {
         assert_eq!(
             offset, per_partition[partition],
             "offsets are dense: nothing lost"
         );
         per_partition[partition] += 1;
-        assert_eq!(cols.next(), Some("null"), "--keys 0 sends no key");
-        assert_eq!(cols.next(), Some("xxxxxxxx"));
+        *per_key.entry(key).or_default() += 1;
+        assert_eq!(value, "xxxxxxxx");
     }
-    assert_eq!(
-        per_partition.iter().sum::<u64>(),
-        150_000,
-        "{per_partition:?}"
+    // Record i has key i % 70,000: keys below 10,000 three times, the others twice.
+    assert_eq!(per_key.len(), 70_000);
+    for k in 0..70_000 {
+        let expected = if k < 10_000 { 3 } else { 2 };
+        assert_eq!(per_key.get(&format!("key-{k}")), Some(&expected), "key-{k}");
+    }
+
+    let rows = generate_and_read_back(10, 0);
+    assert_eq!(rows.len(), 10);
+    assert!(
+        rows.iter().all(|r| r.2 == "null"),
+        "--keys 0 sends no key: {rows:?}"
     );
 }
 
