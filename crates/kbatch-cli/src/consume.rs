@@ -69,9 +69,19 @@ pub(crate) struct Args {
         conflicts_with = "http"
     )]
     exec: Option<String>,
-    /// POST each record's value to this http:// URL.
-    #[arg(long, value_name = "URL", requires = "parallel")]
-    http: Option<crate::bridge::HttpTarget>,
+    /// POST each record's value to this http:// or https:// URL (X-Kafka-Topic, -Partition,
+    /// -Offset and -Key headers; a key that is not plain ASCII goes in X-Kafka-Key-Base64).
+    #[arg(long, value_name = "URL", requires = "parallel", value_parser = crate::bridge::parse_http_url)]
+    http: Option<reqwest::Url>,
+    /// Time limit of one --http request: connecting, sending and reading the answer.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 30_000,
+        requires = "http",
+        value_parser = clap::value_parser!(u64).range(1..=3_600_000)
+    )]
+    http_timeout_ms: u64,
     /// Write records that fail for good here (with origin headers).
     #[arg(long, value_name = "TOPIC", requires = "parallel")]
     dead_letter: Option<String>,
@@ -246,9 +256,13 @@ async fn parallel(a: &Args, kafka: ConsumerConfig) -> anyhow::Result<()> {
             let cmd = cmd.clone();
             builder.handler(move |r| crate::bridge::exec(cmd.clone(), r))
         }
-        (None, Some(t)) => {
-            let t = t.clone();
-            builder.handler(move |r| crate::bridge::post(t.clone(), r))
+        (None, Some(url)) => {
+            let timeout = Duration::from_millis(a.http_timeout_ms);
+            let bridge = crate::bridge::HttpBridge::new(url.clone(), timeout)?;
+            builder.handler(move |r| {
+                let bridge = bridge.clone();
+                async move { bridge.post(r).await }
+            })
         }
         _ => anyhow::bail!("--parallel needs --exec CMD or --http URL"),
     };

@@ -1,19 +1,36 @@
-//! `kbatch produce`: stdin lines or generated records into a topic.
+//! `kbatch produce`: stdin lines or generated records into a topic, through kbatch's own
+//! batching producer.
+//!
+//! ```text
+//!  stdin ─► reader thread ─► batches of records (bounded channel) ──┐
+//!  --generate N ────────────────────────────────────────────────────┴─► Producer::send
+//!                            (waits while the producer holds its pending-records or bytes bound)
+//!                                                                          │ DeliveryFuture
+//!                                                                          ▼
+//!  in-flight window, in send order, at most the pending-records bound: resolved futures are
+//!  settled as sending goes on; when the window is full, the oldest is awaited
+//! ```
+//!
+//! Records are fired without waiting for their acknowledgement: no round trip per record.
+//! A record the producer refuses (too large, say) fails alone and the others are still sent;
+//! only a closed producer stops the run. The summary counts every record; any failure makes
+//! the command exit non-zero with the first error, which names the record.
 
+use std::collections::VecDeque;
 use std::io::BufRead;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Args as ClapArgs;
-use kbatch_client::{
-    Compression, Delivered, DeliveryError, DeliverySink, KafkaProducer, KafkaProducerConfig,
-};
-use kbatch_core::{Classify, Record};
+use kbatch_client::Compression;
+use kbatch_core::{Classify, Record, Topic};
+use kbatch_producer::{Delivered, DeliveryFuture, ProduceError, Producer, ProducerConfig};
 
 use crate::cluster::Target;
+
+/// Stdin lines handed from the reader thread to the sender at once, at most.
+const STDIN_BATCH: usize = 1024;
 
 /// Options of `kbatch produce`.
 #[derive(ClapArgs, Debug)]
@@ -46,109 +63,236 @@ pub(crate) struct Args {
     linger_ms: u64,
 }
 
-/// Counts outcomes and keeps the first error for the report.
-#[derive(Default)]
-struct Outcome {
-    ok: AtomicU64,
-    failed: AtomicU64,
-    first_error: Mutex<Option<DeliveryError>>,
-}
-
-impl DeliverySink for Outcome {
-    fn on_delivery(&self, _token: usize, r: Result<Delivered, DeliveryError>) {
-        match r {
-            Ok(_) => {
-                self.ok.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("kbatch_cli_records_produced_total", "result" => "delivered")
-                    .increment(1);
-            }
-            Err(e) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("kbatch_cli_records_produced_total", "result" => e.class().as_str()).increment(1);
-                self.first_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_or_insert(e);
-            }
-        }
-    }
-}
-
 pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
     let cluster = a.target.connect()?;
     cluster.ensure_topic(&a.topic, a.partitions).await?;
-    let config = KafkaProducerConfig::new(cluster.client())
-        .with_compression(a.compression)
-        .with_linger(Duration::from_millis(a.linger_ms));
-    let producer = KafkaProducer::new(&config, Outcome::default())?;
+    let mut config = ProducerConfig::new(cluster.client()).with_compression(a.compression);
+    config.kafka.linger = Duration::from_millis(a.linger_ms);
+    let producer = Producer::new(config)?;
     let started = Instant::now();
-    let sent =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, KafkaProducer<Outcome>)> {
-            let mut n = 0u64;
-            match a.generate {
-                Some(count) => {
-                    let value = Bytes::from(vec![b'x'; a.size]);
-                    for i in 0..count {
-                        let mut r = Record::new(a.topic.as_str(), value.clone());
-                        if a.keys > 0 {
-                            r = r.with_key(format!("key-{}", i % a.keys));
-                        }
-                        send_blocking(&producer, &r)?;
-                        n += 1;
-                    }
-                }
-                None => {
-                    for line in std::io::stdin().lock().lines() {
-                        let line = line.context("reading stdin")?;
-                        let r = match a.key_separator.as_deref().and_then(|s| line.split_once(s)) {
-                            Some((k, v)) => {
-                                Record::new(a.topic.as_str(), v.to_owned()).with_key(k.to_owned())
-                            }
-                            None => Record::new(a.topic.as_str(), line),
-                        };
-                        send_blocking(&producer, &r)?;
-                        n += 1;
-                    }
-                }
-            }
-            producer.flush(Duration::from_secs(300))?;
-            Ok((n, producer))
-        })
-        .await??;
-    let (n, producer) = sent;
+    let mut sender = Sender::new(producer.clone());
+    let topic: Topic = a.topic.as_str().into();
+    let read = match a.generate {
+        Some(count) => {
+            generate(&mut sender, topic, count, a.size, a.keys).await;
+            Ok(())
+        }
+        None => from_stdin(&mut sender, topic, a.key_separator).await,
+    };
+    let (sent, tally) = sender.settle_all().await;
     let secs = started.elapsed().as_secs_f64();
-    let o = producer.sink();
-    let (ok, failed) = (
-        o.ok.load(Ordering::Relaxed),
-        o.failed.load(Ordering::Relaxed),
-    );
+    producer.close().await;
     eprintln!(
-        "produced {ok} of {n} records to {} in {secs:.2}s ({:.0} records/s), failed {failed}",
+        "produced {} of {sent} records to {} in {secs:.2}s ({:.0} records/s), failed {}",
+        tally.ok,
         cluster.bootstrap,
-        ok as f64 / secs.max(1e-9)
+        tally.ok as f64 / secs.max(1e-9),
+        tally.failed
     );
-    if let Some(e) = o
-        .first_error
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-    {
-        anyhow::bail!("{failed} records failed; first error: {e} ({})", e.class());
+    read?;
+    if let Some(e) = tally.first_error {
+        // The error names the record, the cause and its class.
+        anyhow::bail!("{} records failed; first error: {e}", tally.failed);
     }
     Ok(())
 }
 
-/// Sends one record, waiting while the client queue is full (back-pressure, not an error).
-fn send_blocking<S: DeliverySink>(p: &KafkaProducer<S>, r: &Record) -> anyhow::Result<()> {
-    loop {
-        match p.send(r, 0) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_queue_full() => std::thread::sleep(Duration::from_millis(1)),
-            Err(e) => anyhow::bail!(
-                "cannot enqueue record for topic {:?}, key {}: {e}",
-                r.topic(),
-                r.key_for_display()
-            ),
+/// `count` records of `size` bytes, keyed `key-{i % keys}` (no key when `keys` is 0).
+async fn generate(sender: &mut Sender, topic: Topic, count: u64, size: usize, keys: u64) {
+    let value = Bytes::from(vec![b'x'; size]);
+    // Up to this many keys are made once and shared; more are formatted per record.
+    const SHARED_KEYS: u64 = 1 << 16;
+    let shared: Vec<Bytes> = (0..keys.min(count))
+        .take_while(|_| keys <= SHARED_KEYS)
+        .map(|k| Bytes::from(format!("key-{k}")))
+        .collect();
+    for i in 0..count {
+        let mut r = Record::new(topic.clone(), value.clone());
+        if keys > 0 {
+            let k = i % keys;
+            r.key = Some(match shared.get(k as usize) {
+                Some(key) => key.clone(),
+                None => Bytes::from(format!("key-{k}")),
+            });
         }
+        if !sender.send(r).await {
+            return;
+        }
+    }
+}
+
+/// Every stdin line, split at the first `separator` into key and value when it has one.
+async fn from_stdin(
+    sender: &mut Sender,
+    topic: Topic,
+    separator: Option<String>,
+) -> anyhow::Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    // A plain thread, not spawn_blocking: a read blocked on a terminal must not keep the
+    // runtime from shutting down when the sender stops early.
+    std::thread::Builder::new()
+        .name("kbatch-stdin".into())
+        .spawn(move || read_lines(std::io::stdin(), &topic, separator.as_deref(), &tx))
+        .context("cannot start the stdin reader thread")?;
+    while let Some(batch) = rx.recv().await {
+        for r in batch? {
+            if !sender.send(r).await {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads `input` line by line into records and hands them over in batches: a batch goes when
+/// it is full or when no more input is buffered, so typed lines are sent as they are typed.
+fn read_lines(
+    input: impl std::io::Read,
+    topic: &Topic,
+    separator: Option<&str>,
+    tx: &tokio::sync::mpsc::Sender<anyhow::Result<Vec<Record>>>,
+) {
+    let mut input = std::io::BufReader::with_capacity(1 << 16, input);
+    let mut batch = Vec::with_capacity(STDIN_BATCH);
+    let mut line = String::new();
+    for number in 1u64.. {
+        line.clear();
+        match input.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => {
+                // As `BufRead::lines`: without the "\n" or "\r\n".
+                if line.ends_with('\n') {
+                    line.pop();
+                    if line.ends_with('\r') {
+                        line.pop();
+                    }
+                }
+                batch.push(line_record(topic, &line, separator));
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Ok(std::mem::take(&mut batch)));
+                let e = anyhow::Error::new(e).context(format!("reading stdin line {number}"));
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        }
+        if batch.len() >= STDIN_BATCH || input.buffer().is_empty() {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(STDIN_BATCH));
+            if tx.blocking_send(Ok(full)).is_err() {
+                return; // The sender stopped.
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.blocking_send(Ok(batch));
+    }
+}
+
+fn line_record(topic: &Topic, line: &str, separator: Option<&str>) -> Record {
+    match separator.and_then(|s| line.split_once(s)) {
+        Some((k, v)) => Record::new(topic.clone(), v.to_owned()).with_key(k.to_owned()),
+        None => Record::new(topic.clone(), line.to_owned()),
+    }
+}
+
+/// Outcomes so far; the first error is kept for the report.
+struct Tally {
+    ok: u64,
+    failed: u64,
+    first_error: Option<ProduceError>,
+    delivered: metrics::Counter,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            ok: 0,
+            failed: 0,
+            first_error: None,
+            delivered: metrics::counter!("kbatch_cli_records_produced_total", "result" => "delivered"),
+        }
+    }
+
+    fn record(&mut self, r: Result<Delivered, ProduceError>) {
+        match r {
+            Ok(_) => {
+                self.ok += 1;
+                self.delivered.increment(1);
+            }
+            Err(e) => {
+                self.failed += 1;
+                metrics::counter!("kbatch_cli_records_produced_total", "result" => e.class().as_str())
+                    .increment(1);
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+}
+
+/// Fires records and settles their futures: no round trip per record, and no more futures
+/// held than the producer's own pending-records bound.
+struct Sender {
+    producer: Producer,
+    /// Futures in send order.
+    in_flight: VecDeque<DeliveryFuture>,
+    window: usize,
+    sent: u64,
+    tally: Tally,
+}
+
+impl Sender {
+    fn new(producer: Producer) -> Self {
+        let window = producer.config().max_pending_records;
+        Self {
+            producer,
+            in_flight: VecDeque::with_capacity(window.min(1 << 20) + 1),
+            window,
+            sent: 0,
+            tally: Tally::new(),
+        }
+    }
+
+    /// Sends one record (waiting while the producer is full). Returns false when the producer
+    /// takes no more records; a record refused on its own counts as failed, and sending goes on.
+    async fn send(&mut self, r: Record) -> bool {
+        self.sent += 1;
+        match self.producer.send(r).await {
+            Ok(f) => {
+                self.in_flight.push_back(f);
+                self.settle_ready();
+                while self.in_flight.len() > self.window {
+                    if let Some(oldest) = self.in_flight.pop_front() {
+                        self.tally.record(oldest.await);
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                let fatal = e.is_fatal();
+                self.tally.record(Err(e));
+                !fatal
+            }
+        }
+    }
+
+    /// Settles the futures at the front that already resolved, without waiting.
+    fn settle_ready(&mut self) {
+        while let Some(oldest) = self.in_flight.front_mut() {
+            match oldest.try_result() {
+                Some(r) => {
+                    self.in_flight.pop_front();
+                    self.tally.record(r);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Awaits every future still in flight; returns how many records were sent and the tally.
+    async fn settle_all(mut self) -> (u64, Tally) {
+        while let Some(f) = self.in_flight.pop_front() {
+            self.tally.record(f.await);
+        }
+        (self.sent, self.tally)
     }
 }

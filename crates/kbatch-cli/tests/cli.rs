@@ -152,6 +152,92 @@ fn stdin_lines_produced_are_consumed_back_with_keys() {
     assert_eq!(got.len(), 500, "no duplicates");
 }
 
+/// Runs `kbatch produce --generate` into a new topic of 2 partitions, then reads it all back as
+/// (partition, offset, key, value) text rows.
+fn generate_and_read_back(records: u64, keys: u64) -> Vec<(usize, u64, String, String)> {
+    let topic = unique_name("cli-generate");
+    let out = kbatch()
+        .args(["produce", "--brokers", brokers(), "--topic", &topic])
+        .args([
+            "--generate",
+            &records.to_string(),
+            "--keys",
+            &keys.to_string(),
+        ])
+        .args(["--size", "8", "--partitions", "2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("produced {records} of {records} records"))
+            && err.contains("failed 0"),
+        "{err}"
+    );
+    let out = kbatch()
+        .args(["consume", "--brokers", brokers(), "--topic", &topic])
+        .args([
+            "--count",
+            &records.to_string(),
+            "--idle-exit",
+            "10",
+            "--format",
+            "text",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let c: Vec<&str> = line.split('\t').collect();
+            (
+                c[0].parse().unwrap(),
+                c[1].parse().unwrap(),
+                c[2].to_owned(),
+                c[3].to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn generating_past_the_in_flight_window_delivers_every_record() {
+    // 150,000 records: more than the producer's 100,000 pending records, so the oldest
+    // futures are awaited while later records are still being sent. 70,000 keys: the first
+    // 65,536 are made once and shared, the rest formatted per record.
+    let rows = generate_and_read_back(150_000, 70_000);
+    assert_eq!(rows.len(), 150_000);
+    let mut per_partition = [0u64; 2];
+    let mut per_key = std::collections::HashMap::<String, u32>::new();
+    for (partition, offset, key, value) in rows {
+        assert_eq!(
+            offset, per_partition[partition],
+            "offsets are dense: nothing lost"
+        );
+        per_partition[partition] += 1;
+        *per_key.entry(key).or_default() += 1;
+        assert_eq!(value, "xxxxxxxx");
+    }
+    // Record i has key i % 70,000: keys below 10,000 three times, the others twice.
+    assert_eq!(per_key.len(), 70_000);
+    for k in 0..70_000 {
+        let expected = if k < 10_000 { 3 } else { 2 };
+        assert_eq!(per_key.get(&format!("key-{k}")), Some(&expected), "key-{k}");
+    }
+
+    let rows = generate_and_read_back(10, 0);
+    assert_eq!(rows.len(), 10);
+    assert!(
+        rows.iter().all(|r| r.2 == "null"),
+        "--keys 0 sends no key: {rows:?}"
+    );
+}
+
 #[test]
 fn consume_with_a_group_commits_so_a_second_run_continues() {
     let topic = unique_name("cli-group");
@@ -321,6 +407,14 @@ fn bad_input_is_named_in_the_error() {
 
 /// Pipes `lines` (`key=value`) into `kbatch produce`; returns what it reported on stderr.
 fn produce_lines(topic: &str, partitions: u32, lines: &[String]) -> String {
+    let out = produce_lines_output(topic, partitions, lines);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    err
+}
+
+/// Pipes `lines` (`key=value`) into `kbatch produce`, however it ends.
+fn produce_lines_output(topic: &str, partitions: u32, lines: &[String]) -> std::process::Output {
     let mut p = kbatch()
         .args([
             "produce",
@@ -341,10 +435,45 @@ fn produce_lines(topic: &str, partitions: u32, lines: &[String]) -> String {
         .unwrap()
         .write_all((lines.join("\n") + "\n").as_bytes())
         .unwrap();
-    let out = p.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{err}");
-    err
+    p.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_record_the_broker_refuses_fails_alone_named_and_the_exit_is_non_zero() {
+    let topic = unique_name("cli-refused");
+    // 2 MB is over the 1 MB max record size: refused; the lines around it still go.
+    let lines = vec![
+        "first=1".to_owned(),
+        format!("huge={}", "x".repeat(2_000_000)),
+        "last=3".to_owned(),
+    ];
+    let out = produce_lines_output(&topic, 1, &lines);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("produced 2 of 3 records") && err.contains("failed 1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("1 records failed")
+            && err.contains("key \"huge\"")
+            && err.contains("permanent"),
+        "the error names the record and its class: {err}"
+    );
+    let out = kbatch()
+        .args(["consume", "--brokers", brokers(), "--topic", &topic])
+        .args(["--count", "2", "--idle-exit", "10", "--format", "text"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "0\t0\tfirst\t1\n0\t1\tlast\t3\n"
+    );
 }
 
 #[test]
@@ -409,81 +538,220 @@ fn parallel_exec_bridge_keeps_key_order() {
     }
 }
 
-#[test]
-fn parallel_http_bridge_posts_and_retries_failures() {
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
-    let topic = unique_name("cli-http");
-    let lines: Vec<String> = (0..30)
-        .map(|i| format!("{}=payload {i}", if i == 7 { "flaky" } else { "steady" }))
-        .collect();
-    produce_lines(&topic, 2, &lines);
-    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = server.local_addr().unwrap().port();
-    let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
-    {
-        let seen = seen.clone();
+/// One request as [`HttpStub`] read it: header names in lower case.
+#[derive(Clone, Debug)]
+struct StubRequest {
+    headers: std::collections::HashMap<String, String>,
+    body: String,
+}
+
+/// A tiny HTTP/1.1 server on std sockets that keeps connections alive as real servers do: a
+/// connection carries request after request until the client closes it. `respond` gets each
+/// request and its attempt number (1 + earlier requests with the same body) and picks the
+/// status line; every answer has an empty body.
+struct HttpStub {
+    port: u16,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<StubRequest>>>,
+}
+
+impl HttpStub {
+    fn start(
+        respond: impl Fn(&StubRequest, usize) -> &'static str + Send + Sync + 'static,
+    ) -> Self {
+        use std::io::BufRead;
+        use std::sync::Arc;
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stub = HttpStub {
+            port: listener.local_addr().unwrap().port(),
+            connections: Arc::default(),
+            requests: Arc::default(),
+        };
+        let (connections, requests) = (stub.connections.clone(), stub.requests.clone());
+        let respond = Arc::new(respond);
         std::thread::spawn(move || {
-            for conn in server.incoming() {
-                let Ok(mut s) = conn else { continue };
-                // Read the whole request: head, then Content-Length bytes of body.
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let req = loop {
-                    let n = s.read(&mut chunk).unwrap_or(0);
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).into_owned();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("Content-Length: "))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        if body.len() >= len || n == 0 {
-                            break text;
+            for conn in listener.incoming() {
+                let Ok(mut writer) = conn else { continue };
+                connections.fetch_add(1, Ordering::SeqCst);
+                let (requests, respond) = (requests.clone(), respond.clone());
+                std::thread::spawn(move || {
+                    let mut reader = std::io::BufReader::new(writer.try_clone().unwrap());
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return; // The client closed the connection.
                         }
-                    } else if n == 0 {
-                        break text;
+                        let mut headers = std::collections::HashMap::new();
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let Some((name, value)) = line.trim_end().split_once(':') else {
+                                break; // The blank line after the head.
+                            };
+                            headers.insert(name.to_ascii_lowercase(), value.trim().to_owned());
+                        }
+                        let len = headers
+                            .get("content-length")
+                            .map_or(0, |v| v.parse().unwrap());
+                        let mut body = vec![0; len];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        let req = StubRequest {
+                            headers,
+                            body: String::from_utf8(body).unwrap(),
+                        };
+                        let attempt = {
+                            let mut all = requests.lock().unwrap();
+                            all.push(req.clone());
+                            all.iter().filter(|r| r.body == req.body).count()
+                        };
+                        let answer = format!(
+                            "HTTP/1.1 {}\r\nContent-Length: 0\r\n\r\n",
+                            respond(&req, attempt)
+                        );
+                        if writer.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
                     }
-                };
-                let body = req.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-                let flaky = req.contains("X-Kafka-Key: flaky");
-                let attempts = {
-                    let mut m = seen.lock().unwrap();
-                    let a = m.entry(body).or_default();
-                    *a += 1;
-                    *a
-                };
-                let status = if flaky && attempts == 1 {
-                    "503 Service Unavailable"
-                } else {
-                    "200 OK"
-                };
-                let _ = s.write_all(
-                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
-                );
+                });
             }
         });
+        stub
     }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/fix", self.port)
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many times each body was posted.
+    fn attempts(&self) -> std::collections::HashMap<String, usize> {
+        let mut m = std::collections::HashMap::new();
+        for r in self.requests.lock().unwrap().iter() {
+            *m.entry(r.body.clone()).or_default() += 1;
+        }
+        m
+    }
+}
+
+/// Runs the `--http` bridge over `topic` until `count` records are done or dead-lettered.
+fn http_bridge(topic: &str, url: &str, count: usize, extra: &[&str]) -> std::process::Output {
+    kbatch()
+        .args(["consume", "--brokers", brokers(), "--topic", topic])
+        .args(["--group", &unique_name("cli-http-g"), "--parallel"])
+        .args(["--http", url, "--count", &count.to_string()])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn parallel_http_bridge_posts_and_retries_failures() {
+    let topic = unique_name("cli-http");
+    let lines: Vec<String> = (0..30)
+        .map(|i| {
+            let key = match i {
+                7 => "flaky",
+                9 => "café",
+                _ => "steady",
+            };
+            format!("{key}=payload {i}")
+        })
+        .collect();
+    produce_lines(&topic, 2, &lines);
+    let stub = HttpStub::start(|req, attempt| {
+        if req.headers.get("x-kafka-key").map(String::as_str) == Some("flaky") && attempt == 1 {
+            "503 Service Unavailable"
+        } else {
+            "200 OK"
+        }
+    });
+    let out = http_bridge(&topic, &stub.url(), 30, &["--ordering", "unordered"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = stub.attempts();
+    assert_eq!(m.len(), 30, "every record posted: {m:?}");
+    assert_eq!(m["payload 7"], 2, "the 503 was retried once");
+    assert!(
+        m.iter()
+            .filter(|(k, _)| *k != "payload 7")
+            .all(|(_, n)| *n == 1),
+        "{m:?}"
+    );
+    let requests = stub.requests.lock().unwrap();
+    let by_body = |b: &str| {
+        requests
+            .iter()
+            .find(|r| r.body == b)
+            .unwrap()
+            .headers
+            .clone()
+    };
+    let h = by_body("payload 3");
+    assert_eq!(h["x-kafka-topic"], topic);
+    assert_eq!(h["x-kafka-key"], "steady");
+    assert!(h["x-kafka-partition"].parse::<i32>().unwrap() < 2);
+    assert!(h["x-kafka-offset"].parse::<i64>().is_ok());
+    assert_eq!(h["content-type"], "application/octet-stream");
+    // A key that is not plain ASCII travels base64-encoded, under its own header name.
+    let h = by_body("payload 9");
+    assert_eq!(h["x-kafka-key-base64"], "Y2Fmw6k=");
+    assert!(!h.contains_key("x-kafka-key"), "{h:?}");
+}
+
+#[test]
+fn parallel_http_bridge_reuses_connections() {
+    let topic = unique_name("cli-http-pool");
+    let lines: Vec<String> = (0..200)
+        .map(|i| format!("k{}=payload {i}", i % 10))
+        .collect();
+    produce_lines(&topic, 2, &lines);
+    let stub = HttpStub::start(|_, _| "200 OK");
+    let out = http_bridge(
+        &topic,
+        &stub.url(),
+        200,
+        &["--ordering", "unordered", "--concurrency", "4"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = stub.attempts();
+    assert_eq!(m.len(), 200, "every record posted once: {m:?}");
+    assert!(m.values().all(|n| *n == 1), "{m:?}");
+    // At most 4 requests are in flight at once; a keep-alive pool needs about as many
+    // connections (a few more if a new request races a connection's return to the pool).
+    let connections = stub.connections();
+    assert!(
+        (1..=8).contains(&connections),
+        "200 requests over {connections} connections"
+    );
+}
+
+#[test]
+fn parallel_http_bridge_dead_letters_a_permanent_client_error() {
+    let topic = unique_name("cli-http-dlq");
+    let dead_letters = unique_name("cli-http-dlq-out");
+    let lines: Vec<String> = (0..20)
+        .map(|i| format!("{}=payload {i}", if i == 5 { "poison" } else { "fine" }))
+        .collect();
+    produce_lines(&topic, 1, &lines);
+    // The broker may not create topics on a producer's first write: create it empty.
     let out = kbatch()
-        .args([
-            "consume",
-            "--brokers",
-            brokers(),
-            "--topic",
-            &topic,
-            "--group",
-            &unique_name("cli-http-g"),
-        ])
-        .args([
-            "--parallel",
-            "--ordering",
-            "unordered",
-            "--http",
-            &format!("http://127.0.0.1:{port}/fix"),
-            "--count",
-            "30",
-        ])
+        .args(["produce", "--brokers", brokers(), "--topic", &dead_letters])
+        .args(["--generate", "0"])
         .output()
         .unwrap();
     assert!(
@@ -491,12 +759,60 @@ fn parallel_http_bridge_posts_and_retries_failures() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let m = seen.lock().unwrap();
-    assert_eq!(m.len(), 30, "every record posted: {m:?}");
-    assert_eq!(m["payload 7"], 2, "the 503 was retried once");
-    assert!(
-        m.iter()
-            .filter(|(k, _)| *k != "payload 7")
-            .all(|(_, n)| *n == 1)
+    let stub = HttpStub::start(|req, _| {
+        if req.headers.get("x-kafka-key").map(String::as_str) == Some("poison") {
+            "400 Bad Request"
+        } else {
+            "200 OK"
+        }
+    });
+    let out = http_bridge(
+        &topic,
+        &stub.url(),
+        20,
+        &["--dead-letter", &dead_letters, "--max-attempts", "5"],
     );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = stub.attempts();
+    assert_eq!(m.len(), 20, "{m:?}");
+    assert!(
+        m.values().all(|n| *n == 1),
+        "a 400 is not retried, though 5 attempts were allowed: {m:?}"
+    );
+    let out = kbatch()
+        .args(["consume", "--brokers", brokers(), "--topic", &dead_letters])
+        .args(["--count", "1", "--idle-exit", "20", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{stdout}");
+    assert_eq!(rows[0]["key"], "poison");
+    assert_eq!(rows[0]["value"], "payload 5");
+    let headers: std::collections::HashMap<String, String> = rows[0]["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h[0].as_str().unwrap().to_owned(),
+                h[1].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(headers["kbatch.dlq.topic"], topic);
+    assert_eq!(headers["kbatch.dlq.offset"], "5");
+    assert!(headers["kbatch.dlq.error"].contains("400"), "{headers:?}");
 }
