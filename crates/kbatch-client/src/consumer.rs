@@ -69,25 +69,6 @@ impl ClientContext for ListenerContext {
 }
 
 impl ConsumerContext for ListenerContext {
-    fn commit_callback(
-        &self,
-        result: rdkafka::error::KafkaResult<()>,
-        offsets: &TopicPartitionList,
-    ) {
-        let Some(l) = self.listener.get() else {
-            return;
-        };
-        // A request that succeeded as a whole may still carry errors per partition.
-        let result = result.and_then(|()| {
-            offsets
-                .elements()
-                .iter()
-                .find_map(|e| e.error().err())
-                .map_or(Ok(()), Err)
-        });
-        l.on_commit(result.map_err(|e| Error::kafka("commit offsets", e).into()));
-    }
-
     fn pre_rebalance(
         &self,
         consumer: &BaseConsumer<Self>,

@@ -29,6 +29,10 @@ pub enum InjectedError {
     Disconnect,
     /// The client may not write the topic.
     TopicAuthorizationFailed,
+    /// The broker is not the group's coordinator (any more).
+    NotCoordinator,
+    /// The group coordinator is not available.
+    CoordinatorNotAvailable,
 }
 
 impl InjectedError {
@@ -44,6 +48,10 @@ impl InjectedError {
             InjectedError::Disconnect => E::RD_KAFKA_RESP_ERR__TRANSPORT,
             InjectedError::TopicAuthorizationFailed => {
                 E::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED
+            }
+            InjectedError::NotCoordinator => E::RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+            InjectedError::CoordinatorNotAvailable => {
+                E::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE
             }
         }
     }
@@ -85,6 +93,13 @@ impl DevBroker {
     pub fn fail_next_produce_requests(&self, errors: &[InjectedError]) {
         let codes: Vec<RDKafkaRespErr> = errors.iter().map(|e| e.code()).collect();
         self.cluster.request_errors(RDKafkaApiKey::Produce, &codes);
+    }
+
+    /// The next offset-commit requests (one per error, in order) fail with these errors.
+    pub fn fail_next_commit_requests(&self, errors: &[InjectedError]) {
+        let codes: Vec<RDKafkaRespErr> = errors.iter().map(|e| e.code()).collect();
+        self.cluster
+            .request_errors(RDKafkaApiKey::OffsetCommit, &codes);
     }
 
     /// Takes broker `id` (1-based) down: connections are refused until [`DevBroker::broker_up`].

@@ -68,7 +68,7 @@ impl ParallelConsumer {
             (Some(topic), None) => {
                 let p = ProducerConfig::new(self.cfg.kafka.client.clone());
                 let p = Producer::new(p).map_err(|e| Error::DeadLetter(e.to_string()))?;
-                DeadLetter::Topic(p, topic.clone())
+                DeadLetter::Topic(p, topic.clone(), self.cfg.kafka.client.clone())
             }
             (None, None) => DeadLetter::Skip,
         };
@@ -89,7 +89,6 @@ impl ParallelConsumer {
             // The driver replies by the revoke deadline, late by one pass at most; this wait
             // only guards against a driver that stopped answering.
             revoke_wait: self.cfg.revoke_timeout + std::time::Duration::from_secs(30),
-            stats: Arc::clone(&stats),
         });
         let topics: Vec<&str> = self.cfg.topics.iter().map(String::as_str).collect();
         source.subscribe(&topics, listener).map_err(Error::Source)?;
@@ -121,6 +120,8 @@ impl ParallelConsumer {
             stats: Arc::clone(&stats),
             progress: progress_tx,
             commit_interval: self.cfg.commit_interval,
+            revoke_timeout: self.cfg.revoke_timeout,
+            shutdown_timeout: self.cfg.shutdown_timeout,
         };
         let task = tokio::spawn(driver.run(self.cfg.max_concurrency));
         Ok(Running {

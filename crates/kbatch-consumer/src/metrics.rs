@@ -7,8 +7,10 @@
 //! | `kbatch_consumer_records_failed_total` | counter | handler attempts that failed |
 //! | `kbatch_consumer_records_retried_total` | counter | failed attempts scheduled again |
 //! | `kbatch_consumer_records_dead_lettered_total` | counter | written to the dead-letter target |
+//! | `kbatch_consumer_dead_letter_failures_total` | counter | dead-letter writes that failed (tried again) |
 //! | `kbatch_consumer_records_skipped_total{reason}` | counter | `completed` (per metadata) / `failed` (no dead-letter target) |
-//! | `kbatch_consumer_commits_total` / `_commit_failures_total` | counter | commits sent / refused or lost |
+//! | `kbatch_consumer_commits_total` / `_commit_failures_total` | counter | commits made / refused or not confirmed in time |
+//! | `kbatch_consumer_commit_pending_seconds` | gauge | how long the commit under way has waited (an outage shows here) |
 //! | `kbatch_consumer_in_flight` / `_waiting` | gauge | handler jobs running / records held not running |
 //! | `kbatch_consumer_handler_seconds` | histogram | handler latency |
 //! | `kbatch_consumer_partition_incomplete_offsets{topic,partition}` | gauge | polled, not done |
@@ -34,6 +36,9 @@ pub struct ConsumerStats {
     pub retried: u64,
     /// Records written to the dead-letter target.
     pub dead_lettered: u64,
+    /// Dead-letter writes that failed; the record stays unfinished (its offset is not
+    /// committed past) and the write is tried again.
+    pub dead_letter_failures: u64,
     /// Records skipped because the commit metadata said they were already completed.
     pub skipped_completed: u64,
     /// Records that failed for good with no dead-letter target (logged, then skipped).
@@ -46,8 +51,13 @@ pub struct ConsumerStats {
     pub paused_partitions: u64,
     /// Commit requests sent to the group (periodic, at revocation and at shutdown).
     pub commits: u64,
-    /// Commits the broker refused or that never reached it (retried on the next interval).
+    /// Commits the broker refused, or that were not confirmed in time at a revocation or a
+    /// shutdown (periodic ones are made again on the next interval).
     pub commit_failures: u64,
+    /// How long the periodic commit under way has waited for the broker, in milliseconds (0
+    /// when none is): while the group coordinator is unreachable, librdkafka holds commits
+    /// until it is back, so a commit that waits is how an outage shows.
+    pub commit_pending_ms: u64,
 }
 
 /// Atomics shared between the coordinator and the handle.
@@ -57,6 +67,7 @@ pub(crate) struct SharedStats {
     failed: AtomicU64,
     retried: AtomicU64,
     dead_lettered: AtomicU64,
+    dead_letter_failures: AtomicU64,
     skipped_completed: AtomicU64,
     skipped_failed: AtomicU64,
     in_flight: AtomicU64,
@@ -64,6 +75,7 @@ pub(crate) struct SharedStats {
     paused: AtomicU64,
     commits: AtomicU64,
     commit_failures: AtomicU64,
+    commit_pending_ms: AtomicU64,
 }
 
 macro_rules! adders {
@@ -82,8 +94,15 @@ impl SharedStats {
         s(&self.failed, c.failed);
         s(&self.retried, c.retried);
         s(&self.dead_lettered, c.dead_lettered);
+        s(&self.dead_letter_failures, c.dead_letter_failures);
         s(&self.skipped_completed, c.skipped_completed);
         s(&self.skipped_failed, c.skipped_failed);
+    }
+
+    /// How long the periodic commit under way has waited.
+    pub(crate) fn set_commit_pending(&self, waited: Duration) {
+        self.commit_pending_ms
+            .store(waited.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Jobs running, records held and not running, partitions paused.
@@ -93,10 +112,6 @@ impl SharedStats {
         self.paused.store(paused as u64, Ordering::Relaxed);
     }
 
-    pub(crate) fn commit_failures(&self) -> u64 {
-        self.commit_failures.load(Ordering::Relaxed)
-    }
-
     pub(crate) fn snapshot(&self) -> ConsumerStats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ConsumerStats {
@@ -104,6 +119,7 @@ impl SharedStats {
             failed: l(&self.failed),
             retried: l(&self.retried),
             dead_lettered: l(&self.dead_lettered),
+            dead_letter_failures: l(&self.dead_letter_failures),
             skipped_completed: l(&self.skipped_completed),
             skipped_failed: l(&self.skipped_failed),
             in_flight: l(&self.in_flight),
@@ -111,6 +127,7 @@ impl SharedStats {
             paused_partitions: l(&self.paused),
             commits: l(&self.commits),
             commit_failures: l(&self.commit_failures),
+            commit_pending_ms: l(&self.commit_pending_ms),
         }
     }
 }
@@ -143,12 +160,16 @@ impl Metrics {
             .absolute(s.retried);
         metrics::counter!("kbatch_consumer_records_dead_lettered_total", "group" => g.clone())
             .absolute(s.dead_lettered);
+        metrics::counter!("kbatch_consumer_dead_letter_failures_total", "group" => g.clone())
+            .absolute(s.dead_letter_failures);
         metrics::counter!("kbatch_consumer_records_skipped_total", "group" => g.clone(), "reason" => "completed").absolute(s.skipped_completed);
         metrics::counter!("kbatch_consumer_records_skipped_total", "group" => g.clone(), "reason" => "failed").absolute(s.skipped_failed);
         metrics::counter!("kbatch_consumer_commits_total", "group" => g.clone())
             .absolute(s.commits);
         metrics::counter!("kbatch_consumer_commit_failures_total", "group" => g.clone())
             .absolute(s.commit_failures);
+        gauge!("kbatch_consumer_commit_pending_seconds", "group" => g.clone())
+            .set(s.commit_pending_ms as f64 / 1e3);
         gauge!("kbatch_consumer_in_flight", "group" => g.clone()).set(s.in_flight as f64);
         gauge!("kbatch_consumer_waiting", "group" => g).set(s.waiting as f64);
     }

@@ -208,6 +208,89 @@ async fn a_revocation_waits_for_in_flight_work_then_commits_only_what_is_done() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_periodic_commit_queued_behind_a_slow_one_never_overwrites_a_revocation_commit() {
+    // A slow coordinator: the first periodic commit waits unanswered, so the next one is
+    // queued behind it. The revocation's commit is newer than the queued one; sending the
+    // queued one after it would move the group's offset back, and whoever owns the partition
+    // next would redo what lies between.
+    let s = seams(&broker(2, 50));
+    let mut cfg = config(ProcessingOrder::Unordered);
+    cfg.commit_interval = Duration::from_millis(50);
+    cfg.revoke_timeout = Duration::from_secs(5);
+    // Gates: 10.. wait for gates[0]; 40.. of p0 for gates[1] (opened at the revocation);
+    // 40.. of p1 for gates[2] (opened after it, so a later periodic commit is made).
+    let gates: Arc<[AtomicBool; 3]> = Arc::default();
+    let done = Ledger::default();
+    s.sink.hold();
+    let running = s.start(cfg, {
+        let (gates, done) = (gates.clone(), done.clone());
+        move |r: ConsumedRecord| {
+            let (gates, done) = (gates.clone(), done.clone());
+            async move {
+                let gate = match (r.partition, r.offset.0) {
+                    (_, ..10) => None,
+                    (_, 10..40) => Some(0),
+                    (0, _) => Some(1),
+                    _ => Some(2),
+                };
+                while gate.is_some_and(|g| !gates[g].load(Ordering::Acquire)) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                done.push(&r);
+                Ok(())
+            }
+        }
+    });
+    let handled = |n: usize| {
+        let done = done.clone();
+        within(10, "records handled", async move {
+            while done.len() < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    within(10, "a first commit under way", async {
+        while s.sink.waiting() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    gates[0].store(true, Ordering::Release);
+    handled(80).await;
+    // A few commit intervals: the engine asks for 40 on both, queued behind the first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.sink.waiting(), 1, "one commit at a time is made");
+    let p0 = TopicPartition::new(TOPIC, 0);
+    s.source.revoke(std::slice::from_ref(&p0), false);
+    gates[1].store(true, Ordering::Release);
+    handled(90).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.sink.release();
+    within(10, "the revocation ends", async {
+        while s.source.assignment().contains(&p0) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(s.committed(0), Some(50), "the revocation commits all of p0");
+    gates[2].store(true, Ordering::Release);
+    handled(100).await;
+    within(10, "a periodic commit of p1", async {
+        while s.committed(1) != Some(50) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let report = running.shutdown(ShutdownMode::Drain).await.unwrap();
+    assert_eq!(
+        s.committed(0),
+        Some(50),
+        "no older commit of p0 was sent after the revocation"
+    );
+    assert!(report.not_committed.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_budget_pauses_partitions_and_memory_stays_bounded() {
     let s = seams(&broker(4, 500));
     let mut cfg = config(ProcessingOrder::Unordered);

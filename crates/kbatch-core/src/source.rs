@@ -78,8 +78,7 @@ impl CommitRequest {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CommitMode {
-    /// Send and go on; the outcome arrives later (for a group: through
-    /// [`RebalanceListener::on_commit`]), a failed commit is made again next interval.
+    /// Send and go on: the caller learns the outcome later, or not at all.
     #[default]
     Async,
     /// Wait for the target to confirm or refuse it.
@@ -138,8 +137,6 @@ pub trait RebalanceListener: Send + Sync + 'static {
     /// Partitions were assigned; `committed` holds their committed offsets and metadata. Called
     /// before any of their records is returned by `poll_batch`.
     fn on_assign(&self, committed: Vec<CommittedOffset>);
-    /// A commit was answered (asynchronous ones included): `Err` when refused or lost.
-    fn on_commit(&self, _result: Result<(), SourceError>) {}
 }
 
 /// Where a consumer's records come from: a Kafka consumer group, or an in-memory stand-in.

@@ -6,12 +6,13 @@
 //!  MemoryBroker (topics, partitions, committed offsets)
 //!     ▲ produce / committed          ▲ commit
 //!  MemorySource ──poll_batch──►  consumer ──►  MemorySink (log of every CommitRequest,
-//!     revoke() / assign()                      fail_next(n) to refuse commits)
+//!     revoke() / assign()                      fail_next(n) to refuse commits,
+//!                                              hold() / release() to keep them waiting)
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -271,6 +272,10 @@ pub struct MemorySink {
     broker: MemoryBroker,
     log: Mutex<Vec<(CommitRequest, CommitMode, bool)>>,
     fail: AtomicUsize,
+    /// While true, commits wait (a coordinator that is slow to answer).
+    held: Mutex<bool>,
+    unheld: Condvar,
+    waiting: AtomicUsize,
 }
 
 impl MemorySink {
@@ -280,7 +285,26 @@ impl MemorySink {
             broker: broker.clone(),
             log: Mutex::default(),
             fail: AtomicUsize::new(0),
+            held: Mutex::new(false),
+            unheld: Condvar::new(),
+            waiting: AtomicUsize::new(0),
         }
+    }
+
+    /// Commits from now on wait, unanswered, until [`MemorySink::release`].
+    pub fn hold(&self) {
+        *lock(&self.held) = true;
+    }
+
+    /// Lets the waiting commits (and later ones) through.
+    pub fn release(&self) {
+        *lock(&self.held) = false;
+        self.unheld.notify_all();
+    }
+
+    /// How many commits are waiting because of [`MemorySink::hold`].
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
     }
 
     /// The next `n` commits fail with a retriable error (and change nothing).
@@ -296,6 +320,19 @@ impl MemorySink {
 
 impl kbatch_core::OffsetSink for MemorySink {
     fn commit(&self, request: &CommitRequest, mode: CommitMode) -> Result<(), SourceError> {
+        {
+            let mut held = lock(&self.held);
+            if *held {
+                self.waiting.fetch_add(1, Ordering::SeqCst);
+                while *held {
+                    held = self
+                        .unheld
+                        .wait(held)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
         let failing = self
             .fail
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

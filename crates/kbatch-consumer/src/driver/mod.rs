@@ -21,7 +21,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use kbatch_core::{CommitMode, CommitRequest, Offset, OffsetSink, RecordSource, TopicPartition};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -62,15 +62,16 @@ pub struct ShutdownReport {
 pub struct Progress {
     /// Partitions assigned to this consumer now.
     pub assigned: BTreeSet<TopicPartition>,
-    /// Per assigned partition, the offset last handed to the offset sink (with
-    /// `CommitMode::Async` the broker may still refuse it: see `ConsumerStats::commit_failures`).
+    /// Per assigned partition, the offset the offset sink last confirmed as committed (a
+    /// commit still being made shows once it is answered).
     pub committed: BTreeMap<TopicPartition, Offset>,
     /// Records processed successfully so far.
     pub processed: u64,
     /// Records held: buffered, running or waiting to retry.
     pub held: u64,
     /// Caught up: partitions are assigned, nothing is held, every completed record's offset
-    /// was handed to the sink, and the source delivered nothing new for a commit interval.
+    /// was committed (confirmed by the sink), and the source delivered nothing new for a
+    /// commit interval.
     pub idle: bool,
     /// The consumer has stopped.
     pub stopped: bool,
@@ -99,6 +100,10 @@ pub(crate) struct Driver {
     pub(crate) metrics: Metrics,
     pub(crate) progress: watch::Sender<Progress>,
     pub(crate) commit_interval: Duration,
+    /// Bounds on the commits a revocation and a shutdown wait for: a broker that is gone must
+    /// not hold a rebalance or a shutdown longer than their own timeouts.
+    pub(crate) revoke_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
 }
 
 /// Per-run state of the driver.
@@ -108,7 +113,16 @@ struct Loop {
     tasks: TaskTracker,
     cancel: CancellationToken,
     revoke_reply: Option<std::sync::mpsc::SyncSender<()>>,
-    commit_failures_seen: u64,
+    /// The periodic commit being made on a thread of its own (with `CommitMode::Async`), and
+    /// since when.
+    committing: Option<oneshot::Receiver<(CommitRequest, Result<()>)>>,
+    commit_started: Instant,
+    /// Periodic commits handed out while one was being made, merged per partition.
+    pending_commit: BTreeMap<TopicPartition, kbatch_core::OffsetCommit>,
+    /// The offsets the sink confirmed, per partition (what `Progress::committed` shows).
+    confirmed: BTreeMap<TopicPartition, Offset>,
+    /// When a shutdown must be over (set when one is asked for).
+    shutdown_by: Option<Instant>,
     /// When the source last delivered records (the start, before any).
     last_records: Instant,
     next_publish: Instant,
@@ -130,17 +144,31 @@ impl Driver {
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
             revoke_reply: None,
-            commit_failures_seen: 0,
+            committing: None,
+            commit_started: Instant::now(),
+            pending_commit: BTreeMap::new(),
+            confirmed: BTreeMap::new(),
+            shutdown_by: None,
             last_records: Instant::now(),
             next_publish: Instant::now(),
             final_commit: None,
         };
-        let result = self.run_loop(&mut l).await;
+        let result = match self.check_dead_letter_topic().await {
+            Ok(()) => self.run_loop(&mut l).await,
+            Err(e) => Err(e),
+        };
         let report = self.finish(&mut l, result.is_ok()).await;
-        // The poll thread has ended: these are the last handles on the client, whose close
-        // blocks (a final rebalance, the group leave) and must not run on a runtime thread.
+        // The poll thread has ended: these are the last handles on the client (unless a commit
+        // still waits for a broker that is gone), whose close blocks — a final rebalance, the
+        // group leave — so it runs on a thread of its own, waited for a bounded time.
         let (source, sink) = (self.source, self.sink);
-        let _ = tokio::task::spawn_blocking(move || drop((source, sink))).await;
+        let bound = self.shutdown_timeout.max(Duration::from_secs(5));
+        if on_thread("kbatch-consumer-close", bound, move || drop((source, sink)))
+            .await
+            .is_none()
+        {
+            tracing::warn!("the Kafka client did not close within {bound:?}; leaving it to finish");
+        }
         result.map(|()| report)
     }
 
@@ -150,12 +178,6 @@ impl Driver {
         let mut control_open = true;
         loop {
             let now = Instant::now();
-            let failures = self.stats.commit_failures();
-            if failures != l.commit_failures_seen {
-                // An async commit was refused: commit everything again next interval.
-                l.commit_failures_seen = failures;
-                self.engine.commits_lost();
-            }
             self.engine.tick(now);
             let busy = self.perform(l).await;
             if l.final_commit.is_some() {
@@ -191,17 +213,30 @@ impl Driver {
                 c = self.control.recv(), if control_open => match c {
                     Some(Control::Pause) => self.engine.set_user_paused(true),
                     Some(Control::Resume) => self.engine.set_user_paused(false),
-                    Some(Control::Shutdown(mode)) => self.engine.shutdown(mode, Instant::now()),
+                    Some(Control::Shutdown(mode)) => self.shut_down(l, mode),
                     // The handle is gone: nobody can ask for a shutdown any more, so do one.
                     None => {
                         control_open = false;
-                        self.engine.shutdown(ShutdownMode::Quick, Instant::now());
+                        self.shut_down(l, ShutdownMode::Quick);
                     }
                 },
+                done = async { l.committing.as_mut().expect("guarded").await }, if l.committing.is_some() => {
+                    l.committing = None;
+                    if let Ok((req, result)) = done {
+                        self.committed(l, &req, result);
+                    }
+                    self.start_commit(l);
+                }
                 () = &mut wake, if !busy => {}
                 () = std::future::ready(()), if busy => {}
             }
         }
+    }
+
+    fn shut_down(&mut self, l: &mut Loop, mode: ShutdownMode) {
+        let now = Instant::now();
+        l.shutdown_by.get_or_insert(now + self.shutdown_timeout);
+        self.engine.shutdown(mode, now);
     }
 
     fn on_event(&mut self, l: &mut Loop, ev: Event) -> Result<()> {
@@ -210,7 +245,16 @@ impl Driver {
                 l.last_records = Instant::now();
                 self.engine.fetched(batch);
             }
-            Event::Assigned(committed) => self.engine.assigned(committed)?,
+            Event::Assigned(committed) => {
+                // What the group had committed is where this owner's confirmed offsets start.
+                for c in &committed {
+                    match c.offset {
+                        Some(o) => l.confirmed.insert(c.tp.clone(), o),
+                        None => l.confirmed.remove(&c.tp),
+                    };
+                }
+                self.engine.assigned(committed)?;
+            }
             Event::Revoked {
                 partitions,
                 lost,
@@ -252,22 +296,37 @@ impl Driver {
                     }
                 }
                 Action::Commit(req) => {
-                    self.stats.add_commits(1);
-                    if let Err(e) = self.commit(&req, self.commit_mode).await {
-                        tracing::warn!(error = %e, "commit failed; committed again next interval");
-                        if self.commit_mode == CommitMode::Async {
-                            // Not sent at all; the broker's answers (sync ones too) are
-                            // counted by the poll thread.
-                            self.stats.add_commit_failures(1);
+                    if self.commit_mode == CommitMode::Sync {
+                        // Waits for each; a broker gone longer than a commit interval and a
+                        // half is a failed commit, made again next time.
+                        let bound = self
+                            .commit_interval
+                            .mul_f32(1.5)
+                            .max(Duration::from_secs(5));
+                        let result = self.commit_within(&req, bound).await;
+                        self.committed(l, &req, result);
+                    } else {
+                        for c in req.offsets {
+                            l.pending_commit.insert(c.tp.clone(), c);
                         }
-                        self.engine.commit_failed(&req);
+                        self.start_commit(l);
                     }
                 }
                 Action::FinishRevocation(req) => {
+                    let bound = self.revoke_timeout.max(Duration::from_secs(2));
+                    // A periodic commit under way may hold older offsets of these
+                    // partitions: it must land first, not overwrite this one.
+                    let failed = self.settle_commit(l, bound).await;
+                    let req = with_unconfirmed(l, req, failed);
                     if !req.is_empty() {
                         self.stats.add_commits(1);
-                        if let Err(e) = self.commit(&req, CommitMode::Sync).await {
-                            tracing::warn!(error = %e, "final commit before revocation failed");
+                        let result = self.commit_within(&req, bound).await;
+                        if result.is_ok() {
+                            confirm(l, &req);
+                        }
+                        if let Err(e) = result {
+                            tracing::warn!(error = %e, "final commit before revocation failed; the next owner starts from the previous one");
+                            self.stats.add_commit_failures(1);
                         }
                     }
                     if let Some(reply) = l.revoke_reply.take() {
@@ -283,17 +342,77 @@ impl Driver {
         true
     }
 
-    async fn commit(&self, req: &CommitRequest, mode: CommitMode) -> Result<()> {
-        match mode {
-            CommitMode::Sync => {
-                let (sink, req) = (Arc::clone(&self.sink), req.clone());
-                tokio::task::spawn_blocking(move || sink.commit(&req, CommitMode::Sync))
-                    .await
-                    .map_err(|e| Error::Stopped(format!("commit task: {e}")))?
-                    .map_err(Error::Source)
-            }
-            _ => self.sink.commit(req, mode).map_err(Error::Source),
+    /// Starts the pending periodic commits on a thread of its own unless one is being made.
+    /// A commit is made synchronously there, so its outcome — refused, or waiting for a
+    /// coordinator that is gone — comes back to the driver (librdkafka does not report the
+    /// outcome of asynchronous manual commits to an event-based client); the driver does not
+    /// wait for it. Not the runtime's blocking pool: a commit that waits for a broker that
+    /// never returns must not hold the runtime's shutdown.
+    fn start_commit(&mut self, l: &mut Loop) {
+        if l.committing.is_some() || l.pending_commit.is_empty() {
+            return;
         }
+        let offsets = std::mem::take(&mut l.pending_commit)
+            .into_values()
+            .collect();
+        let req = CommitRequest::new(offsets, kbatch_core::CommitReason::Periodic);
+        let sink = Arc::clone(&self.sink);
+        let (tx, rx) = oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("kbatch-consumer-commit".into())
+            .spawn(move || {
+                let result = sink.commit(&req, CommitMode::Sync).map_err(Error::Source);
+                let _ = tx.send((req, result));
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a commit thread; committed again next interval");
+            self.engine.commits_not_made();
+            return;
+        }
+        l.commit_started = Instant::now();
+        l.committing = Some(rx);
+    }
+
+    /// Waits (up to `bound`) for the periodic commit under way, taking in its outcome; returns
+    /// it when it failed.
+    async fn settle_commit(&mut self, l: &mut Loop, bound: Duration) -> Option<CommitRequest> {
+        let rx = l.committing.take()?;
+        let Ok(Ok((req, result))) = tokio::time::timeout(bound, rx).await else {
+            return None;
+        };
+        let failed = result.is_err();
+        self.committed(l, &req, result);
+        failed.then_some(req)
+    }
+
+    /// A periodic commit's outcome: counted; a failed one is made again next interval.
+    fn committed(&mut self, l: &mut Loop, req: &CommitRequest, result: Result<()>) {
+        self.stats.add_commits(1);
+        if result.is_ok() {
+            confirm(l, req);
+        }
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "commit failed; committed again next interval");
+            self.stats.add_commit_failures(1);
+            self.engine.commit_failed(req);
+        }
+    }
+
+    /// A synchronous commit on a thread of its own that is given up after `bound` (the call
+    /// may go on, but nobody waits for it).
+    async fn commit_within(&self, req: &CommitRequest, bound: Duration) -> Result<()> {
+        let (sink, req) = (Arc::clone(&self.sink), req.clone());
+        on_thread("kbatch-consumer-commit", bound, move || {
+            sink.commit(&req, CommitMode::Sync)
+        })
+        .await
+        .unwrap_or_else(|| {
+            Err(kbatch_core::SourceError::new(
+                kbatch_core::ErrorClass::Retriable,
+                format!("commit not confirmed within {bound:?}"),
+            ))
+        })
+        .map_err(Error::Source)
     }
 
     fn finished(&mut self, d: Done) {
@@ -310,6 +429,11 @@ impl Driver {
     fn publish(&mut self, l: &mut Loop, now: Instant) {
         let c = self.engine.counters();
         self.stats.set_counters(&c);
+        self.stats.set_commit_pending(if l.committing.is_some() {
+            now.saturating_duration_since(l.commit_started)
+        } else {
+            Duration::ZERO
+        });
         let (held, _) = self.engine.held();
         let paused = self.engine.partitions().filter(|p| p.3).count();
         self.stats
@@ -319,12 +443,13 @@ impl Driver {
         let idle = self.engine.is_idle()
             && self.engine.partitions().next().is_some()
             && now.duration_since(l.last_records) >= self.commit_interval;
+        let settled_now = idle && l.committing.is_none() && l.pending_commit.is_empty();
         let (was_idle, was_assigned) = {
             let p = self.progress.borrow();
             (p.idle, p.assigned.len())
         };
         if now < l.next_publish
-            && idle == was_idle
+            && settled_now == was_idle
             && self.engine.partitions().count() == was_assigned
         {
             return;
@@ -335,14 +460,19 @@ impl Driver {
             self.metrics
                 .publish_partition(&tp.topic, tp.partition, tracker, ratio);
         }
-        let committed: BTreeMap<TopicPartition, Offset> = self
-            .engine
-            .committed()
-            .map(|(tp, o)| (tp.clone(), Offset(o)))
-            .collect();
-        let settled = idle && self.engine.nothing_to_commit();
         let assigned: BTreeSet<TopicPartition> =
             self.engine.partitions().map(|p| p.0.clone()).collect();
+        let committed: BTreeMap<TopicPartition, Offset> = l
+            .confirmed
+            .iter()
+            .filter(|(tp, _)| assigned.contains(*tp))
+            .map(|(tp, o)| (tp.clone(), *o))
+            .collect();
+        // Settled once the sink has confirmed it all, not when it was asked.
+        let settled = idle
+            && self.engine.nothing_to_commit()
+            && l.committing.is_none()
+            && l.pending_commit.is_empty();
         self.progress.send_if_modified(|p| {
             let next = Progress {
                 assigned,
@@ -370,7 +500,16 @@ impl Driver {
             && !req.is_empty()
         {
             self.stats.add_commits(1);
-            match self.commit(&req, CommitMode::Sync).await {
+            // What is left of the shutdown's time, but a moment at least for the round trip.
+            let by = l
+                .shutdown_by
+                .unwrap_or_else(|| Instant::now() + self.shutdown_timeout);
+            let bound = by
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1));
+            let failed = self.settle_commit(l, bound).await;
+            let req = with_unconfirmed(l, req, failed);
+            match self.commit_within(&req, bound).await {
                 Ok(()) => {
                     committed = req
                         .offsets
@@ -380,6 +519,7 @@ impl Driver {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "final commit failed");
+                    self.stats.add_commit_failures(1);
                     not_committed = req
                         .offsets
                         .iter()
@@ -402,7 +542,14 @@ impl Driver {
         self.poller_stop
             .store(true, std::sync::atomic::Ordering::Release);
         if let Some(h) = self.poller.take() {
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+            // It ends within one poll (50 ms) once told to, unless a callback blocks it.
+            let bound = self.shutdown_timeout.max(Duration::from_secs(5));
+            if on_thread("kbatch-consumer-join", bound, move || h.join())
+                .await
+                .is_none()
+            {
+                tracing::warn!("the poll thread did not end within {bound:?}");
+            }
         }
         self.progress.send_modify(|p| {
             p.stopped = true;
@@ -414,5 +561,55 @@ impl Driver {
             committed,
             not_committed,
         }
+    }
+}
+
+/// Runs the blocking `f` on a thread of its own, and returns its result, or `None` if it did
+/// not finish within `bound` — then it is left to finish alone. Calls into the client that
+/// can wait for a broker (commits, close) run this way: the runtime's blocking pool would make
+/// the runtime's shutdown wait for them.
+async fn on_thread<T: Send + 'static>(
+    name: &str,
+    bound: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .ok()?;
+    tokio::time::timeout(bound, rx).await.ok()?.ok()
+}
+
+/// The commit that ends a revocation or the consumer: `req`, plus the periodic commits not yet
+/// confirmed (queued behind another, or failed just now) for partitions `req` leaves out. The
+/// engine counts those as asked for and leaves them out of `req`; without them the next owner
+/// would start before them and redo what they cover, and a queued one sent later would
+/// overwrite the next owner's progress with an older offset.
+fn with_unconfirmed(
+    l: &mut Loop,
+    mut req: CommitRequest,
+    failed: Option<CommitRequest>,
+) -> CommitRequest {
+    let pending = std::mem::take(&mut l.pending_commit);
+    // Newest wins: a failed one is older than a queued one, which is older than `req`.
+    let mut older: BTreeMap<TopicPartition, kbatch_core::OffsetCommit> = BTreeMap::new();
+    for c in failed.into_iter().flat_map(|f| f.offsets) {
+        older.insert(c.tp.clone(), c);
+    }
+    older.extend(pending);
+    for c in &req.offsets {
+        older.remove(&c.tp);
+    }
+    req.offsets.extend(older.into_values());
+    req
+}
+
+/// Notes what the sink confirmed.
+fn confirm(l: &mut Loop, req: &CommitRequest) {
+    for c in &req.offsets {
+        l.confirmed.insert(c.tp.clone(), c.offset);
     }
 }

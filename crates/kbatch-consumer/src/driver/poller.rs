@@ -20,8 +20,6 @@ use kbatch_core::{
 };
 use tokio::sync::mpsc;
 
-use crate::metrics::SharedStats;
-
 /// What the poll thread reports.
 #[derive(Debug)]
 pub(crate) enum Event {
@@ -44,7 +42,6 @@ pub(crate) struct Listener {
     pub(crate) tx: mpsc::Sender<Event>,
     /// How long a revocation may wait for the driver.
     pub(crate) revoke_wait: Duration,
-    pub(crate) stats: Arc<SharedStats>,
 }
 
 impl RebalanceListener for Listener {
@@ -70,14 +67,6 @@ impl RebalanceListener for Listener {
 
     fn on_assign(&self, committed: Vec<CommittedOffset>) {
         let _ = self.tx.blocking_send(Event::Assigned(committed));
-    }
-
-    fn on_commit(&self, result: Result<(), SourceError>) {
-        if let Err(e) = result {
-            // The offsets stay uncommitted: the next interval commits them again.
-            tracing::warn!(error = %e, "commit failed");
-            self.stats.add_commit_failures(1);
-        }
     }
 }
 

@@ -18,13 +18,36 @@ use crate::handler::{DeadLetterFn, HandlerError, HandlerResult, panic_text};
 pub(crate) enum DeadLetter {
     /// Nowhere: they are logged, counted and skipped.
     Skip,
-    /// A topic, written through kbatch's producer with origin and error in headers.
-    Topic(Producer, String),
+    /// A topic, written through kbatch's producer with origin and error in headers; the
+    /// client settings let the driver check at start that the topic exists.
+    Topic(Producer, String, kbatch_client::ClientConfig),
     /// The user's callback.
     Callback(DeadLetterFn),
 }
 
 impl Driver {
+    /// Fails when the dead-letter topic does not exist: records failing for good would
+    /// otherwise retry their write forever (or create the topic by accident, where the
+    /// cluster auto-creates topics on produce).
+    pub(super) async fn check_dead_letter_topic(&self) -> crate::error::Result<()> {
+        let DeadLetter::Topic(_, topic, client) = &self.dead_letter else {
+            return Ok(());
+        };
+        let admin = kbatch_client::Admin::new(client)?;
+        match admin.describe_topic(topic).await {
+            Ok(_) => Ok(()),
+            Err(kbatch_client::Error::UnknownTopic(_)) => {
+                Err(crate::error::Error::DeadLetter(format!(
+                    "dead-letter topic {topic:?} does not exist: create it before starting the consumer"
+                )))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, topic, "cannot check that the dead-letter topic exists");
+                Ok(())
+            }
+        }
+    }
+
     /// Starts a job. Polls it once here: a handler that finishes without waiting (cache hit,
     /// no-op, filter) completes with no task, no channel, no wake-up, and its result is
     /// returned. One that waits is spawned under the task tracker — cancelled if the consumer
@@ -85,7 +108,7 @@ impl Driver {
                     Ok(())
                 })
             }
-            DeadLetter::Topic(p, topic) => {
+            DeadLetter::Topic(p, topic, _) => {
                 let (p, topic) = (p.clone(), topic.clone());
                 Box::pin(async move {
                     let out: Vec<Record> = records

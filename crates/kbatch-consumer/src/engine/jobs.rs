@@ -106,6 +106,7 @@ impl Engine {
                 }
                 (Outcome::Failed(e), Work::DeadLetter { error, attempts }) => {
                     tracing::warn!(error = %e, "dead-letter write failed; retrying");
+                    self.counters.dead_letter_failures += 1;
                     job.attempts += 1;
                     let delay = self.s.retry.delay(job.attempts.min(8));
                     self.wait(id, job, Work::DeadLetter { error, attempts }, now + delay);

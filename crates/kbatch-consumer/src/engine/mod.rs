@@ -124,6 +124,8 @@ pub(crate) struct Counters {
     pub(crate) failed: u64,
     pub(crate) retried: u64,
     pub(crate) dead_lettered: u64,
+    /// Dead-letter writes that failed (and are tried again).
+    pub(crate) dead_letter_failures: u64,
     pub(crate) skipped_completed: u64,
     pub(crate) skipped_failed: u64,
     pub(crate) commits: u64,
@@ -313,14 +315,6 @@ impl Engine {
         }
     }
 
-    /// An asynchronous commit failed somewhere, the engine cannot tell which: commit every
-    /// partition again next time.
-    pub(crate) fn commits_lost(&mut self) {
-        for p in self.parts.values_mut() {
-            p.tracker.forget_last_commit();
-        }
-    }
-
     /// Nothing held: no record buffered, running or waiting to retry.
     pub(crate) fn is_idle(&self) -> bool {
         self.held_records == 0
@@ -361,19 +355,20 @@ impl Engine {
             .map(move |(tp, p)| (tp, &p.tracker, p.metadata_len as f64 / limit, p.paused))
     }
 
+    /// The commits handed out could not be made at all: make every partition's again next
+    /// time.
+    pub(crate) fn commits_not_made(&mut self) {
+        for p in self.parts.values_mut() {
+            p.tracker.forget_last_commit();
+        }
+    }
+
     /// True when every partition's commit equals the one last handed out.
     pub(crate) fn nothing_to_commit(&self) -> bool {
         let limit = self.s.metadata_limit;
         self.parts
             .values()
             .all(|p| p.tracker.commit(limit).map(|c| c.0) == p.tracker.last_committed())
-    }
-
-    /// Offsets last handed out for commit, per partition.
-    pub(crate) fn committed(&self) -> impl Iterator<Item = (&TopicPartition, i64)> {
-        self.parts
-            .iter()
-            .filter_map(|(tp, p)| p.tracker.last_committed().map(|o| (tp, o)))
     }
 
     /// Commits every partition whose commit changed, unless it is being revoked.
