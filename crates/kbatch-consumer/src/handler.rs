@@ -229,7 +229,7 @@ where
             };
             match tokio::task::spawn_blocking(move || f(r)).await {
                 Ok(result) => result,
-                Err(e) if e.is_panic() => Err(HandlerError::panicked(panic_text(&e.into_panic()))),
+                Err(e) if e.is_panic() => Err(HandlerError::panicked(panic_text(&*e.into_panic()))),
                 Err(e) => Err(HandlerError::retriable(format!(
                     "blocking handler task: {e}"
                 ))),

@@ -429,6 +429,104 @@ async fn a_panicking_handler_is_retried_and_the_consumer_keeps_running() {
     assert_eq!(st.retried, 2);
 }
 
+/// The three shapes a handler comes in.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    Async,
+    Blocking,
+    Batch,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panics_in_async_blocking_and_batch_handlers_are_classified_and_retried_per_policy() {
+    for shape in [Shape::Async, Shape::Blocking, Shape::Batch] {
+        let s = seams(&broker(1, 20));
+        let mut cfg = config(ProcessingOrder::Partition);
+        cfg.max_attempts = Some(3);
+        let attempts: Arc<Mutex<BTreeMap<i64, usize>>> = Arc::default();
+        let dead: Arc<Mutex<Vec<DeadLettered>>> = Arc::default();
+        // Offset 5 panics twice, then succeeds; offset 12 always panics (dead-lettered after
+        // max_attempts). A batch holds both with its neighbours, so a batch is retried whole.
+        let step = {
+            let attempts = attempts.clone();
+            move |r: &ConsumedRecord| -> HandlerResult {
+                let n = {
+                    let mut a = attempts.lock().unwrap();
+                    let n = a.entry(r.offset.0).or_default();
+                    *n += 1;
+                    *n
+                };
+                match (r.offset.0, n) {
+                    (5, ..3) => panic!("bug on offset 5, attempt {n}"),
+                    (12, _) => panic!("bug on offset 12 for good"),
+                    _ => Ok(()),
+                }
+            }
+        };
+        let builder = ParallelConsumer::builder(cfg)
+            .source(s.source.clone(), s.sink.clone())
+            .retry_policy(fast_retries())
+            .dead_letter_callback({
+                let dead = dead.clone();
+                move |r: ConsumedRecord, e: HandlerError, n: u32| {
+                    let dead = dead.clone();
+                    async move {
+                        dead.lock()
+                            .unwrap()
+                            .push((r.offset.0, e.kind(), n, e.to_string()));
+                        Ok(())
+                    }
+                }
+            });
+        let builder = match shape {
+            Shape::Async => builder.handler(move |r: ConsumedRecord| {
+                let step = step.clone();
+                async move { step(&r) }
+            }),
+            Shape::Blocking => builder.blocking_handler(move |r: ConsumedRecord| step(&r)),
+            Shape::Batch => builder.batch_handler(4, move |rs: Vec<ConsumedRecord>| {
+                let step = step.clone();
+                async move { rs.iter().try_for_each(&step) }
+            }),
+        };
+        let running = builder.start().unwrap();
+        let p = within(10, "idle", running.until_idle()).await;
+        let st = running.stats();
+        running.shutdown(ShutdownMode::Drain).await.unwrap();
+        let a = attempts.lock().unwrap();
+        assert_eq!(a[&5], 3, "{shape:?}: panicked twice, then succeeded");
+        assert_eq!(a[&12], 3, "{shape:?}: retried up to max_attempts");
+        let d = dead.lock().unwrap().clone();
+        let (offsets, kinds): (Vec<i64>, Vec<FailureKind>) = d.iter().map(|x| (x.0, x.1)).unzip();
+        let twelve = d.iter().find(|x| x.0 == 12).expect("12 dead-lettered");
+        assert!(
+            kinds.iter().all(|k| *k == FailureKind::Panicked) && twelve.2 == 3,
+            "{shape:?}: classified as a panic after 3 attempts: {d:?}"
+        );
+        assert!(
+            twelve.3.contains("bug on offset 12"),
+            "{shape:?}: the panic's message is kept: {}",
+            twelve.3
+        );
+        match shape {
+            // A batch fails whole: its other records go with it.
+            Shape::Batch => assert!(offsets.contains(&12) && offsets.len() <= 4, "{d:?}"),
+            _ => assert_eq!(offsets, vec![12], "{shape:?}"),
+        }
+        assert_eq!(
+            p.processed as usize + offsets.len(),
+            20,
+            "{shape:?}: the consumer kept going past both"
+        );
+        assert!(
+            st.failed >= 4,
+            "{shape:?}: every panic counted: {}",
+            st.failed
+        );
+        assert_eq!(s.committed(0), Some(20), "{shape:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_commits_are_counted_and_made_again_and_a_failed_final_commit_is_reported() {
     let s = seams(&broker(1, 50));
