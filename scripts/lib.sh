@@ -253,15 +253,26 @@ kb_owners_alive() {
   return 1
 }
 
+# What the watcher watches: a token that stays the same while the service it
+# was started for runs, and changes or empties once that service is stopped or
+# replaced. By default the live pid in STATE/pid; a script whose service is
+# several processes that may die and be restarted one by one (scripts/kafka
+# --brokers 3) defines its own after sourcing this file.
+kb_watch_pid_token() {
+  local pid
+  pid="$(cat "$KB_STATE_DIR/pid" 2>/dev/null || true)"
+  [[ -n "$pid" ]] && kb_pid_alive "$pid" && printf '%s\n' "$pid"
+}
+kb_watch_token() { kb_watch_pid_token; }
+
 # Body of `SCRIPT __watch`: runs detached; polls once a second.
 kb_watch_loop() {
-  local script="$1" svc_pid
-  svc_pid="$(cat "$KB_STATE_DIR/pid" 2>/dev/null || true)"
-  kb_log "watching service pid ${svc_pid:-?} for owners in $KB_STATE_DIR/owners"
+  local script="$1" token
+  token="$(kb_watch_token || true)"
+  kb_log "watching service ${token:-?} for owners in $KB_STATE_DIR/owners"
   while sleep 1; do
     # Stand down if the service was stopped or replaced by other means.
-    [[ -n "$svc_pid" && "$(cat "$KB_STATE_DIR/pid" 2>/dev/null || true)" == "$svc_pid" ]] || exit 0
-    kb_pid_alive "$svc_pid" || exit 0
+    [[ -n "$token" && "$(kb_watch_token || true)" == "$token" ]] || exit 0
     [[ -e "$KB_STATE_DIR/unowned" ]] && exit 0
     kb_owners_alive && continue
     # Re-check under the lock so a concurrent `up --owner-pid` that just

@@ -17,7 +17,11 @@ pub type PartitionedRecords = BTreeMap<i32, Vec<ConsumedRecord>>;
 
 /// Client settings for the test cluster.
 pub fn client_config() -> ClientConfig {
-    ClientConfig::new(brokers()).with_client_id("kbatch-test")
+    client_config_for(brokers())
+}
+
+pub(crate) fn client_config_for(bootstrap: &str) -> ClientConfig {
+    ClientConfig::new(bootstrap).with_client_id("kbatch-test")
 }
 
 /// Producer settings for the test cluster (kbatch defaults: idempotent, acks=all).
@@ -27,7 +31,11 @@ pub fn producer_config() -> KafkaProducerConfig {
 
 /// Consumer settings for the test cluster, reading from the earliest offset.
 pub fn consumer_config() -> ConsumerConfig {
-    ConsumerConfig::new(client_config()).with_offset_reset(AutoOffsetReset::Earliest)
+    consumer_config_for(brokers())
+}
+
+pub(crate) fn consumer_config_for(bootstrap: &str) -> ConsumerConfig {
+    ConsumerConfig::new(client_config_for(bootstrap)).with_offset_reset(AutoOffsetReset::Earliest)
 }
 
 /// An admin client for the test cluster.
@@ -116,8 +124,8 @@ pub fn consume_all_from(
     expected: Option<usize>,
     idle: Duration,
 ) -> PartitionedRecords {
-    let mut cfg = consumer_config().with_isolation(isolation);
-    cfg.client.brokers = bootstrap.to_owned();
+    // Not `consumer_config()`: that would start the single test broker just to be overridden.
+    let cfg = consumer_config_for(bootstrap).with_isolation(isolation);
     let c = KafkaConsumer::new(&cfg).unwrap();
     let n = c.partition_count(topic, Duration::from_secs(10)).unwrap();
     let parts: Vec<_> = (0..n)

@@ -39,6 +39,17 @@ fn service(env: &str, script: &str) -> String {
     {
         return v;
     }
+    start_service(env, script, &[], script).0
+}
+
+/// Runs `scripts/<script> up <args>` in a state dir of its own, owned by this test run, and
+/// returns the address it printed last and the state dir.
+pub(crate) fn start_service(
+    env: &str,
+    script: &str,
+    args: &[&str],
+    instance: &str,
+) -> (String, PathBuf) {
     // The parent is `cargo test` (or the shell running a test binary): every test binary of
     // the run shares one service, stopped by the script's watcher when that parent exits.
     let owner = std::os::unix::process::parent_id();
@@ -46,9 +57,10 @@ fn service(env: &str, script: &str) -> String {
     let state = root
         .join("target")
         .join("kbatch-testkit")
-        .join(format!("{script}-{owner}"));
+        .join(format!("{instance}-{owner}"));
     let out = Command::new(root.join("scripts").join(script))
         .arg("up")
+        .args(args)
         .arg("--state-dir")
         .arg(&state)
         .arg("--owner-pid")
@@ -73,6 +85,6 @@ fn service(env: &str, script: &str) -> String {
         .trim()
         .to_owned();
     assert!(!addr.is_empty(), "scripts/{script} up printed no address");
-    eprintln!("kbatch-testkit: {script} at {addr} (owner pid {owner})");
-    addr
+    eprintln!("kbatch-testkit: {instance} at {addr} (owner pid {owner})");
+    (addr, state)
 }
