@@ -356,7 +356,8 @@ fn metrics_endpoint_counts_consumed_records() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Scrape over a real socket until the counter reports every record.
+    // Scrape over a real socket until the counter reports every record. The deadline is a hang
+    // guard that names what never showed up, not a speed target.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut body = String::new();
     while !body.contains("kbatch_cli_records_consumed_total 1000") {

@@ -123,11 +123,13 @@ async fn retriable_failures_retry_and_permanent_ones_are_dead_lettered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_poison_record_retried_forever_blocks_only_its_key_and_memory_stays_flat() {
     const N: u64 = 2_000;
-    let topic = filled_topic("pc-poison", 1, N, 20).await;
+    const KEYS: u64 = 20;
+    const BUDGET: u64 = 500;
+    let topic = filled_topic("pc-poison", 1, N, KEYS).await;
     let group = unique_name("pc-poison-g");
     let ok = Ledger::default();
     let mut cfg = config(&group, &[&topic], ProcessingOrder::Key);
-    cfg.max_records = 500;
+    cfg.max_records = BUDGET as usize;
     cfg.shutdown_timeout = Duration::from_millis(300);
     let running = ParallelConsumer::builder(cfg)
         .retry_policy(fast_retries())
@@ -149,22 +151,40 @@ async fn a_poison_record_retried_forever_blocks_only_its_key_and_memory_stays_fl
         .start()
         .unwrap();
     // key-5 holds records 5, 25, 45, ...: all wait behind the poison. Everything else flows.
-    let others = (0..N).filter(|s| s % 20 != 5).count();
-    eventually(60, "every other key processed", || ok.len() >= others).await;
-    let mut max_waiting = 0;
-    for _ in 0..20 {
-        let s = running.stats();
-        max_waiting = max_waiting.max(s.waiting + s.in_flight);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let stats = running.stats();
-    assert!(stats.retried > 20, "still retrying: {stats:?}");
+    let others = (0..N).filter(|s| s % KEYS != 5).count();
+    let blocked = N / KEYS;
+    let held = |s: &kbatch_consumer::ConsumerStats| s.waiting + s.in_flight;
+    // Sampled all along, while the poison blocks its key: first while the other keys flow,
+    // then while it is retried again and again with nothing else left to do.
+    let mut max_held = 0;
+    eventually(60, "every other key processed", || {
+        max_held = max_held.max(held(&running.stats()));
+        ok.len() >= others
+    })
+    .await;
+    // The budget plus what the poll thread may fetch beyond a full one (a quarter of it).
     assert!(
-        max_waiting <= 600,
-        "held work bounded by the budget: {max_waiting}"
+        max_held <= BUDGET + BUDGET / 4,
+        "held work bounded by the budget while the others flowed: {max_held}"
     );
+    // `Progress` is published whole (the stats' counters are stored one by one), so its
+    // `held` is exact: the blocked key's records, no more, however often the poison is retried.
+    let progress = running.progress();
+    let retried_then = running.stats().retried;
+    eventually(60, "20 more retries of the poison record", || {
+        let p = progress.borrow().clone();
+        if p.processed < others as u64 {
+            return false; // published before the last of the others completed
+        }
+        assert_eq!(
+            p.held, blocked,
+            "exactly the blocked key's records are held, and retrying adds nothing: {p:?}"
+        );
+        running.stats().retried >= retried_then + 20
+    })
+    .await;
     assert!(
-        ok.seqs().iter().all(|s| s % 20 != 5),
+        ok.seqs().iter().all(|s| s % KEYS != 5),
         "nothing behind the poison in its key ran"
     );
     assert_eq!(

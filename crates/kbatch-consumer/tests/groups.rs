@@ -344,33 +344,88 @@ async fn compacted_topics_leave_gaps_that_do_not_hold_the_commit_back() {
     );
 }
 
+/// A's handlers hold their records until B has processed one, so they are still running when
+/// A's partitions are revoked (after a 50 ms wait) and their results come back afterwards. The
+/// handlers then ran twice for those records (A late, and the new owner), but the group
+/// accounts for each record once: the late results are neither counted nor committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn work_outliving_a_revocation_is_accounted_once() {
     const N: u64 = 40;
     let topic = filled_topic("pc-late", 2, N, 40).await;
     let group = unique_name("pc-late-g");
     let ledger = Ledger::default();
+    let (b_done_one, b_done) = tokio::sync::watch::channel(false);
     let cfg = || {
         let mut c = config(&group, &[&topic], ProcessingOrder::Key).with_concurrency(64);
-        // Handlers outlive the revocation wait: their results come back after the revoke.
         c.revoke_timeout = Duration::from_millis(50);
         c
     };
-    let a = common::start_recording(cfg(), &ledger, Duration::from_millis(3000));
+    let start = |gated: bool| {
+        let (ledger, b_done_one, b_done) = (ledger.clone(), b_done_one.clone(), b_done.clone());
+        ParallelConsumer::builder(cfg())
+            .handler(move |r| {
+                let (ledger, b_done_one, mut b_done) =
+                    (ledger.clone(), b_done_one.clone(), b_done.clone());
+                async move {
+                    if gated {
+                        let _ = b_done.wait_for(|done| *done).await;
+                    }
+                    ledger.push(&r);
+                    if !gated {
+                        b_done_one.send_replace(true);
+                    }
+                    Ok(())
+                }
+            })
+            .build()
+            .unwrap()
+            .start()
+            .unwrap()
+    };
+    let a = start(true);
     eventually(60, "A has work in flight", || a.stats().in_flight > 0).await;
-    let b = common::start_recording(cfg(), &ledger, Duration::from_millis(3000));
-    let distinct = || ledger.seqs().into_iter().collect::<BTreeSet<u64>>().len();
-    eventually(120, "every record processed at least once", || {
-        distinct() >= N as usize
+    let a_in_flight = a.stats().in_flight;
+    let b = start(false);
+    eventually(
+        120,
+        "the group processed as many records as the topic holds",
+        || a.stats().processed + b.stats().processed >= N,
+    )
+    .await;
+    eventually(60, "A's late handlers came back", || {
+        ledger.len() >= N as usize + a_in_flight as usize
     })
     .await;
-    // A's coordinator must still be healthy after the late completions came back.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A's driver must still be healthy after the late completions came back.
     assert!(!a.is_finished(), "consumer A stopped: {:?}", a.stats());
-    a.shutdown(ShutdownMode::Drain)
+    let ra = a
+        .shutdown(ShutdownMode::Drain)
         .await
         .expect("A shuts down cleanly");
-    b.shutdown(ShutdownMode::Drain)
+    let rb = b
+        .shutdown(ShutdownMode::Drain)
         .await
         .expect("B shuts down cleanly");
+    let seen: BTreeSet<u64> = ledger.seqs().into_iter().collect();
+    assert_eq!(
+        seen,
+        (0..N).collect::<BTreeSet<_>>(),
+        "every record processed"
+    );
+    assert!(
+        ledger.len() > N as usize,
+        "some handlers ran twice (A's late ones): {} calls for {N} records",
+        ledger.len()
+    );
+    assert_eq!(
+        ra.processed + rb.processed,
+        N,
+        "each record accounted once across the group (A {}, B {}), late results ignored",
+        ra.processed,
+        rb.processed
+    );
+    let total: i64 = (0..2)
+        .map(|p| committed(&group, &topic, p).0.unwrap_or(0))
+        .sum();
+    assert_eq!(total, N as i64, "final commits cover every record once");
 }

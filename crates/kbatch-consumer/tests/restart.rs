@@ -13,8 +13,8 @@ use base64::Engine as _;
 use common::{Ledger, committed, config, eventually, filled_topic, kafka};
 use kbatch_client::{KafkaConsumer, OffsetCommit};
 use kbatch_consumer::{ParallelConfig, ParallelConsumer, ProcessingOrder, ShutdownMode};
-use kbatch_core::{Offset, TopicPartition};
-use kbatch_testkit::unique_name;
+use kbatch_core::{Offset, Record, TopicPartition};
+use kbatch_testkit::{produce, producer_config, unique_name};
 
 /// Runs a consumer whose handler never finishes the records `stuck` selects (they stay in
 /// flight) and completes the rest; stops it without finishing them, as a crash would leave them.
@@ -218,9 +218,10 @@ async fn corrupt_metadata_fails_fast_or_is_ignored_by_policy() {
         .unwrap()
         .start()
         .unwrap();
+    // The timeout is a hang guard: the consumer must stop by itself on the corrupt metadata.
     let err = tokio::time::timeout(Duration::from_secs(60), running.join())
         .await
-        .unwrap()
+        .expect("the consumer never stopped on the corrupt metadata")
         .unwrap_err();
     let text = err.to_string();
     assert!(text.contains(&topic) && text.contains("metadata"), "{text}");
@@ -242,14 +243,22 @@ async fn corrupt_metadata_fails_fast_or_is_ignored_by_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn committed_offset_moved_externally_is_followed() {
+    const FIRST: u64 = 30;
     const N: u64 = 50;
-    let topic = filled_topic("pc-moved", 1, N, 5).await;
+    let topic = filled_topic("pc-moved", 1, FIRST, 5).await;
     let group = unique_name("pc-moved-g");
     let cfg = || config(&group, &[&topic], ProcessingOrder::Key);
     assert_eq!(
-        restart_and_collect(cfg(), N as usize).await.len(),
-        N as usize
+        restart_and_collect(cfg(), FIRST as usize).await,
+        (0..FIRST).collect::<Vec<_>>()
     );
+    assert_eq!(committed(&group, &topic, 0).0, Some(FIRST as i64));
+    // More records arrive while no consumer runs: the group stands at 30, 30..50 unprocessed.
+    let more: Vec<Record> = (FIRST..N)
+        .map(|i| Record::new(topic.as_str(), format!("v:{i}")).with_key(format!("key-{}", i % 5)))
+        .collect();
+    let sent = tokio::task::block_in_place(|| produce(&producer_config(), &more));
+    assert!(sent.iter().all(Result::is_ok));
     let set = |o: i64| {
         let c = KafkaConsumer::new(&kafka(&group)).unwrap();
         c.commit(
@@ -262,15 +271,15 @@ async fn committed_offset_moved_externally_is_followed() {
         )
         .unwrap();
     };
-    set(20); // lowered
-    assert_eq!(
-        restart_and_collect(cfg(), 30).await,
-        (20..N).collect::<Vec<_>>()
-    );
-    set(45); // raised (after being at the end: nothing new, then lowered again to 45)
+    set(45); // raised past records the group never processed: 30..45 are skipped
     assert_eq!(
         restart_and_collect(cfg(), 5).await,
         (45..N).collect::<Vec<_>>()
+    );
+    set(20); // lowered below what it processed: 20..50 again
+    assert_eq!(
+        restart_and_collect(cfg(), 30).await,
+        (20..N).collect::<Vec<_>>()
     );
     kbatch_testkit::admin_delete_group(&group).await; // deleted: auto.offset.reset = earliest
     assert_eq!(

@@ -202,8 +202,17 @@ async fn memory_stays_within_both_bounds() {
     }
 }
 
+/// The caller's own window (futures sent and not yet awaited) is far larger than either bound,
+/// and the broker answers only every 200 ms: nothing but `send` holds records back, so the
+/// bounds themselves are what the test pushes against, first the record bound (small records),
+/// then the byte bound (1,000-byte records).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_broker_never_lets_pending_work_exceed_the_bounds() {
+    const MAX_RECORDS: u64 = 300;
+    const MAX_BYTES: u64 = 16_000;
+    const WINDOW: usize = 1_000;
+    const SMALL: u64 = 2_000;
+    const LARGE: u64 = 150;
     let dev = DevBroker::start(1).unwrap();
     let topic = "faults-slow";
     dev.create_topic(topic, 4).unwrap();
@@ -211,28 +220,57 @@ async fn a_slow_broker_never_lets_pending_work_exceed_the_bounds() {
         .unwrap();
     let p = dev_producer(&dev, |c| {
         c.kafka.max_record_bytes = 10_000;
-        c.max_pending_records = 300;
-        c.max_pending_bytes = 16_000;
+        c.max_pending_records = MAX_RECORDS as usize;
+        c.max_pending_bytes = MAX_BYTES as usize;
     });
-    let mut max_records = 0;
-    let mut max_bytes = 0;
+    // About 12 bytes each: 300 of them are far below the byte bound.
+    let small = |i: u64| rec(topic, i);
+    // Exactly 1,000 bytes each: 16 fill the byte bound, far below the record bound.
+    let large = |i: u64| {
+        Record::new(
+            topic,
+            vec![b'x'; 1000 - 8]
+                .into_iter()
+                .chain(format!("{i:>8}").bytes())
+                .collect::<Vec<u8>>(),
+        )
+    };
+    // (records, bytes) peaks while small records were sent, and while large ones were.
+    let mut peak = [(0, 0); 2];
     let mut pending = std::collections::VecDeque::new();
-    for i in 0..3_000 {
-        pending.push_back(p.send(rec(topic, i)).await.unwrap());
+    for i in 0..SMALL + LARGE {
+        let (phase, r) = if i < SMALL {
+            (0, small(i))
+        } else {
+            (1, large(i))
+        };
+        pending.push_back(p.send(r).await.unwrap());
+        // Pending work only grows in `send`: reading right after each one sees every peak.
         let c = p.counters();
-        max_records = max_records.max(c.pending_records);
-        max_bytes = max_bytes.max(c.pending_bytes);
-        // Await in order once the window is half full, as a pipelined caller would.
-        while pending.len() > 150 {
+        peak[phase].0 = peak[phase].0.max(c.pending_records);
+        peak[phase].1 = peak[phase].1.max(c.pending_bytes);
+        while pending.len() > WINDOW {
             pending.pop_front().unwrap().await.unwrap();
         }
     }
     for f in pending {
         f.await.unwrap();
     }
-    assert!(max_records <= 300, "{max_records}");
-    assert!(max_bytes <= 16_000, "{max_bytes}");
-    assert_eq!(p.counters().delivered, 3_000);
+    assert_eq!(p.counters().delivered, SMALL + LARGE);
+    for (records, bytes) in peak {
+        assert!(records <= MAX_RECORDS, "record bound exceeded: {records}");
+        assert!(bytes <= MAX_BYTES, "byte bound exceeded: {bytes}");
+    }
+    // The bounds, not the caller's window, held the records back: each was reached.
+    assert_eq!(
+        peak[0].0, MAX_RECORDS,
+        "small records fill the record bound"
+    );
+    assert!(
+        peak[1].1 > MAX_BYTES - 1_000,
+        "large records fill the byte bound to within one record: {}",
+        peak[1].1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

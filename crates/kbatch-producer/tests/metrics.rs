@@ -42,6 +42,7 @@ async fn counters_gauges_and_batch_statistics_are_exported() {
     assert_eq!(bad[0].as_ref().unwrap_err().class(), ErrorClass::Permanent);
 
     let series = |name: &str, extra: &str| format!("{name}{{client=\"{client}\"{extra}}}");
+    // A hang guard naming what never showed up, not a speed target (it takes about 1 s).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let text = handle.render();

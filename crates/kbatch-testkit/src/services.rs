@@ -15,7 +15,8 @@ pub fn repo_root() -> PathBuf {
 /// Bootstrap servers of the Kafka cluster the tests use.
 ///
 /// `KBATCH_BROKERS` if set; otherwise `scripts/kafka up` starts a real broker (once per
-/// `cargo test` run: the state dir is keyed by the parent process, which owns and reaps it).
+/// `cargo test` or `cargo nextest run` run: the state dir is keyed by the parent process,
+/// which owns and reaps it).
 pub fn brokers() -> &'static str {
     static B: OnceLock<String> = OnceLock::new();
     B.get_or_init(|| service("KBATCH_BROKERS", "kafka"))
@@ -50,8 +51,11 @@ pub(crate) fn start_service(
     args: &[&str],
     instance: &str,
 ) -> (String, PathBuf) {
-    // The parent is `cargo test` (or the shell running a test binary): every test binary of
-    // the run shares one service, stopped by the script's watcher when that parent exits.
+    // The parent is `cargo test`, `cargo nextest` (one process per test, each a direct child
+    // of the runner's main process) or the shell running a test binary: every test process of
+    // the run shares one service, stopped by the script's watcher when that parent exits. The
+    // first `up` starts it under the state dir's lock; the others wait on that lock, then find
+    // it running and only register, so many test processes starting at once are safe.
     let owner = std::os::unix::process::parent_id();
     let root = repo_root();
     let state = root

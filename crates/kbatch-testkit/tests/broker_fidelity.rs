@@ -15,6 +15,8 @@ use kbatch_testkit::{
     consume_all, consumer_config, create_topic, produce, producer_config, unique_name,
 };
 
+/// Client timeouts and the wait for records: a hang guard (it names what never came), not a
+/// speed target; every step here takes well under a second.
 const T: Duration = Duration::from_secs(30);
 
 fn seq_of(value: &[u8]) -> u64 {

@@ -79,7 +79,8 @@ impl Ledger {
     }
 }
 
-/// Waits until `f` holds, failing after `secs`.
+/// Waits until `f` holds, failing after `secs` with `what`. The limit is a hang guard that names
+/// the missing condition, not a speed target: callers give several times what it ever takes.
 pub(crate) async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
