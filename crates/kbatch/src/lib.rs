@@ -89,3 +89,8 @@ pub mod prelude {
         ProducerConfig, Record, ShutdownMode, TopicPartition,
     };
 }
+
+/// The README's Rust examples, compiled with the doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
