@@ -7,8 +7,8 @@
 //!   lists — is not processed again after it (read from the group by another client);
 //! - within each run, each key's records are processed in offset order;
 //! - what a restart processes again is bounded by what was in flight at the kill plus what
-//!   finished within about one commit interval before it (the commit metadata carries the
-//!   rest);
+//!   finished since the last commit that landed (two commit intervals and a round trip at
+//!   most; the commit metadata carries the rest);
 //! - a static member (`--instance-id`, classic protocol) gets its partitions back at once after
 //!   a crash, without waiting for the session timeout (45 s);
 //! - with KIP-848's consumer protocol, a crashed static member's id stays taken until the
@@ -396,16 +396,19 @@ fn run_crash_test(m: &Membership, n: u64) {
                 .count();
             let kill_at = runs[i - 1].1.unwrap();
             // In flight at the kill, plus finished since the last commit that reached the
-            // broker: one interval, and the async commit's round trip and sampling slack.
+            // broker. Commits are made one at a time: the last to land was asked for at most
+            // an interval after the one before it landed, and its round trip reaches a second
+            // on a busy 2-core machine. Without commits while busy (issue 7) a restart redoes
+            // its whole run, several times this.
             let recent =
-                timeline.written_within(kill_at, COMMIT_INTERVAL + Duration::from_millis(300));
+                timeline.written_within(kill_at, 2 * COMMIT_INTERVAL + Duration::from_secs(1));
             let bound = CONCURRENCY + recent;
             eprintln!(
                 "restart {i}: {again} records processed again (bound {bound}: {CONCURRENCY} in flight + {recent} finished just before the kill)"
             );
             assert!(
                 again <= bound,
-                "restart {i} processed {again} records again; at most {bound} were in flight or finished within a commit interval of the kill"
+                "restart {i} processed {again} records again; at most {bound} were in flight or finished within two commit intervals and a round trip of the kill"
             );
             total_again += again;
         }
