@@ -90,14 +90,13 @@ pub(super) struct KbatchRun {
 pub(super) async fn run_kbatch(
     client: &ClientConfig,
     case: &Case,
-    n: u64,
     sleep_max: u64,
 ) -> anyhow::Result<Run> {
     let k = consume_kbatch(
         client,
         &case.topic,
         case.order,
-        n,
+        case.records,
         sleep_max,
         case.concurrency,
     )
@@ -216,14 +215,28 @@ impl Peers {
         self.share.is_ok()
     }
 
-    /// Why a peer did not run, if it did not.
-    pub(super) fn notes(&self) -> (Option<String>, Option<String>) {
-        (self.pc.clone().err(), self.share.clone().err())
+    /// Why a peer did not run where it did not, and how the share group's runs differ.
+    pub(super) fn notes(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Err(e) = &self.pc {
+            v.push(format!("Parallel Consumer {e}"));
+        }
+        match &self.share {
+            Err(e) => v.push(format!("share group {e}")),
+            Ok(_) => v.push(
+                "share group: UNORDERED cases only, since share groups give no ordering by key \
+                 or partition. Each run reads its own topic of the same shape (records, one \
+                 partition, 10-byte values), produced in one transaction once all its members \
+                 were assigned, because a member is assigned only about 5 s after it starts"
+                    .to_owned(),
+            ),
+        }
+        v
     }
 
     /// Confluent Parallel Consumer on `case`'s topic, fresh group, `maxConcurrency` equal to
     /// kbatch's concurrency.
-    pub(super) async fn run_pc(&self, case: &Case, n: u64) -> anyhow::Result<Run> {
+    pub(super) async fn run_pc(&self, case: &Case) -> anyhow::Result<Run> {
         let pc = self.pc.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
         let ordering = match case.order {
             ProcessingOrder::Key => "KEY",
@@ -239,7 +252,7 @@ impl Peers {
                 "--topic",
                 &case.topic,
                 "--records",
-                &n.to_string(),
+                &case.records.to_string(),
                 "--ordering",
                 ordering,
                 "--sleep-max-ms",
@@ -259,12 +272,7 @@ impl Peers {
 
     /// Share-group consumers on a fresh topic of the same shape (the harness makes and fills
     /// it once all its consumers have joined), total concurrency equal to kbatch's.
-    pub(super) async fn run_share(
-        &self,
-        admin: &Admin,
-        case: &Case,
-        n: u64,
-    ) -> anyhow::Result<Run> {
+    pub(super) async fn run_share(&self, admin: &Admin, case: &Case) -> anyhow::Result<Run> {
         let share = self.share.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
         let topic = format!(
             "kbatch-bench-share-{}-{:08x}",
@@ -280,7 +288,7 @@ impl Peers {
                 "--topic",
                 &topic,
                 "--records",
-                &n.to_string(),
+                &case.records.to_string(),
                 "--sleep-max-ms",
                 &self.sleep_max.to_string(),
                 "--concurrency",

@@ -31,9 +31,19 @@ pub(crate) struct Args {
     /// the share-group contender (`scripts/kafka up` does).
     #[arg(long, env = "KBATCH_BROKERS")]
     brokers: String,
-    /// Records per case (one partition), as in the Parallel Consumer README scenario.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Records per case of the concurrency sweep (one partition). Twice PC's README scenario,
+    /// so that a run at low concurrency lasts several seconds while the whole default run
+    /// (6 rounds) stays near 25 minutes on 2 cores; at high concurrency kbatch still finishes
+    /// in a fraction of a second, and more records would make the peers' runs there minutes.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     records: u64,
+    /// Distinct keys in the sweep's topic (the KEY cases), whatever `--records` is.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    keys: u64,
+    /// Records of the sequential cases (KEY with 1 key, PARTITION): one at a time, so a run
+    /// takes records × the mean handler time whoever runs it, 5–8 s for the default.
+    #[arg(long, default_value_t = 2_500, value_parser = clap::value_parser!(u64).range(1..))]
+    sequential_records: u64,
     /// Handler sleep: a whole number of ms uniform in 0..this (PC's VolumeTests: 0..=4 ms).
     #[arg(long, default_value_t = 5)]
     sleep_max_ms: u64,
@@ -75,6 +85,8 @@ struct Case {
     /// `key`, `unordered`, `key-1` or `partition`: what `--only` and the tuned rows group by.
     group: &'static str,
     order: ProcessingOrder,
+    /// Records in `topic`: the run reads all of them.
+    records: u64,
     keys: u64,
     concurrency: usize,
     topic: String,
@@ -133,8 +145,9 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
     // One topic per data shape, filled once; every run reads it with a fresh group.
     let mut topics = Vec::new();
     let mut cases = Vec::new();
-    if ["key", "unordered", "partition"].iter().any(|c| wanted(c)) {
-        let spread = contenders::fill(&admin, &client, "spread", 1, a.records, a.records).await?;
+    if ["key", "unordered"].iter().any(|c| wanted(c)) {
+        let keys = a.keys.min(a.records);
+        let spread = contenders::fill(&admin, &client, "spread", 1, a.records, keys).await?;
         topics.push(spread.clone());
         for (group, order) in [
             ("key", ProcessingOrder::Key),
@@ -148,37 +161,37 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
                     name: format!("{group}-c{c}"),
                     group,
                     order,
-                    keys: a.records,
+                    records: a.records,
+                    keys,
                     concurrency: c,
                     topic: spread.clone(),
                     swept: true,
                 });
             }
         }
-        if wanted("partition") {
-            cases.push(Case {
-                name: "partition".into(),
-                group: "partition",
-                order: ProcessingOrder::Partition,
-                keys: a.records,
-                concurrency: a.sequential_concurrency,
-                topic: spread,
-                swept: false,
-            });
-        }
     }
-    if wanted("key-1") {
-        let one = contenders::fill(&admin, &client, "one-key", 1, a.records, 1).await?;
+    if ["key-1", "partition"].iter().any(|c| wanted(c)) {
+        // One key: KEY then runs one record at a time, as PARTITION always does on one partition.
+        let n = a.sequential_records;
+        let one = contenders::fill(&admin, &client, "one-key", 1, n, 1).await?;
         topics.push(one.clone());
-        cases.push(Case {
-            name: "key-1".into(),
-            group: "key-1",
-            order: ProcessingOrder::Key,
-            keys: 1,
-            concurrency: a.sequential_concurrency,
-            topic: one,
-            swept: false,
-        });
+        for (group, order) in [
+            ("key-1", ProcessingOrder::Key),
+            ("partition", ProcessingOrder::Partition),
+        ] {
+            if wanted(group) {
+                cases.push(Case {
+                    name: group.into(),
+                    group,
+                    order,
+                    records: n,
+                    keys: 1,
+                    concurrency: a.sequential_concurrency,
+                    topic: one.clone(),
+                    swept: false,
+                });
+            }
+        }
     }
     let noop_topic = if wanted("noop") {
         let t = contenders::fill(&admin, &client, "noop", 8, a.noop_records, 100_000).await?;
@@ -221,18 +234,18 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
                 let slot = &mut rounds[(i + round as usize) % n];
                 let mut run = match slot.contender {
                     Contender::Kbatch => {
-                        contenders::run_kbatch(&client, case, a.records, a.sleep_max_ms).await?
+                        contenders::run_kbatch(&client, case, a.sleep_max_ms).await?
                     }
-                    Contender::ParallelConsumer => peers.run_pc(case, a.records).await?,
-                    Contender::ShareGroup => peers.run_share(&admin, case, a.records).await?,
+                    Contender::ParallelConsumer => peers.run_pc(case).await?,
+                    Contender::ShareGroup => peers.run_share(&admin, case).await?,
                 };
                 run.round = round;
-                run.efficiency = a.records as f64 * run.mean_handler_ms
+                run.efficiency = case.records as f64 * run.mean_handler_ms
                     / 1e3
                     / case.usable_concurrency() as f64
                     / run.seconds;
                 eprintln!(
-                    "bench:   {:<14} {:<11} {:>8.3} s  handler {:.3} ms  efficiency {:.2}{}",
+                    "bench:   {:<16} {:<11} {:>8.3} s  handler {:.3} ms  efficiency {:.2}{}",
                     case.name,
                     slot.contender.label(),
                     run.seconds,
@@ -250,7 +263,7 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
         if let Some(topic) = &noop_topic {
             let r = contenders::run_noop(&client, topic, a.noop_records, round).await?;
             eprintln!(
-                "bench:   noop           kbatch {:.0} msgs/s, BaseConsumer {:.0} msgs/s",
+                "bench:   noop             kbatch {:.0} msgs/s, BaseConsumer {:.0} msgs/s",
                 r.kbatch_msgs_per_s, r.base_consumer_msgs_per_s
             );
             if counted {

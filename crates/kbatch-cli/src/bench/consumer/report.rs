@@ -93,11 +93,13 @@ struct NoopReport {
 #[derive(Debug, Serialize)]
 pub(super) struct Report {
     records_per_case: u64,
+    sequential_records: u64,
+    keys: u64,
     handler_sleep_ms: String,
     rounds: u32,
     warmup_rounds: u32,
-    pc_note: Option<String>,
-    share_note: Option<String>,
+    /// Why a contender is missing from a case, and what differs in how one runs.
+    notes: Vec<String>,
     cases: Vec<CaseReport>,
     tuned: Vec<Tuned>,
     noop: Option<NoopReport>,
@@ -162,14 +164,14 @@ impl Report {
             ),
             rounds: noop,
         });
-        let (pc_note, share_note) = peers.notes();
         Self {
             records_per_case: a.records,
+            sequential_records: a.sequential_records,
+            keys: a.keys.min(a.records),
             handler_sleep_ms: format!("uniform whole ms in 0..{}", a.sleep_max_ms),
             rounds: a.rounds,
             warmup_rounds: a.warmup_rounds,
-            pc_note,
-            share_note,
+            notes: peers.notes(),
             cases: reports,
             tuned,
             noop,
@@ -178,66 +180,81 @@ impl Report {
 
     pub(super) fn print(&self) {
         eprintln!(
-            "\nconsumer benchmark: {} records per case on 1 partition, handler sleeps {}; \
-             {} rounds after {} warm-up; seconds from the first record handled to the last, \
-             median (min–max); eff = records × own mean handler time ÷ usable concurrency ÷ seconds",
-            self.records_per_case, self.handler_sleep_ms, self.rounds, self.warmup_rounds
+            "\nconsumer benchmark: {} records per sweep case ({} keys for KEY), {} per sequential \
+             case, on 1 partition, handler sleeps {}; {} rounds after {} warm-up, contenders in \
+             a rotated order; median (min–max) over the rounds",
+            self.records_per_case,
+            self.keys,
+            self.sequential_records,
+            self.handler_sleep_ms,
+            self.rounds,
+            self.warmup_rounds
         );
-        for n in [&self.pc_note, &self.share_note].into_iter().flatten() {
-            eprintln!("  {n}");
-        }
         eprintln!(
-            "  {:<14} {:>5} {:>24} {:>5} {:>24} {:>5} {:>21} {:>24} {:>5} {:>21}",
-            "case",
-            "conc.",
-            "kbatch s",
-            "eff",
-            "PC s",
-            "eff",
-            "PC/kbatch",
-            "share group s",
-            "eff",
-            "share/kbatch"
+            "  s: first record handled to the last; handler: the contender's own mean handler \
+             time per record; eff = records × handler ÷ usable concurrency ÷ s (1.00 = ideal); \
+             s ÷ kbatch s: per round, above 1 kbatch was faster (it reflects the handler times \
+             too, eff does not)"
+        );
+        for n in &self.notes {
+            eprintln!("  note: {n}");
+        }
+        eprintln!("\n  equal settings: every contender at the concurrency shown");
+        eprintln!(
+            "  {:<16} {:>5} {:<12} {:>26} {:>8} {:>20} {:>20}",
+            "case", "conc.", "contender", "s", "handler", "eff", "s ÷ kbatch s"
         );
         for c in &self.cases {
-            let get = |who: Contender| c.contenders.iter().find(|x| x.contender == who);
-            let secs = |who| Spread::show(get(who).and_then(|x| x.seconds), 3);
-            let eff = |who| {
-                get(who)
-                    .and_then(|x| x.efficiency)
-                    .map_or("-".to_owned(), |e| format!("{:.2}", e.median))
-            };
-            eprintln!(
-                "  {:<14} {:>5} {:>24} {:>5} {:>24} {:>5} {:>21} {:>24} {:>5} {:>21}",
-                c.case,
-                c.concurrency,
-                secs(Contender::Kbatch),
-                eff(Contender::Kbatch),
-                secs(Contender::ParallelConsumer),
-                eff(Contender::ParallelConsumer),
-                Spread::show(c.pc_vs_kbatch, 2),
-                secs(Contender::ShareGroup),
-                eff(Contender::ShareGroup),
-                Spread::show(c.share_vs_kbatch, 2),
-            );
-            if let Some(d) = get(Contender::ShareGroup).and_then(|x| x.detail.as_deref()) {
-                eprintln!("  {:<14} share group: {d}", "");
+            for x in &c.contenders {
+                let vs = match x.contender {
+                    Contender::Kbatch => None,
+                    Contender::ParallelConsumer => c.pc_vs_kbatch,
+                    Contender::ShareGroup => c.share_vs_kbatch,
+                };
+                eprintln!(
+                    "  {:<16} {:>5} {:<12} {:>26} {:>8} {:>20} {:>20}",
+                    c.case,
+                    c.concurrency,
+                    x.contender.label(),
+                    Spread::show(x.seconds, 3),
+                    x.mean_handler_ms
+                        .map_or("-".to_owned(), |h| format!("{:.2} ms", h.median)),
+                    Spread::show(x.efficiency, 2),
+                    if x.contender == Contender::Kbatch {
+                        String::new()
+                    } else {
+                        Spread::show(vs, 2)
+                    },
+                );
+                if let Some(d) = &x.detail {
+                    eprintln!("  {:<16} {:>5} {:<12} {d}", "", "", "");
+                }
             }
+        }
+        if !self.tuned.is_empty() {
+            eprintln!(
+                "\n  tuned (not equal settings): each contender at its own fastest concurrency of \
+                 the sweep, by median s"
+            );
+            eprintln!(
+                "  {:<16} {:>5} {:<12} {:>26} {:>8} {:>20}",
+                "ordering", "conc.", "contender", "s", "", "eff"
+            );
         }
         for t in &self.tuned {
             eprintln!(
-                "  {:<10} tuned: {:<11} fastest at concurrency {:>5}: {} s, eff {}",
+                "  {:<16} {:>5} {:<12} {:>26} {:>8} {:>20}",
                 t.ordering,
-                t.contender.label(),
                 t.concurrency,
+                t.contender.label(),
                 Spread::show(t.seconds, 3),
-                t.efficiency
-                    .map_or("-".to_owned(), |e| format!("{:.2}", e.median))
+                "",
+                Spread::show(t.efficiency, 2),
             );
         }
         if let Some(n) = &self.noop {
             eprintln!(
-                "  no-op, {} records on {} partitions, both committing every {} ms: \
+                "\n  no-op, {} records on {} partitions, both committing every {} ms: \
                  kbatch {} msgs/s, BaseConsumer {} msgs/s, kbatch/BaseConsumer {}",
                 n.records,
                 n.partitions,
