@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared helpers for scripts/{kafka,postgres,mariadb,services}.
+# Shared helpers for scripts/{kafka,postgres,mariadb,services,pc,share}.
 # Sourced, never executed; the callers already run with `set -euo pipefail`.
 #
 # Conventions:
@@ -319,4 +319,56 @@ kb_tail_log() {
   else
     kb_log "(no log at $file)"
   fi
+}
+
+# --- Java harnesses (scripts/pc, scripts/share) ------------------------------
+# kb_mvn_package PROJECT JAR WHAT: `mvn package` the Maven project in PROJECT when its
+# pom, settings or sources changed since the last build (hash in PROJECT/target/.build-stamp),
+# producing JAR and PROJECT/target/lib. Parallel callers build once; the others wait, then
+# reuse it. A maven-settings.xml beside the pom is used when present.
+kb_mvn_source_hash() {
+  (
+    cd "$1"
+    {
+      sha256sum pom.xml
+      [[ -f maven-settings.xml ]] && sha256sum maven-settings.xml
+      find src -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+    } | sha256sum | cut -d' ' -f1
+  )
+}
+
+kb_mvn_up_to_date() {
+  local project="$1" jar="$2"
+  [[ -f "$jar" && -d "$project/target/lib" &&
+    "$(cat "$project/target/.build-stamp" 2>/dev/null || true)" == "$(kb_mvn_source_hash "$project")" ]]
+}
+
+kb_mvn_package() {
+  local project="$1" jar="$2" what="$3" target="$1/target"
+  kb_mvn_up_to_date "$project" "$jar" && return 0
+  kb_need_cmd java openjdk-17-jre-headless
+  kb_need_cmd javac openjdk-17-jdk-headless
+  kb_need_cmd mvn maven
+  mkdir -p "$target"
+  exec 8>"$target/.build.lock"
+  flock -w 900 8 || kb_die "timed out waiting for $target/.build.lock"
+  if ! kb_mvn_up_to_date "$project" "$jar"; then
+    local want t0
+    local -a settings=()
+    [[ -f "$project/maven-settings.xml" ]] && settings=(-s "$project/maven-settings.xml")
+    want="$(kb_mvn_source_hash "$project")"
+    t0="$(kb_now)"
+    kb_log "building the $what with Maven ..."
+    rm -rf "$target/.build-stamp" "$jar" "${target:?}/lib" "${target:?}/classes" "${target:?}/maven-status"
+    # Maven 3.8 prints stray colour resets even in batch mode: strip them.
+    # shellcheck disable=SC2086 # KBATCH_MAVEN_ARGS is a list of flags
+    if ! (cd "$project" && mvn -q -B -Dstyle.color=never "${settings[@]}" ${KBATCH_MAVEN_ARGS:-} \
+      -f "$project/pom.xml" package 2>&1) | sed 's/\x1b\[[0-9;]*m//g' >&2; then
+      kb_die "Maven build failed (see output above)"
+    fi
+    [[ -f "$jar" && -d "$target/lib" ]] || kb_die "Maven finished but $jar or $target/lib is missing"
+    printf '%s\n' "$want" >"$target/.build-stamp"
+    kb_log "built in $(kb_since "$t0")s: $jar"
+  fi
+  exec 8>&-
 }

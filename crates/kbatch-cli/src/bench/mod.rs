@@ -13,8 +13,8 @@ pub(crate) enum Bench {
     /// kbatch Producer vs rdkafka FutureProducer, BaseProducer and confluent-kafka-python's
     /// AIOProducer: N records of S bytes to P partitions, acks=all, alternating, R rounds.
     Producer(producer::Args),
-    /// kbatch's parallel consumer vs Confluent Parallel Consumer (PC's README scenario) and a
-    /// no-op run vs rdkafka's BaseConsumer.
+    /// kbatch's parallel consumer vs Confluent Parallel Consumer and Kafka share groups at equal
+    /// concurrency (PC's README scenario, swept), and a no-op run vs rdkafka's BaseConsumer.
     Consumer(consumer::Args),
     /// Restart-to-first-record of a parallel consumer killed with SIGKILL, for the classic
     /// protocol, static membership and KIP-848's consumer protocol.
