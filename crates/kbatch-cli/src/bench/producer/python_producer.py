@@ -9,6 +9,11 @@ in-flight window:
   `produce` as confluent-kafka's documentation does, and `poll(1)` (until a delivery report is
   served) on BufferError; its window is librdkafka's queue.buffering.max.messages.
 
+"seconds" runs from the first produce until every delivery is confirmed, as for the Rust
+contenders. "cpu_seconds" (this process, all threads) spans the client's whole life, from
+construction to close, as the Rust contenders' CPU time does; interpreter start-up and imports
+are left out.
+
 With "mode": "settings" nothing is produced: the client is made with debug=conf and the lines
 librdkafka logs about its settings are printed, for the bench to compare with the others'.
 Prints one JSON line.
@@ -33,6 +38,14 @@ class Lines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
+def window_of(client: str, args: dict) -> int:
+    """The in-flight bound the client really runs with: librdkafka's queue for the callback
+    producer (its default when unset), the futures' bound for AIOProducer."""
+    if client == "producer":
+        return int(args["config"].get("queue.buffering.max.messages", 100000))
+    return args["window"]
+
+
 def conf_logger() -> tuple:
     handler = Lines()
     logger = logging.getLogger("kbatch-bench-conf")
@@ -54,7 +67,7 @@ def settings_producer(args: dict) -> dict:
     deadline = time.monotonic() + 5
     while not complete(handler.lines) and time.monotonic() < deadline:
         p.poll(0.05)
-    return {"lines": handler.lines, "window": args["window"]}
+    return {"lines": handler.lines, "window": window_of("producer", args)}
 
 
 async def settings_aio(args: dict) -> dict:
@@ -65,7 +78,7 @@ async def settings_aio(args: dict) -> dict:
         await p.poll(0.05)
         await asyncio.sleep(0.01)
     await p.close()
-    return {"lines": handler.lines, "window": args["window"]}
+    return {"lines": handler.lines, "window": window_of("aio", args)}
 
 
 def run_producer(args: dict) -> dict:
@@ -74,14 +87,14 @@ def run_producer(args: dict) -> dict:
     def on_delivery(err, _msg) -> None:
         counts[err is not None] += 1
 
-    p = Producer(dict(args["config"], on_delivery=on_delivery))
     topic, records = args["topic"], args["records"]
     value = b"x" * args["size"]
     keys = [f"key-{k}".encode() for k in range(args["keys"])]
     nkeys = len(keys)
+    cpu_start = time.process_time()
+    p = Producer(dict(args["config"], on_delivery=on_delivery))
     produce, poll = p.produce, p.poll
     start = time.perf_counter()
-    cpu_start = time.process_time()
     for i in range(records):
         while True:
             try:
@@ -92,16 +105,19 @@ def run_producer(args: dict) -> dict:
         poll(0)
     left = p.flush(300)
     seconds = time.perf_counter() - start
+    # The last reference: rd_kafka_destroy runs here, as the Rust clients' drop does.
+    del produce, poll, p
     cpu_seconds = time.process_time() - cpu_start
     return {"delivered": counts[0], "failed": counts[1] + left, "seconds": seconds,
-            "cpu_seconds": cpu_seconds, "window": args["window"]}
+            "cpu_seconds": cpu_seconds, "window": window_of("producer", args)}
 
 
 async def run_aio(args: dict) -> dict:
-    producer = AIOProducer(dict(args["config"]))
-    topic, records, window = args["topic"], args["records"], args["window"]
+    topic, records, window = args["topic"], args["records"], window_of("aio", args)
     value = b"x" * args["size"]
     keys = [f"key-{k}".encode() for k in range(args["keys"])]
+    cpu_start = time.process_time()
+    producer = AIOProducer(dict(args["config"]))
     delivered = failed = 0
     pending: deque = deque()
 
@@ -114,7 +130,6 @@ async def run_aio(args: dict) -> dict:
             failed += 1
 
     start = time.perf_counter()
-    cpu_start = time.process_time()
     for i in range(records):
         while len(pending) >= window:
             await settle(pending.popleft())
@@ -123,8 +138,9 @@ async def run_aio(args: dict) -> dict:
     while pending:
         await settle(pending.popleft())
     seconds = time.perf_counter() - start
-    cpu_seconds = time.process_time() - cpu_start
     await producer.close()
+    del producer
+    cpu_seconds = time.process_time() - cpu_start
     return {"delivered": delivered, "failed": failed, "seconds": seconds,
             "cpu_seconds": cpu_seconds, "window": window}
 
