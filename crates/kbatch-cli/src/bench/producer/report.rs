@@ -110,6 +110,9 @@ pub(super) struct Report {
     /// BaseProducer polled every N sends, and its dedicated poll thread (ThreadedProducer).
     poll_sweep: Vec<String>,
     kbatch_ratios: Vec<Ratio>,
+    /// Every contender kbatch trails, in throughput (in any measured round) or in CPU per
+    /// record (at the median), in words; empty when it trails none.
+    kbatch_behind: Vec<String>,
     warmup: Vec<Run>,
     runs: Vec<Run>,
 }
@@ -171,6 +174,7 @@ impl Report {
                 })
             })
             .collect();
+        let kbatch_behind = behind(&contenders, &kbatch_ratios);
         Self {
             broker: s.broker,
             records: s.records,
@@ -196,6 +200,7 @@ impl Report {
             base_producer_best,
             poll_sweep,
             kbatch_ratios,
+            kbatch_behind,
             warmup: s.warmup,
             runs: s.runs,
         }
@@ -238,8 +243,29 @@ impl Report {
                 .map_or_else(String::new, |p| format!("; Python: {p}"))
         );
         eprintln!(
+            "  librdkafka settings, checked equal for every contender (callbacks and client \
+             identity aside): {}",
+            self.librdkafka_settings
+                .iter()
+                .filter(|(k, _)| !k.contains("broker.list") && !k.starts_with("bootstrap"))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        if let Some(note) = self.python_note.as_deref() {
+            eprintln!("  Python peers not run: {note}");
+        }
+        if let Some(py) = self.python_client.as_deref()
+            && !py.ends_with(&format!("librdkafka {}", self.rust_librdkafka()))
+        {
+            eprintln!(
+                "  note: the Python peers bundle another librdkafka than the Rust contenders; \
+                 the check covers every property set, not the defaults of those left unset"
+            );
+        }
+        eprintln!(
             "  {:<64} {:>30}  {:>22}",
-            "contender", "msgs/s min / median / max", "CPU µs/record"
+            "contender", "msgs/s min / median / max", "CPU µs/record min / median / max"
         );
         let best = self.base_producer_best.as_deref();
         let mut headline: Vec<(String, &Summary)> = Vec::new();
@@ -297,7 +323,71 @@ impl Report {
                 );
             }
         }
+        if self.kbatch_behind.is_empty() {
+            if self.summary("kbatch").is_some() && !self.kbatch_ratios.is_empty() {
+                eprintln!(
+                    "  kbatch is behind no contender: ahead in throughput in every round, and no \
+                     more CPU per record at the median"
+                );
+            }
+        } else {
+            eprintln!("  WHERE KBATCH IS BEHIND:");
+            for b in &self.kbatch_behind {
+                eprintln!("    - {b}");
+            }
+        }
     }
+
+    /// The librdkafka version of the Rust contenders, from `rust_client`.
+    fn rust_librdkafka(&self) -> &str {
+        self.rust_client.rsplit(' ').next().unwrap_or("")
+    }
+}
+
+/// Where kbatch trails: a contender it is slower than in some measured round (named with the
+/// rounds' ratios), or that spends less CPU per record at the median.
+fn behind(contenders: &[Summary], ratios: &[Ratio]) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in ratios {
+        let slower = r.per_round.iter().filter(|x| **x < 1.0).count();
+        if slower == 0 {
+            continue;
+        }
+        let how = if slower == r.per_round.len() {
+            "in every round".to_owned()
+        } else if r.spread.median < 1.0 {
+            format!("at the median, in {slower} of {} rounds", r.per_round.len())
+        } else {
+            format!(
+                "in {slower} of {} rounds (ahead at the median)",
+                r.per_round.len()
+            )
+        };
+        out.push(format!(
+            "throughput vs {}: kbatch ÷ it = {:.2} / {:.2} / {:.2}, behind {how}",
+            r.kbatch_vs, r.spread.min, r.spread.median, r.spread.max
+        ));
+    }
+    let cpu = |key: &str| {
+        contenders
+            .iter()
+            .find(|c| c.contender == key)
+            .and_then(|c| c.cpu_us_per_record)
+            .map(|s| s.median)
+    };
+    if let Some(ours) = cpu("kbatch") {
+        for c in contenders.iter().filter(|c| c.contender != "kbatch") {
+            if let Some(theirs) = cpu(&c.contender)
+                && ours > theirs
+            {
+                out.push(format!(
+                    "CPU vs {}: kbatch {ours:.2} µs/record, it {theirs:.2} (medians)",
+                    c.contender
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// A sweep point's cadence in words.
@@ -317,6 +407,53 @@ mod tests {
         let s = Spread::of(&[3.0, f64::NAN, 1.0, 2.0]).unwrap();
         assert_eq!((s.min, s.median, s.max), (1.0, 2.0, 3.0));
         assert!(Spread::of(&[f64::NAN]).is_none());
+    }
+
+    fn summary(key: &str, median: f64, cpu: f64) -> Summary {
+        let s = |v| Spread {
+            min: v,
+            median: v,
+            max: v,
+        };
+        Summary {
+            contender: key.to_owned(),
+            description: String::new(),
+            bound: String::new(),
+            msgs_per_s: s(median),
+            cpu_us_per_record: Some(s(cpu)),
+        }
+    }
+
+    fn ratio(key: &str, per_round: &[f64]) -> Ratio {
+        Ratio {
+            kbatch_vs: key.to_owned(),
+            per_round: per_round.to_vec(),
+            spread: Spread::of(per_round).unwrap(),
+        }
+    }
+
+    #[test]
+    fn every_contender_kbatch_trails_is_named() {
+        let contenders = [
+            summary("kbatch", 100.0, 2.0),
+            summary("threaded_producer", 90.0, 1.5),
+            summary("future_producer", 50.0, 3.0),
+            summary("python_producer", 110.0, 2.5),
+        ];
+        let ratios = [
+            ratio("threaded_producer", &[1.2, 0.9, 1.1]),
+            ratio("future_producer", &[2.0, 2.1, 1.9]),
+            ratio("python_producer", &[0.9, 0.8, 0.95]),
+        ];
+        let b = behind(&contenders, &ratios);
+        assert_eq!(b.len(), 3, "{b:?}");
+        assert!(b[0].contains("threaded_producer") && b[0].contains("1 of 3 rounds (ahead"));
+        assert!(b[1].contains("python_producer") && b[1].contains("in every round"));
+        assert!(b[2].starts_with("CPU vs threaded_producer"));
+        assert!(
+            behind(&contenders[..3], &ratios[1..2]).len() == 1,
+            "only the CPU row"
+        );
     }
 
     #[test]
