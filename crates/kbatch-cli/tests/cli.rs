@@ -81,6 +81,68 @@ fn demo_against_the_real_broker_verifies_zero_loss() {
 }
 
 #[test]
+fn producer_bench_runs_every_rust_contender_each_round_and_reports_ratios() {
+    let out = kbatch()
+        .args([
+            "bench",
+            "producer",
+            "--records",
+            "5000",
+            "--rounds",
+            "2",
+            "--poll-every",
+            "64,1",
+            "--no-python",
+            "--json",
+            "--brokers",
+            brokers(),
+        ])
+        .output()
+        .unwrap();
+    let s = json_of(&out);
+    let keys = [
+        "kbatch",
+        "base_producer_poll_every_1",
+        "base_producer_poll_every_64",
+        "threaded_producer",
+        "future_producer",
+    ];
+    let count = |runs: &serde_json::Value, key: &str| {
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["contender"] == key)
+            .count()
+    };
+    for key in keys {
+        assert_eq!(count(&s["warmup"], key), 1, "{key} warm-up: {s}");
+        assert_eq!(count(&s["runs"], key), 2, "{key} measured: {s}");
+    }
+    assert_eq!(s["runs"].as_array().unwrap().len(), 2 * keys.len());
+    // Rotation: a different contender opens each round.
+    let first = |round: u64| {
+        s["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["round"] == round && r["position"] == 0)
+            .map(|r| r["contender"].clone())
+    };
+    assert_ne!(first(1), first(2), "{s}");
+    let ratios = s["kbatch_ratios"].as_array().unwrap();
+    assert_eq!(ratios.len(), keys.len() - 1, "{s}");
+    for r in ratios {
+        assert_eq!(r["per_round"].as_array().unwrap().len(), 2, "{r}");
+        assert!(r["spread"]["min"].as_f64().unwrap() <= r["spread"]["max"].as_f64().unwrap());
+    }
+    assert_eq!(
+        s["librdkafka_settings"]["queue.buffering.max.messages"],
+        "100000"
+    );
+    assert!(s["kbatch_behind"].is_array(), "{s}");
+}
+
+#[test]
 fn demo_refuses_a_workload_the_dev_broker_would_silently_truncate() {
     let out = kbatch()
         .args(["demo", "--records", "1000000", "--partitions", "1"])

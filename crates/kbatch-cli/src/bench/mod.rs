@@ -10,8 +10,9 @@ use clap::Subcommand;
 /// Which benchmark.
 #[derive(Subcommand, Debug)]
 pub(crate) enum Bench {
-    /// kbatch Producer vs rdkafka FutureProducer, BaseProducer and confluent-kafka-python's
-    /// AIOProducer: N records of S bytes to P partitions, acks=all, alternating, R rounds.
+    /// kbatch Producer vs rdkafka's BaseProducer (poll cadences swept), ThreadedProducer and
+    /// FutureProducer and confluent-kafka-python's Producer and AIOProducer, at equal settings
+    /// and one in-flight window: a warm-up round, then R rotated rounds.
     Producer(producer::Args),
     /// kbatch's parallel consumer vs Confluent Parallel Consumer and Kafka share groups at equal
     /// concurrency (PC's README scenario, swept), and a no-op run vs rdkafka's BaseConsumer.
