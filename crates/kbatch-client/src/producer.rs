@@ -391,8 +391,9 @@ fn background_poll<S: DeliverySink>(p: &BaseProducer<SinkContext<S>>, s: &PollSt
             last_tick = Instant::now();
             p.context().sink.on_tick();
         }
-        let since_inline =
-            s.epoch.elapsed().as_nanos() as u64 - s.last_inline.load(Ordering::Relaxed);
+        // A sender may stamp a time later than the `elapsed` read here: that is "just now".
+        let since_inline = (s.epoch.elapsed().as_nanos() as u64)
+            .saturating_sub(s.last_inline.load(Ordering::Relaxed));
         if since_inline < INLINE_GRACE.as_nanos() as u64 {
             std::thread::sleep(INLINE_GRACE);
         } else {
