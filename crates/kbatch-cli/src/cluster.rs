@@ -1,5 +1,8 @@
 //! Choosing the cluster: `--brokers`, or the embedded dev broker.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use clap::Args as ClapArgs;
 use kbatch_client::{Admin, ClientConfig, DevBroker, NewTopic};
 
@@ -25,10 +28,23 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
     }
 }
 
+thread_local! {
+    /// Every embedded dev broker started (on the main thread, which drives the command), kept
+    /// until [`stop_dev_brokers`]: a client the command dropped is destroyed on the runtime's
+    /// blocking pool after the command returns, and a broker gone before it makes it log
+    /// connection errors after the command's output.
+    static DEV_BROKERS: RefCell<Vec<Rc<DevBroker>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Stops the embedded dev brokers; call it once the runtime (and every client) is gone.
+pub(crate) fn stop_dev_brokers() {
+    DEV_BROKERS.with(|d| d.borrow_mut().clear());
+}
+
 /// A connected cluster; holds the embedded broker alive when one was started.
 pub(crate) struct Cluster {
     pub(crate) bootstrap: String,
-    pub(crate) dev: Option<DevBroker>,
+    pub(crate) dev: Option<Rc<DevBroker>>,
     properties: Vec<(String, String)>,
 }
 
@@ -45,7 +61,8 @@ impl Target {
                 Ok(cluster)
             }
             None => {
-                let dev = DevBroker::start(1)?;
+                let dev = Rc::new(DevBroker::start(1)?);
+                DEV_BROKERS.with(|d| d.borrow_mut().push(Rc::clone(&dev)));
                 let bootstrap = dev.bootstrap_servers();
                 eprintln!(
                     "started embedded in-memory DEV broker at {bootstrap} (librdkafka mock cluster; not a real Kafka, data lives only in this process)"

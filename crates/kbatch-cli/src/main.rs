@@ -53,7 +53,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         if let Some(addr) = cli.metrics_addr {
             metrics_exporter_prometheus::PrometheusBuilder::new()
                 .with_http_listener(addr)
@@ -68,5 +68,10 @@ fn main() -> anyhow::Result<()> {
             Command::Demo(a) => demo::run(a).await,
             Command::Bench(b) => bench::run(b).await,
         }
-    })
+    });
+    // Clients dropped by the command close on the blocking pool: let them finish (bounded),
+    // then stop the embedded broker they may still be talking to.
+    rt.shutdown_timeout(std::time::Duration::from_secs(30));
+    cluster::stop_dev_brokers();
+    result
 }
