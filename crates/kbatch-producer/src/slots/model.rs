@@ -240,6 +240,33 @@ fn each_future_gets_its_own_result_while_slots_are_reused() {
     });
 }
 
+/// Whoever sees a future resolved sees its report counted: the counters are read by users
+/// (and tests) right after awaiting, while the poll thread may still be inside `complete`.
+#[test]
+fn a_resolved_future_is_already_counted() {
+    check(2, || {
+        let s = Arc::new(Slots::new(2, 1 << 20));
+        let (a, b) = (send(&s, 10), send(&s, 10));
+        let poller = {
+            let s = Arc::clone(&s);
+            thread::spawn(move || {
+                s.complete(a, delivered(1));
+                s.complete(b, failed(2));
+            })
+        };
+        assert_eq!(offset(block_on(DeliveryFuture::new(Arc::clone(&s), a))), 1);
+        assert_eq!(s.counters().delivered, 1, "resolved, so counted");
+        assert!(block_on(DeliveryFuture::new(Arc::clone(&s), b)).is_err());
+        let c = s.counters();
+        assert_eq!(
+            c.failed_retriable + c.failed_permanent + c.failed_fatal,
+            1,
+            "resolved, so counted"
+        );
+        poller.join().unwrap();
+    });
+}
+
 /// A future polled once (its waker registered) and then dropped, racing the report: the slot
 /// is freed exactly once, by whichever side finishes last, and taken again by the next send.
 #[test]

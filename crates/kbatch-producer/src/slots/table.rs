@@ -212,9 +212,7 @@ impl Slots {
                 s.offset.store(d.offset.0, Ordering::Relaxed);
                 s.timestamp
                     .store(d.timestamp.map_or(NO_TIMESTAMP, |t| t.0), Ordering::Relaxed);
-                if self.publish(i, 0) {
-                    self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                }
+                self.publish(i, 0, &self.counters.delivered);
             }
             Err(e) => {
                 if !claim(s) {
@@ -222,9 +220,7 @@ impl Slots {
                 }
                 let class = e.class();
                 *lock(&s.failure) = Some(ProduceError::Delivery(e));
-                if self.publish(i, FAILED) {
-                    self.count_failure(class);
-                }
+                self.publish(i, FAILED, self.failure_counter(class));
             }
         }
     }
@@ -240,8 +236,7 @@ impl Slots {
                 continue;
             }
             *lock(&s.failure) = Some(ProduceError::Closed { record: None });
-            if self.publish(i as u32, FAILED) {
-                self.count_failure(ErrorClass::Fatal);
+            if self.publish(i as u32, FAILED, self.failure_counter(ErrorClass::Fatal)) {
                 n += 1;
             } else {
                 // librdkafka's success report came first.
@@ -251,16 +246,20 @@ impl Slots {
         n
     }
 
-    /// Publishes the result written into slot `i` (sets DONE plus `flag`), releases its
-    /// budget and wakes its future. Returns false, changing nothing, when the slot was done
-    /// already.
-    fn publish(&self, i: u32, flag: u32) -> bool {
+    /// Publishes the result written into slot `i` (sets DONE plus `flag`), counts it in
+    /// `counter`, releases its budget and wakes its future. Returns false, changing nothing,
+    /// when the slot was done already.
+    fn publish(&self, i: u32, flag: u32, counter: &AtomicU64) -> bool {
         let s = &self.slots[i as usize];
         // Read before DONE is set: until then the slot cannot be freed, let alone reused.
         let size = s.size.load(Ordering::Relaxed);
+        // Counted before DONE is published (the CAS below releases it): whoever sees the
+        // future resolved sees it counted too. Taken back when another report won the slot.
+        counter.fetch_add(1, Ordering::Relaxed);
         let mut cur = s.state.load(Ordering::Relaxed);
         let prev = loop {
             if cur & DONE != 0 {
+                counter.fetch_sub(1, Ordering::Relaxed);
                 return false;
             }
             // Without a registered waker, setting DONE is the reporter's last touch.
@@ -391,12 +390,15 @@ impl Slots {
 
     /// Counts one failed record in its class.
     pub(crate) fn count_failure(&self, class: ErrorClass) {
-        let c = match class {
+        self.failure_counter(class).fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn failure_counter(&self, class: ErrorClass) -> &AtomicU64 {
+        match class {
             ErrorClass::Retriable => &self.counters.failed_retriable,
             ErrorClass::Permanent => &self.counters.failed_permanent,
             _ => &self.counters.failed_fatal,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Stops admitting records; wakes everyone waiting for room so they see `Closed`.
