@@ -26,7 +26,8 @@ use crate::slots::Slots;
 pub struct ProducerCounters {
     /// Records handed to the client.
     pub sent: u64,
-    /// Records acknowledged by the broker.
+    /// Records acknowledged by the broker. A future that has resolved is counted here (or in
+    /// a `failed_*` field) already.
     pub delivered: u64,
     /// Records failed, retriable class.
     pub failed_retriable: u64,
@@ -34,11 +35,14 @@ pub struct ProducerCounters {
     pub failed_permanent: u64,
     /// Records failed, fatal class (including closed).
     pub failed_fatal: u64,
-    /// Records the producer holds (sent, not yet delivered or failed): the queue depth.
+    /// Records the producer holds (sent, not yet delivered or failed): the queue depth. The
+    /// poll thread gives a record back just after resolving its future; after `close()` it
+    /// is settled.
     pub pending_records: u64,
     /// Payload bytes the producer holds.
     pub pending_bytes: u64,
-    /// Delivery futures not yet awaited or dropped.
+    /// Delivery futures not yet awaited or dropped (a slot is given back once both the future
+    /// and the poll thread are done with it).
     pub outstanding_futures: u64,
 }
 
