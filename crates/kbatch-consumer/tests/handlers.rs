@@ -103,6 +103,11 @@ async fn batch_handlers_get_ordered_batches_and_a_failed_batch_goes_to_the_callb
         ok + dead.lock().unwrap().len() >= N as usize
     })
     .await;
+    // The callback runs before the consumer counts its dead letter: wait for the count.
+    eventually(60, "every dead letter counted", || {
+        running.stats().dead_lettered as usize >= dead.lock().unwrap().len()
+    })
+    .await;
     let stats = running.stats();
     running.shutdown(ShutdownMode::Drain).await.unwrap();
     let batches = batches.lock().unwrap();
