@@ -147,6 +147,16 @@ async fn within_secs<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T 
 async fn churn(strategy: AssignmentStrategy) {
     const PARTITIONS: i32 = 12;
     const N: u64 = 24_000;
+    // The consumers' warnings (a revocation commit that failed, a deadline that passed) say
+    // why a duplicate happened, should one.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("kbatch_consumer=warn")
+        .with_test_writer()
+        .try_init();
+    let t0 = std::time::Instant::now();
+    // Who processed which record when: (seq, instance, ms since the start, partition, offset).
+    let who: Arc<Mutex<Vec<(u64, usize, u128, i32, i64)>>> = Arc::default();
+    let events: Arc<Mutex<Vec<String>>> = Arc::default();
     let topic = filled_topic("pc-churn", PARTITIONS, N, 300).await;
     let group = unique_name("pc-churn-g");
     let ledger = Ledger::default();
@@ -162,15 +172,15 @@ async fn churn(strategy: AssignmentStrategy) {
         c.max_records = 200;
         c
     };
-    let start = || {
-        let (ledger, failed_once) = (ledger.clone(), failed_once.clone());
+    let start = |instance: usize| {
+        let (ledger, failed_once, who) = (ledger.clone(), failed_once.clone(), who.clone());
         ParallelConsumer::builder(cfg())
             .retry_policy(
                 ExponentialBackoff::new(Duration::from_millis(300), Duration::from_millis(300))
                     .with_jitter(0.0),
             )
             .handler(move |r: ConsumedRecord| {
-                let (ledger, failed_once) = (ledger.clone(), failed_once.clone());
+                let (ledger, failed_once, who) = (ledger.clone(), failed_once.clone(), who.clone());
                 async move {
                     let s = common::seq(&r);
                     if s % 40 == 7 && failed_once.lock().unwrap().insert(s) {
@@ -178,6 +188,13 @@ async fn churn(strategy: AssignmentStrategy) {
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     ledger.push(&r);
+                    who.lock().unwrap().push((
+                        s,
+                        instance,
+                        t0.elapsed().as_millis(),
+                        r.partition,
+                        r.offset.0,
+                    ));
                     Ok(())
                 }
             })
@@ -188,14 +205,19 @@ async fn churn(strategy: AssignmentStrategy) {
     // Each join moves partitions from busy instances to the new one; wait until it has them.
     let mut fleet: Vec<Running> = Vec::new();
     let mut handled = Vec::new();
-    for _ in 0..6 {
-        let new = start();
+    for instance in 0..6 {
+        let new = start(instance);
         within_secs(
             120,
             "the new instance gets partitions",
             new.wait_for(|p| !p.assigned.is_empty()),
         )
         .await;
+        events.lock().unwrap().push(format!(
+            "{} ms: instance {instance} joined, assigned {:?}",
+            t0.elapsed().as_millis(),
+            new.progress().borrow().assigned
+        ));
         fleet.push(new);
     }
     assert!(
@@ -212,7 +234,11 @@ async fn churn(strategy: AssignmentStrategy) {
         } else {
             ShutdownMode::Drain
         };
-        r.shutdown(mode).await.unwrap();
+        let report = r.shutdown(mode).await.unwrap();
+        events.lock().unwrap().push(format!(
+            "{} ms: instance {i} left ({mode:?}): {report:?}",
+            t0.elapsed().as_millis()
+        ));
         // The others take its partitions on.
         let fleet_ref = &fleet;
         eventually(120, "the others take the partitions over", || {
@@ -240,6 +266,24 @@ async fn churn(strategy: AssignmentStrategy) {
         .sum();
     assert_eq!(total, N as i64, "final commits cover everything");
     let twice = ledger.len() - N as usize;
+    if twice > 0 {
+        let who = who.lock().unwrap();
+        let mut seen = BTreeSet::new();
+        let dup: BTreeSet<u64> = who
+            .iter()
+            .filter(|w| !seen.insert(w.0))
+            .map(|w| w.0)
+            .collect();
+        for w in who.iter().filter(|w| dup.contains(&w.0)) {
+            eprintln!(
+                "twice: seq {} by instance {} at {} ms (partition {}, offset {})",
+                w.0, w.1, w.2, w.3, w.4
+            );
+        }
+        for e in events.lock().unwrap().iter() {
+            eprintln!("{e}");
+        }
+    }
     assert_eq!(
         twice, 0,
         "{strategy:?}: {twice} records processed twice across graceful handovers"

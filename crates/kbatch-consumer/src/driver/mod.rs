@@ -261,6 +261,12 @@ impl Driver {
                 at,
                 reply,
             } => {
+                if lost {
+                    tracing::warn!(
+                        ?partitions,
+                        "partitions lost (the group moved them without a revocation): what finished since their last commit will be processed again by their next owner"
+                    );
+                }
                 l.revoke_reply = Some(reply);
                 self.engine.revoked(partitions, lost, at);
             }
