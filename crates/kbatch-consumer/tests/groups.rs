@@ -140,6 +140,9 @@ async fn within_secs<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T 
         .unwrap_or_else(|_| panic!("timed out waiting for: {what}"))
 }
 
+/// Who processed which record when: (seq, instance, ms since the start, partition, offset).
+type Handled = (u64, usize, u128, i32, i64);
+
 /// Six instances join one by one and then leave (quick or drain) while records flow, with
 /// work in flight and records waiting in retry backoff at every handover. A graceful handover
 /// commits what was done before the partitions move, so nothing is processed twice, and a
@@ -154,8 +157,7 @@ async fn churn(strategy: AssignmentStrategy) {
         .with_test_writer()
         .try_init();
     let t0 = std::time::Instant::now();
-    // Who processed which record when: (seq, instance, ms since the start, partition, offset).
-    let who: Arc<Mutex<Vec<(u64, usize, u128, i32, i64)>>> = Arc::default();
+    let who: Arc<Mutex<Vec<Handled>>> = Arc::default();
     let events: Arc<Mutex<Vec<String>>> = Arc::default();
     let topic = filled_topic("pc-churn", PARTITIONS, N, 300).await;
     let group = unique_name("pc-churn-g");
