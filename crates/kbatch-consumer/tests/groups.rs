@@ -153,7 +153,7 @@ async fn churn(strategy: AssignmentStrategy) {
     // The consumers' warnings (a revocation commit that failed, a deadline that passed) say
     // why a duplicate happened, should one.
     let _ = tracing_subscriber::fmt()
-        .with_env_filter("kbatch_consumer=warn")
+        .with_env_filter("kbatch_consumer=warn,kbatch_client=warn")
         .with_test_writer()
         .try_init();
     let t0 = std::time::Instant::now();
