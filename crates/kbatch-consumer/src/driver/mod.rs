@@ -324,16 +324,10 @@ impl Driver {
                     // partitions: it must land first, not overwrite this one.
                     let failed = self.settle_commit(l, bound).await;
                     let req = with_unconfirmed(l, req, failed);
-                    if !req.is_empty() {
-                        self.stats.add_commits(1);
-                        let result = self.commit_within(&req, bound).await;
-                        if result.is_ok() {
-                            confirm(l, &req);
-                        }
-                        if let Err(e) = result {
-                            tracing::warn!(error = %e, "final commit before revocation failed; the next owner starts from the previous one");
-                            self.stats.add_commit_failures(1);
-                        }
+                    if !req.is_empty()
+                        && let Err(e) = self.commit_now(l, &req, bound).await
+                    {
+                        tracing::warn!(error = %e, "final commit before revocation failed; the next owner starts from the previous one");
                     }
                     if let Some(reply) = l.revoke_reply.take() {
                         let _ = reply.send(());
@@ -393,15 +387,37 @@ impl Driver {
 
     /// A periodic commit's outcome: counted; a failed one is made again next interval.
     fn committed(&mut self, l: &mut Loop, req: &CommitRequest, result: Result<()>) {
-        self.stats.add_commits(1);
-        if result.is_ok() {
-            confirm(l, req);
-        }
+        self.count_commit(l, req, &result);
         if let Err(e) = result {
             tracing::warn!(error = %e, "commit failed; committed again next interval");
-            self.stats.add_commit_failures(1);
             self.engine.commit_failed(req);
         }
+    }
+
+    /// Counts a commit and its outcome; what the sink confirmed is what
+    /// `Progress::committed` shows.
+    fn count_commit(&mut self, l: &mut Loop, req: &CommitRequest, result: &Result<()>) {
+        self.stats.add_commits(1);
+        match result {
+            Ok(()) => {
+                for c in &req.offsets {
+                    l.confirmed.insert(c.tp.clone(), c.offset);
+                }
+            }
+            Err(_) => self.stats.add_commit_failures(1),
+        }
+    }
+
+    /// A revocation's or the final commit: made now, waited for up to `bound`, counted.
+    async fn commit_now(
+        &mut self,
+        l: &mut Loop,
+        req: &CommitRequest,
+        bound: Duration,
+    ) -> Result<()> {
+        let result = self.commit_within(req, bound).await;
+        self.count_commit(l, req, &result);
+        result
     }
 
     /// A synchronous commit on a thread of its own that is given up after `bound` (the call
@@ -505,7 +521,6 @@ impl Driver {
             && commit
             && !req.is_empty()
         {
-            self.stats.add_commits(1);
             // What is left of the shutdown's time, but a moment at least for the round trip.
             let by = l
                 .shutdown_by
@@ -515,7 +530,7 @@ impl Driver {
                 .max(Duration::from_secs(1));
             let failed = self.settle_commit(l, bound).await;
             let req = with_unconfirmed(l, req, failed);
-            match self.commit_within(&req, bound).await {
+            match self.commit_now(l, &req, bound).await {
                 Ok(()) => {
                     committed = req
                         .offsets
@@ -525,7 +540,6 @@ impl Driver {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "final commit failed");
-                    self.stats.add_commit_failures(1);
                     not_committed = req
                         .offsets
                         .iter()
@@ -611,11 +625,4 @@ fn with_unconfirmed(
     }
     req.offsets.extend(older.into_values());
     req
-}
-
-/// Notes what the sink confirmed.
-fn confirm(l: &mut Loop, req: &CommitRequest) {
-    for c in &req.offsets {
-        l.confirmed.insert(c.tp.clone(), c.offset);
-    }
 }
