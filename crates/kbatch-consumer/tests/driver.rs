@@ -112,6 +112,16 @@ async fn within<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
+/// Waits until `cond` holds, looking every few milliseconds; fails after `secs` naming `what`.
+async fn until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    within(secs, what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_everything_and_commits_to_the_sink() {
     let s = seams(&broker(3, 200));
@@ -163,19 +173,12 @@ async fn a_revocation_waits_for_in_flight_work_then_commits_only_what_is_done() 
             }
         }
     });
-    within(10, "all but the stuck record", async {
-        while done.len() < 99 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    until(10, "all but the stuck record", || done.len() >= 99).await;
     let p0 = TopicPartition::new(TOPIC, 0);
     let t = Instant::now();
     s.source.revoke(std::slice::from_ref(&p0), false);
-    within(10, "the revocation ends", async {
-        while s.source.assignment().contains(&p0) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    until(10, "the revocation ends", || {
+        !s.source.assignment().contains(&p0)
     })
     .await;
     let took = t.elapsed();
@@ -243,18 +246,9 @@ async fn a_periodic_commit_queued_behind_a_slow_one_never_overwrites_a_revocatio
     });
     let handled = |n: usize| {
         let done = done.clone();
-        within(10, "records handled", async move {
-            while done.len() < n {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
+        async move { until(10, "records handled", || done.len() >= n).await }
     };
-    within(10, "a first commit under way", async {
-        while s.sink.waiting() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    until(10, "a first commit under way", || s.sink.waiting() != 0).await;
     gates[0].store(true, Ordering::Release);
     handled(80).await;
     // A few commit intervals: the engine asks for 40 on both, queued behind the first.
@@ -266,21 +260,14 @@ async fn a_periodic_commit_queued_behind_a_slow_one_never_overwrites_a_revocatio
     handled(90).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     s.sink.release();
-    within(10, "the revocation ends", async {
-        while s.source.assignment().contains(&p0) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    until(10, "the revocation ends", || {
+        !s.source.assignment().contains(&p0)
     })
     .await;
     assert_eq!(s.committed(0), Some(50), "the revocation commits all of p0");
     gates[2].store(true, Ordering::Release);
     handled(100).await;
-    within(10, "a periodic commit of p1", async {
-        while s.committed(1) != Some(50) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    until(10, "a periodic commit of p1", || s.committed(1) == Some(50)).await;
     let report = running.shutdown(ShutdownMode::Drain).await.unwrap();
     assert_eq!(
         s.committed(0),
@@ -540,10 +527,8 @@ async fn failed_commits_are_counted_and_made_again_and_a_failed_final_commit_is_
         },
     );
     within(10, "idle", running.until_idle()).await;
-    within(10, "committed after the failures", async {
-        while s.committed(0) != Some(50) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    until(10, "committed after the failures", || {
+        s.committed(0) == Some(50)
     })
     .await;
     assert!(
@@ -556,12 +541,7 @@ async fn failed_commits_are_counted_and_made_again_and_a_failed_final_commit_is_
         s.broker
             .produce(&TopicPartition::new(TOPIC, 0), None, format!("late {i}"));
     }
-    within(10, "late records", async {
-        while ledger.len() < 55 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
+    until(10, "late records", || ledger.len() >= 55).await;
     running.pause().await; // nothing commits the late ones before the shutdown
     s.sink.fail_next(100);
     let report = running.shutdown(ShutdownMode::Drain).await.unwrap();
