@@ -24,6 +24,17 @@ fn rec(topic: &str, i: u64) -> Record {
     Record::new(topic, format!("v:{i}")).with_key(format!("key-{}", i % 50))
 }
 
+/// A record of exactly 1,000 bytes (value only) whose last 8 bytes are `i`.
+fn rec_1000(topic: &str, i: u64) -> Record {
+    Record::new(
+        topic,
+        vec![b'x'; 1000 - 8]
+            .into_iter()
+            .chain(format!("{i:>8}").bytes())
+            .collect::<Vec<u8>>(),
+    )
+}
+
 async fn send_range(p: &Producer, topic: &str, range: std::ops::Range<u64>) -> Vec<DeliveryFuture> {
     let mut fs = Vec::new();
     for i in range {
@@ -181,15 +192,7 @@ async fn memory_stays_within_both_bounds() {
 
     // Bytes bound: 1,000-byte records, 20 fit in 20,000 bytes.
     dev.broker_down(1).unwrap();
-    let big = move |i: u64| {
-        Record::new(
-            topic,
-            vec![b'x'; 1000 - 8]
-                .into_iter()
-                .chain(format!("{i:>8}").bytes())
-                .collect::<Vec<u8>>(),
-        )
-    };
+    let big = move |i: u64| rec_1000(topic, i);
     let mut held = Vec::new();
     for i in 0..20 {
         held.push(p.try_send(big(i)).unwrap());
@@ -226,15 +229,7 @@ async fn a_slow_broker_never_lets_pending_work_exceed_the_bounds() {
     // About 12 bytes each: 300 of them are far below the byte bound.
     let small = |i: u64| rec(topic, i);
     // Exactly 1,000 bytes each: 16 fill the byte bound, far below the record bound.
-    let large = |i: u64| {
-        Record::new(
-            topic,
-            vec![b'x'; 1000 - 8]
-                .into_iter()
-                .chain(format!("{i:>8}").bytes())
-                .collect::<Vec<u8>>(),
-        )
-    };
+    let large = |i: u64| rec_1000(topic, i);
     // (records, bytes) peaks while small records were sent, and while large ones were.
     let mut peak = [(0, 0); 2];
     let mut pending = std::collections::VecDeque::new();
