@@ -1,0 +1,16 @@
+//! Adaptive microbatching over kbatch's batching producer.
+//!
+//! ```text
+//!  send(event) ──► intake (bounded) ──► batcher: flush at N events or T linger (≤ budget)
+//!                                          │ per-event: N records     │ packed: one envelope
+//!                                          ▼                          ▼ per partition
+//!  rate ──► controller ──► level (1..10) ──► learner picks (N, T) ──► Producer
+//!                                             ▲ observations            │
+//!                                             └── calibration (SQLite) ◄┘ delivery latency
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod levels;
+
+pub use levels::{BatchSettings, Level, LevelId, LevelTable};
