@@ -14,3 +14,9 @@
 pub mod levels;
 
 pub use levels::{BatchSettings, Level, LevelId, LevelTable};
+pub mod controller;
+
+pub use controller::{Controller, ControllerConfig, Rates};
+pub mod batcher;
+
+pub use batcher::{Batcher, FlushCause, Flushed};
