@@ -261,6 +261,9 @@ mod tests {
     }
 
     /// An arrival pattern: gaps between events, their budgets, their sizes and batch keys.
+    /// An event in the property test: its index, arrival and budget.
+    type Ev = (usize, Instant, Duration);
+
     fn arrivals() -> impl Strategy<Value = Vec<(u64, u64, usize, u8)>> {
         prop::collection::vec((0u64..20_000, 0u64..100_000, 1usize..2_000, 0u8..4), 1..300)
     }
@@ -281,10 +284,10 @@ mod tests {
             max_bytes in 1usize..20_000,
         ) {
             let t0 = Instant::now();
-            let mut b: Batcher<u8, (usize, Instant, Duration)> =
+            let mut b: Batcher<u8, Ev> =
                 Batcher::new(settings(n, 0), max_bytes);
             b.set_settings(BatchSettings { max_events: n, linger: Duration::from_micros(linger_us) });
-            let mut out: Vec<(Instant, Flushed<u8, (usize, Instant, Duration)>)> = Vec::new();
+            let mut out: Vec<(Instant, Flushed<u8, Ev>)> = Vec::new();
             let mut now = t0;
             for (i, &(gap, budget, bytes, key)) in events.iter().enumerate() {
                 let arrive = now + Duration::from_micros(gap);
