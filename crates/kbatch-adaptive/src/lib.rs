@@ -20,3 +20,6 @@ pub use controller::{Controller, ControllerConfig, Rates};
 pub mod batcher;
 
 pub use batcher::{Batcher, FlushCause, Flushed};
+pub mod learner;
+
+pub use learner::{Choice, EpochStats, Judged, Learned, Learner, LearnerConfig, Regression};
