@@ -23,3 +23,6 @@ pub use batcher::{Batcher, FlushCause, Flushed};
 pub mod learner;
 
 pub use learner::{Choice, EpochStats, Judged, Learned, Learner, LearnerConfig, Regression};
+pub mod intake;
+
+pub use intake::{Intake, PushError};
