@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod calibration;
 pub mod levels;
 
 pub use levels::{BatchSettings, Level, LevelId, LevelTable};
