@@ -107,6 +107,7 @@ pub struct Observation {
 /// The store is always usable; with a warning it may be running without the file (see
 /// [`CalibrationStore::is_enabled`]) or, for [`CalibrationError::Locked`], it tries the file
 /// again on every call.
+#[derive(Debug)]
 pub struct Opened {
     /// The store.
     pub store: CalibrationStore,
