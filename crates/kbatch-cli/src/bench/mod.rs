@@ -1,6 +1,7 @@
 //! `kbatch bench`: end-to-end benchmarks against a real broker, with the peers run side by
 //! side in one process run.
 
+mod adaptive;
 mod consumer;
 mod producer;
 mod recovery;
