@@ -249,12 +249,19 @@ pub(super) struct Outcome {
     pub(super) client_note: String,
 }
 
+/// What every run needs besides its contender: the admin client that makes its topic, and a
+/// producer of the bench's own that proves the topic writable before the contender starts.
+pub(super) struct Bench<'a> {
+    pub(super) admin: &'a Admin,
+    pub(super) probe: &'a Producer,
+}
+
 /// Runs `c` once under `plan` on a topic of its own.
 pub(super) async fn run_one(
     c: Contender,
     settings: &Settings,
     data: &Data,
-    admin: &Admin,
+    bench: &Bench<'_>,
     plan: &Plan,
     tag: &str,
 ) -> anyhow::Result<Outcome> {
@@ -262,14 +269,34 @@ pub(super) async fn run_one(
         "kbatch-bench-adaptive-{tag}-{:08x}",
         crate::cluster::random_suffix()
     );
-    admin
+    bench
+        .admin
         .create_topics(&[NewTopic::new(&topic, data.partitions)])
         .await?;
     let t: Topic = topic.as_str().into();
-    let config = settings.producer(c);
-    let result = run_on(c, config, data, plan, t).await;
-    admin.delete_topics(&[&topic]).await?;
+    let result = match probe(bench.probe, &t, data.partitions).await {
+        Ok(()) => run_on(c, settings.producer(c), data, plan, t).await,
+        Err(e) => Err(e),
+    };
+    bench.admin.delete_topics(&[&topic]).await?;
     result
+}
+
+/// Writes one record to every partition of a new topic and waits for them: until the broker
+/// has leaders for it and serves its metadata, a client backs off (100 ms up to 1 s) and its
+/// first records wait, which would be counted against whichever contender came first.
+async fn probe(p: &Producer, topic: &Topic, partitions: i32) -> anyhow::Result<()> {
+    let mut sent = Vec::new();
+    for partition in 0..partitions {
+        let r =
+            Record::new(Arc::clone(topic), Bytes::from_static(b"probe")).with_partition(partition);
+        sent.push(p.send(r).await?);
+    }
+    for f in sent {
+        f.await
+            .map_err(|e| anyhow::anyhow!("the new topic {topic} is not writable: {e}"))?;
+    }
+    Ok(())
 }
 
 async fn run_on(

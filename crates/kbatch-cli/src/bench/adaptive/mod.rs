@@ -33,6 +33,7 @@ use anyhow::Context as _;
 use clap::Args as ClapArgs;
 use kbatch_client::bench::{client_settings, ignored_setting};
 use kbatch_client::{Admin, ClientConfig, Compression, KafkaProducerConfig};
+use kbatch_producer::{Producer, ProducerConfig};
 
 use adapter::Shape;
 use contenders::{Contender, Data, Settings, StaticBatching};
@@ -66,7 +67,7 @@ pub(crate) struct Args {
     /// Seconds of the uncounted warm-up run of each contender (saturation) before round 1.
     #[arg(long, default_value_t = 2.0)]
     warmup_seconds: f64,
-    /// Smoke-test configuration: 1 round of 1 s points (≥ 100 events), 0.2 s settling, no
+    /// Smoke-test configuration: 1 round of 0.5 s points (≥ 50 events), 0.2 s settling, no
     /// warm-up. Not a measurement.
     #[arg(long, conflicts_with_all = ["seconds", "min_events", "settle_seconds", "rounds", "warmup_seconds"])]
     quick: bool,
@@ -130,7 +131,7 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
             a.settle_seconds,
             a.rounds,
             a.warmup_seconds,
-        ) = (1.0, 100, 0.2, 1, 0.0);
+        ) = (0.5, 50, 0.2, 1, 0.0);
     }
     for r in &a.rates {
         anyhow::ensure!(
@@ -239,11 +240,18 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
         window,
     };
     let admin = Admin::new(&settings.base.client)?;
+    let probe = Producer::new(
+        ProducerConfig::default().with_kafka(settings.base.clone().with_linger(Duration::ZERO)),
+    )?;
+    let env = contenders::Bench {
+        admin: &admin,
+        probe: &probe,
+    };
     let run = |bench: &'static str, round: u32, position: usize, c: Contender, plan: Plan| {
-        let (settings, data, admin) = (&settings, &data, &admin);
+        let (settings, data, env) = (&settings, &data, &env);
         async move {
             let tag = format!("{bench}-{round}-{position}");
-            let o = contenders::run_one(c, settings, data, admin, &plan, &tag)
+            let o = contenders::run_one(c, settings, data, env, &plan, &tag)
                 .await
                 .with_context(|| {
                     format!(
