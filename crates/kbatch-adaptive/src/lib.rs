@@ -8,9 +8,59 @@
 //!                                             ▲ observations            │
 //!                                             └── calibration (SQLite) ◄┘ delivery latency
 //! ```
+//!
+//! - **Levels**: ten request-rate bands, each with a latency budget (1 ms .. 30 s). The
+//!   [`Controller`] steps up as soon as a burst shows in its short window and down only with
+//!   hysteresis, so a rate at a band edge does not flap.
+//! - **Learning**: each level starts from (N, T) derived from its budget; a fifth of the
+//!   epochs try a neighbour, the rest use the best; what scored better is kept
+//!   ([`Learner`]) and remembered in SQLite ([`calibration`]) across restarts.
+//! - **Budget**: no event waits in a batch longer than its budget ([`Batcher`]).
+//! - **Shapes**: per-event records, or one envelope record per microbatch and partition
+//!   ([`Shape::Packed`]); kbatch's consumers unpack envelopes into events.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use kbatch_adaptive::{AdaptiveConfig, AdaptiveProducer, Shape};
+//! use kbatch_core::Record;
+//! use kbatch_producer::ProducerConfig;
+//!
+//! let config = AdaptiveConfig::new(ProducerConfig::for_brokers("127.0.0.1:9092"))
+//!     .with_shape(Shape::Packed);
+//! let producer = AdaptiveProducer::start(config)?;
+//! let delivered = producer
+//!     .send(Record::new("clicks", "page=/home").with_key("user-7"))
+//!     .await?
+//!     .await?;
+//! println!("in envelope at offset {} as event {:?}", delivered.offset.0, delivered.index);
+//! producer.close().await;
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod batcher;
+pub mod calibration;
+mod config;
+pub mod controller;
+mod driver;
+mod error;
+pub mod intake;
+pub mod learner;
 pub mod levels;
+mod metrics;
+mod partitioner;
+mod persist;
+mod producer;
 
+pub use batcher::{Batcher, FlushCause, Flushed};
+pub use config::{AdaptiveConfig, CalibrationSetting, Shape};
+pub use controller::{Controller, ControllerConfig, Rates};
+pub use error::{AdaptiveError, Result, TrySendError};
+pub use intake::{Intake, PushError};
+pub use learner::{Choice, EpochStats, Judged, Learned, Learner, LearnerConfig, Regression};
 pub use levels::{BatchSettings, Level, LevelId, LevelTable};
+pub use partitioner::KeyHash;
+pub use producer::{
+    AdaptiveCloseReport, AdaptiveProducer, AdaptiveStats, EventDelivered, EventFuture,
+};

@@ -4,6 +4,7 @@
 mod bench;
 mod bridge;
 mod broker;
+mod calibration;
 mod cluster;
 mod consume;
 mod demo;
@@ -40,6 +41,9 @@ enum Command {
     /// End-to-end benchmarks against a real broker, peers side by side.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// What the adaptive producer learned per profile and level: show it, or reset it.
+    #[command(subcommand)]
+    Calibration(calibration::Calibration),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +71,10 @@ fn main() -> anyhow::Result<()> {
             Command::Consume(a) => consume::run(a).await,
             Command::Demo(a) => demo::run(a).await,
             Command::Bench(b) => bench::run(b).await,
+            // SQLite is synchronous: off the runtime's workers.
+            Command::Calibration(c) => tokio::task::spawn_blocking(move || calibration::run(c))
+                .await
+                .context("the calibration command panicked")?,
         }
     });
     // Clients dropped by the command close on the blocking pool: let them finish (bounded),

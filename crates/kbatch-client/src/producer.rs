@@ -316,6 +316,21 @@ impl<S: DeliverySink> KafkaProducer<S> {
         })
     }
 
+    /// Partition count of a topic, from cluster metadata (blocks up to `timeout`).
+    pub fn partition_count(&self, topic: &str, timeout: Duration) -> Result<i32> {
+        let md = self
+            .inner
+            .client()
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| Error::kafka(format!("metadata of {topic:?}"), e))?;
+        match md.topics().first() {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                Ok(i32::try_from(t.partitions().len()).unwrap_or(i32::MAX))
+            }
+            _ => Err(Error::UnknownTopic(topic.to_owned())),
+        }
+    }
+
     /// Records enqueued or in flight without a delivery report yet.
     pub fn in_flight(&self) -> usize {
         usize::try_from(self.inner.in_flight_count()).unwrap_or(0)

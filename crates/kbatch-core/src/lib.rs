@@ -1,7 +1,8 @@
 //! Shared vocabulary of kbatch: [`Record`]s to produce, [`ConsumedRecord`]s read back,
 //! [`TopicPartition`], [`Offset`], the error taxonomy ([`ErrorClass`]) every crate
 //! classifies its failures into, and the seams engines are built around: a [`RecordSource`]
-//! and an [`OffsetSink`] that takes [`CommitRequest`]s.
+//! and an [`OffsetSink`] that takes [`CommitRequest`]s; and the [`envelope`] codec that packs
+//! many small events into one record.
 //!
 //! This crate has no runtime dependencies: it is what the producer, consumer, stream and
 //! outbox crates agree on without knowing about rdkafka.
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+pub mod envelope;
 mod error;
 mod offset;
 mod record;

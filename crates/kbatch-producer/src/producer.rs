@@ -204,6 +204,19 @@ impl Producer {
             })
     }
 
+    /// Partition count of `topic`, from cluster metadata, waiting at most `timeout`. Fails
+    /// with `UnknownTopic` when the cluster does not know it.
+    pub async fn partition_count(
+        &self,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<i32, kbatch_client::Error> {
+        let (inner, topic) = (Arc::clone(&self.inner), topic.to_owned());
+        tokio::task::spawn_blocking(move || inner.kafka.partition_count(&topic, timeout))
+            .await
+            .map_err(join_error)?
+    }
+
     /// Current counters.
     pub fn counters(&self) -> ProducerCounters {
         self.inner.slots.counters()

@@ -43,6 +43,7 @@
 //! ```
 //!
 //! The crates behind it, re-exported here by area: [`producer`] (the batching producer),
+//! [`adaptive`] (adaptive microbatching over it: levels, budgets, packed envelopes),
 //! [`consumer`] (the parallel consumer, its engine's seams), [`client`] (typed, validated
 //! librdkafka settings, admin, the in-memory development broker), and the shared vocabulary
 //! at the top level (records, offsets, error classes).
@@ -66,6 +67,13 @@ pub mod consumer {
     pub use kbatch_consumer::*;
 }
 
+/// Adaptive microbatching: [`AdaptiveProducer`](adaptive::AdaptiveProducer) picks batch
+/// size and linger from the load and a latency budget, learns them, remembers them in SQLite,
+/// and can pack a microbatch into one Kafka record.
+pub mod adaptive {
+    pub use kbatch_adaptive::*;
+}
+
 /// Kafka client settings, admin operations and the in-memory development broker.
 pub mod client {
     pub use kbatch_client::{
@@ -74,6 +82,7 @@ pub mod client {
     };
 }
 
+pub use adaptive::{AdaptiveConfig, AdaptiveProducer, Shape};
 pub use client::{ClientConfig, ConsumerConfig};
 pub use consumer::{
     BatchHandler, Handler, HandlerError, HandlerResult, ParallelConfig, ParallelConsumer,
@@ -84,9 +93,10 @@ pub use producer::{DeliveryFuture, ProduceError, Producer, ProducerConfig};
 /// What an application needs, in one `use`.
 pub mod prelude {
     pub use crate::{
-        BatchHandler, ClientConfig, ConsumedRecord, ConsumerConfig, Handler, HandlerError,
-        HandlerResult, Offset, ParallelConfig, ParallelConsumer, ProcessingOrder, Producer,
-        ProducerConfig, Record, ShutdownMode, TopicPartition,
+        AdaptiveConfig, AdaptiveProducer, BatchHandler, ClientConfig, ConsumedRecord,
+        ConsumerConfig, Handler, HandlerError, HandlerResult, Offset, ParallelConfig,
+        ParallelConsumer, ProcessingOrder, Producer, ProducerConfig, Record, Shape, ShutdownMode,
+        TopicPartition,
     };
 }
 

@@ -1,0 +1,566 @@
+//! The thin async driver around the controller, learner and batcher: it drains the intake,
+//! arms one timer, hands flushed batches to the producer and resolves each event's future.
+//!
+//! ```text
+//!  intake ──pop──► controller.record ──► batcher.push ──► flush ──► Producer::send (await = back-pressure)
+//!    ▲ park when empty       │ tick: level         ▲ expired(now + slack)      │ completion task per batch
+//!    │                       ▼                     │                           ▼
+//!    └────────────── learner.choose/observe per epoch ◄── epoch stats ◄── latencies, acks
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use hdrhistogram::Histogram;
+use kbatch_core::envelope::{EnvelopeWriter, envelope_header};
+use kbatch_core::{Classify, ErrorClass, Record, Topic};
+use kbatch_producer::Producer;
+use rand::Rng;
+use tokio_util::task::TaskTracker;
+
+use crate::batcher::{Batcher, Flushed};
+use crate::config::{AdaptiveConfig, Shape};
+use crate::controller::Controller;
+use crate::error::AdaptiveError;
+use crate::learner::{Choice, EpochStats, Learner};
+use crate::levels::{BatchSettings, LevelId};
+use crate::metrics::Metrics;
+use crate::partitioner::KeyHash;
+use crate::persist::Persistence;
+use crate::producer::{AdaptiveCloseReport, AdaptiveStats, EventDelivered, Pending, Shared};
+
+/// Timers fire up to about a millisecond late: batches due within this are cut now, early
+/// rather than late, so the budget holds.
+const TIMER_SLACK: Duration = Duration::from_millis(1);
+/// How often the level is re-evaluated while events arrive.
+const TICK: Duration = Duration::from_millis(10);
+/// …and while idle.
+const IDLE_TICK: Duration = Duration::from_millis(100);
+/// Most events taken from the intake per pass, so timers are checked between passes.
+const PASS: usize = 4_096;
+/// How often what was learned is saved.
+const PERSIST_EVERY: Duration = Duration::from_secs(10);
+/// Per-event bytes an envelope adds beyond key, value and headers (lengths, flags, time).
+const ENVELOPE_OVERHEAD: usize = 24;
+
+/// Which batch an event joins.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum BatchKey {
+    /// Per-event: one batch for everything.
+    All,
+    /// Packed: one batch per topic-partition.
+    Partition(Topic, i32),
+}
+
+/// The running epoch's acknowledgements, filled by the completion tasks.
+#[derive(Debug)]
+pub(crate) struct EpochAcc {
+    delivered: u64,
+    /// Delivery latency (hand-in to acknowledgement), microseconds.
+    latency: Histogram<u64>,
+}
+
+impl EpochAcc {
+    pub(crate) fn add(&mut self, delivered: u64, latencies: &[Duration]) {
+        self.delivered += delivered;
+        for l in latencies {
+            let us = u64::try_from(l.as_micros()).unwrap_or(u64::MAX).max(1);
+            let _ = self.latency.record(us.min(self.latency.high()));
+        }
+    }
+}
+
+impl Default for EpochAcc {
+    fn default() -> Self {
+        Self {
+            delivered: 0,
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                .unwrap_or_else(|_| unreachable!("valid bounds")),
+        }
+    }
+}
+
+pub(crate) struct Driver {
+    producer: Producer,
+    shape: Shape,
+    controller: Controller,
+    learner: Learner,
+    choice: Choice,
+    /// The level `choice` was made for.
+    epoch_level: LevelId,
+    epoch: Duration,
+    epoch_start: Instant,
+    epoch_submitted: u64,
+    epoch_batches: u64,
+    epoch_batched_events: u64,
+    batcher: Batcher<BatchKey, Pending>,
+    partitions: HashMap<Topic, i32>,
+    sticky: HashMap<Topic, i32>,
+    key_hash: KeyHash,
+    persistence: Persistence,
+    last_persist: Instant,
+    completions: TaskTracker,
+    metrics: Metrics,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        config: &AdaptiveConfig,
+        producer: Producer,
+        persistence: Persistence,
+        now: Instant,
+    ) -> Self {
+        let seed = config.seed.unwrap_or_else(|| rand::rng().random());
+        let mut learner = Learner::new(config.levels.clone(), config.learner.clone(), seed);
+        learner.restore(&persistence.learned);
+        let controller = Controller::new(
+            config.levels.clone(),
+            config.controller.clone(),
+            config.initial_level,
+            now,
+        );
+        let level = controller.level();
+        let choice = Choice {
+            settings: learner.best(level),
+            explored: false,
+        };
+        let key_hash = KeyHash::from_properties(
+            config
+                .producer
+                .kafka
+                .client
+                .extra
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        Self {
+            producer,
+            shape: config.shape,
+            controller,
+            learner,
+            choice,
+            epoch_level: level,
+            epoch: config.epoch,
+            epoch_start: now,
+            epoch_submitted: 0,
+            epoch_batches: 0,
+            epoch_batched_events: 0,
+            batcher: Batcher::new(choice.settings, config.max_batch_bytes),
+            partitions: HashMap::new(),
+            sticky: HashMap::new(),
+            key_hash,
+            persistence,
+            last_persist: now,
+            completions: TaskTracker::new(),
+            metrics: Metrics::new(&config.profile),
+        }
+    }
+
+    pub(crate) fn decision(&self) -> (LevelId, BatchSettings) {
+        (self.controller.level(), self.choice.settings)
+    }
+
+    pub(crate) async fn run(mut self, shared: Arc<Shared>) -> AdaptiveCloseReport {
+        self.metrics
+            .level(self.controller.level(), self.choice.settings);
+        let mut buf = Vec::with_capacity(PASS);
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let taken = shared.intake.pop_into(&mut buf, PASS);
+            let now = Instant::now();
+            if taken > 0 {
+                self.controller.record(taken as u64, now);
+                self.epoch_submitted += taken as u64;
+                for p in buf.drain(..) {
+                    self.admit(&shared, p).await;
+                }
+            }
+            if now >= next_tick {
+                self.tick(&shared, now).await;
+                next_tick = now
+                    + if taken > 0 || !self.batcher.is_empty() {
+                        TICK
+                    } else {
+                        IDLE_TICK
+                    };
+            }
+            for f in self.batcher.expired(now + TIMER_SLACK) {
+                self.flush(&shared, f).await;
+            }
+            if taken == PASS {
+                continue;
+            }
+            if shared.intake.is_closed() && shared.intake.is_empty() {
+                break;
+            }
+            if taken == 0 {
+                let mut wake = next_tick;
+                if let Some(d) = self.batcher.next_deadline() {
+                    wake = wake.min(d.checked_sub(TIMER_SLACK).unwrap_or(d));
+                }
+                tokio::select! {
+                    () = shared.intake.wait_for_items() => {}
+                    () = tokio::time::sleep_until(wake.into()) => {}
+                }
+            }
+        }
+        self.finish(&shared).await
+    }
+
+    /// Puts an event into its batch; sends the batch when it filled.
+    async fn admit(&mut self, shared: &Arc<Shared>, p: Pending) {
+        let key = match self.shape {
+            Shape::PerEvent => BatchKey::All,
+            Shape::Packed => match self.partition_of(&p.record).await {
+                Ok(part) => BatchKey::Partition(Arc::clone(&p.record.topic), part),
+                Err((message, class)) => {
+                    let topic = p.record.topic.to_string();
+                    shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    let _ = p.reply.send(Err(AdaptiveError::Metadata {
+                        topic,
+                        message,
+                        class,
+                        record: Box::new(p.record),
+                    }));
+                    return;
+                }
+            },
+        };
+        let bytes = p.record.size_hint()
+            + if self.shape == Shape::Packed {
+                ENVELOPE_OVERHEAD
+            } else {
+                0
+            };
+        let (arrived, budget) = (p.arrived, p.budget);
+        if let Some(f) = self.batcher.push(key, p, bytes, arrived, budget) {
+            self.flush(shared, f).await;
+        }
+    }
+
+    /// The partition a packed event goes to: its explicit one, its key's, or the topic's
+    /// current sticky partition.
+    async fn partition_of(&mut self, r: &Record) -> Result<i32, (String, ErrorClass)> {
+        let n = match self.partitions.get(&r.topic) {
+            Some(n) => *n,
+            None => {
+                let n = self
+                    .producer
+                    .partition_count(&r.topic, Duration::from_secs(10))
+                    .await
+                    .map_err(|e| (e.to_string(), e.class()))?;
+                self.partitions.insert(Arc::clone(&r.topic), n);
+                n
+            }
+        };
+        Ok(match (r.partition, &r.key) {
+            (Some(p), _) if (0..n).contains(&p) => p,
+            (Some(p), _) => {
+                return Err((
+                    format!(
+                        "partition {p} does not exist: the topic has {n} (0..={})",
+                        n - 1
+                    ),
+                    ErrorClass::Permanent,
+                ));
+            }
+            (None, Some(k)) => self.key_hash.partition(k, n),
+            (None, None) => *self
+                .sticky
+                .entry(Arc::clone(&r.topic))
+                .or_insert_with(|| rand::rng().random_range(0..n)),
+        })
+    }
+
+    /// Re-evaluates the level, and ends the epoch when it is due.
+    async fn tick(&mut self, shared: &Arc<Shared>, now: Instant) {
+        let changed = self.controller.tick(now);
+        let epoch_over = now.duration_since(self.epoch_start) >= self.epoch;
+        if changed.is_some() || epoch_over {
+            self.end_epoch(shared, now, changed.is_some());
+            let level = self.controller.level();
+            self.choice = self.learner.choose(level);
+            self.epoch_level = level;
+            if changed.is_some() {
+                shared
+                    .counters
+                    .level_changes
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(level = %level, settings = %self.choice.settings, "adaptive producer: level changed");
+            }
+            if self.choice.explored {
+                self.metrics.explored();
+            }
+            *shared
+                .decision
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = (level, self.choice.settings);
+            self.metrics.level(level, self.choice.settings);
+            for f in self.batcher.set_settings(self.choice.settings) {
+                self.flush(shared, f).await;
+            }
+        }
+        if now.duration_since(self.last_persist) >= PERSIST_EVERY {
+            self.last_persist = now;
+            self.persistence.save_in_background(self.learner.learned());
+        }
+    }
+
+    /// Judges the epoch that ran with `self.choice` and starts the next. An epoch cut short by
+    /// a level change is judged only when it ran at least half its length.
+    fn end_epoch(&mut self, shared: &Arc<Shared>, now: Instant, cut_short: bool) {
+        let elapsed = now.duration_since(self.epoch_start);
+        let acc = std::mem::take(
+            &mut *shared
+                .epoch
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if !cut_short || elapsed >= self.epoch / 2 {
+            let stats = EpochStats {
+                submitted: self.epoch_submitted,
+                delivered: acc.delivered,
+                elapsed,
+                p50: Duration::from_micros(acc.latency.value_at_quantile(0.5)),
+                p99: Duration::from_micros(acc.latency.value_at_quantile(0.99)),
+                fill: if self.epoch_batches == 0 {
+                    0.0
+                } else {
+                    self.epoch_batched_events as f64
+                        / self.epoch_batches as f64
+                        / f64::from(self.choice.settings.max_events.max(1))
+                },
+            };
+            // Judged under the level its settings were chosen for, even when it just changed.
+            let judged_level = self.epoch_level;
+            if let Some(j) =
+                self.learner
+                    .observe(judged_level, self.choice, stats, SystemTime::now())
+            {
+                if let Some(r) = j.regression {
+                    shared.counters.regressions.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.regression(judged_level);
+                    tracing::warn!(
+                        level = %judged_level,
+                        settings = %j.choice.settings,
+                        expected = r.expected,
+                        measured = r.measured,
+                        "adaptive producer: throughput regression, more than {:.0} % below expectation",
+                        100.0 * (1.0 - r.measured / r.expected.max(1e-9)),
+                    );
+                }
+                self.persistence.observe(&j);
+            }
+        }
+        self.epoch_start = now;
+        self.epoch_submitted = 0;
+        self.epoch_batches = 0;
+        self.epoch_batched_events = 0;
+    }
+
+    /// Sends a cut batch: as one envelope record (packed) or as records of their own.
+    async fn flush(&mut self, shared: &Arc<Shared>, f: Flushed<BatchKey, Pending>) {
+        let now = Instant::now();
+        let over = f
+            .items
+            .iter()
+            .filter(|p| now.duration_since(p.arrived) > p.budget)
+            .count() as u64;
+        if over > 0 {
+            shared
+                .counters
+                .budget_overruns
+                .fetch_add(over, Ordering::Relaxed);
+        }
+        shared.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.epoch_batches += 1;
+        self.epoch_batched_events += f.items.len() as u64;
+        match f.key {
+            BatchKey::All => self.send_each(shared, f.items).await,
+            BatchKey::Partition(topic, partition) => {
+                if self.sticky.get(&topic) == Some(&partition) {
+                    let n = self.partitions.get(&topic).copied().unwrap_or(1).max(1);
+                    self.sticky.insert(Arc::clone(&topic), (partition + 1) % n);
+                }
+                self.send_envelope(shared, topic, partition, f.items).await;
+            }
+        }
+    }
+
+    async fn send_each(&mut self, shared: &Arc<Shared>, items: Vec<Pending>) {
+        let mut waiting = Vec::with_capacity(items.len());
+        for Pending {
+            record,
+            arrived,
+            reply,
+            ..
+        } in items
+        {
+            match self.producer.send(record).await {
+                Ok(fut) => waiting.push((fut, arrived, reply)),
+                Err(e) => {
+                    shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.send(Err(AdaptiveError::Produce(e)));
+                }
+            }
+        }
+        shared
+            .counters
+            .records
+            .fetch_add(waiting.len() as u64, Ordering::Relaxed);
+        let shared = Arc::clone(shared);
+        self.completions.spawn(async move {
+            let mut latencies = Vec::with_capacity(waiting.len());
+            let (mut ok, mut failed) = (0u64, 0u64);
+            for (fut, arrived, reply) in waiting {
+                match fut.await {
+                    Ok(d) => {
+                        ok += 1;
+                        latencies.push(arrived.elapsed());
+                        let _ = reply.send(Ok(EventDelivered {
+                            partition: d.partition,
+                            offset: d.offset,
+                            index: None,
+                        }));
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        let _ = reply.send(Err(AdaptiveError::Produce(e)));
+                    }
+                }
+            }
+            shared.acknowledged(ok, failed, &latencies);
+        });
+    }
+
+    async fn send_envelope(
+        &mut self,
+        shared: &Arc<Shared>,
+        topic: Topic,
+        partition: i32,
+        items: Vec<Pending>,
+    ) {
+        let bytes: usize = items
+            .iter()
+            .map(|p| p.record.size_hint() + ENVELOPE_OVERHEAD)
+            .sum();
+        let mut w = EnvelopeWriter::with_capacity(bytes + 16);
+        for p in &items {
+            let r = &p.record;
+            w.push(
+                r.key.as_deref(),
+                r.value.as_deref(),
+                &r.headers,
+                r.timestamp,
+            );
+        }
+        let envelope = Record {
+            topic: Arc::clone(&topic),
+            partition: Some(partition),
+            key: None,
+            value: Some(w.finish()),
+            headers: vec![envelope_header()],
+            timestamp: None,
+        };
+        let events = u32::try_from(items.len()).unwrap_or(u32::MAX);
+        let fail_all = |items: Vec<Pending>, class: ErrorClass, message: String| {
+            for (i, p) in items.into_iter().enumerate() {
+                let _ = p.reply.send(Err(AdaptiveError::Envelope {
+                    topic: topic.to_string(),
+                    partition,
+                    events,
+                    index: i as u32,
+                    class,
+                    message: message.clone(),
+                    record: Box::new(p.record),
+                }));
+            }
+        };
+        match self.producer.send(envelope).await {
+            Err(e) => {
+                shared
+                    .counters
+                    .failed
+                    .fetch_add(items.len() as u64, Ordering::Relaxed);
+                fail_all(items, e.class(), e.to_string());
+            }
+            Ok(fut) => {
+                shared.counters.records.fetch_add(1, Ordering::Relaxed);
+                let shared = Arc::clone(shared);
+                let topic = Arc::clone(&topic);
+                self.completions.spawn(async move {
+                    match fut.await {
+                        Ok(d) => {
+                            let mut latencies = Vec::with_capacity(items.len());
+                            let n = items.len() as u64;
+                            for (i, p) in items.into_iter().enumerate() {
+                                latencies.push(p.arrived.elapsed());
+                                let _ = p.reply.send(Ok(EventDelivered {
+                                    partition: d.partition,
+                                    offset: d.offset,
+                                    index: Some(i as u32),
+                                }));
+                            }
+                            shared.acknowledged(n, 0, &latencies);
+                        }
+                        Err(e) => {
+                            let n = items.len() as u64;
+                            let (class, message) = (e.class(), e.to_string());
+                            for (i, p) in items.into_iter().enumerate() {
+                                let _ = p.reply.send(Err(AdaptiveError::Envelope {
+                                    topic: topic.to_string(),
+                                    partition,
+                                    events,
+                                    index: i as u32,
+                                    class,
+                                    message: message.clone(),
+                                    record: Box::new(p.record),
+                                }));
+                            }
+                            shared.acknowledged(0, n, &[]);
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// Sends everything held, waits for every acknowledgement, saves what was learned and
+    /// closes the client.
+    async fn finish(mut self, shared: &Arc<Shared>) -> AdaptiveCloseReport {
+        for f in self.batcher.drain() {
+            self.flush(shared, f).await;
+        }
+        self.completions.close();
+        let failed_before = shared.counters.failed.load(Ordering::Relaxed);
+        let close = self.producer.close();
+        let (_, _report) = tokio::join!(self.completions.wait(), close);
+        let failed_at_close = shared
+            .counters
+            .failed
+            .load(Ordering::Relaxed)
+            .saturating_sub(failed_before);
+        let learned = self.learner.learned();
+        let calibration_warning = self.persistence.save_now(learned.clone()).await;
+        let c = &shared.counters;
+        AdaptiveCloseReport {
+            stats: AdaptiveStats {
+                submitted: c.submitted.load(Ordering::Relaxed),
+                delivered: c.delivered.load(Ordering::Relaxed),
+                failed: c.failed.load(Ordering::Relaxed),
+                batches: c.batches.load(Ordering::Relaxed),
+                records: c.records.load(Ordering::Relaxed),
+                budget_overruns: c.budget_overruns.load(Ordering::Relaxed),
+                regressions: c.regressions.load(Ordering::Relaxed),
+                level_changes: c.level_changes.load(Ordering::Relaxed),
+                level: Some(self.controller.level()),
+                settings: Some(self.choice.settings),
+            },
+            learned,
+            failed_at_close,
+            calibration_warning,
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! The adaptive producer's handle: hand events in, get a future per event.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use kbatch_core::{Offset, Record};
+use kbatch_producer::Producer;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::AdaptiveConfig;
+use crate::driver::{self, Driver};
+use crate::error::{AdaptiveError, TrySendError};
+use crate::intake::{Intake, PushError};
+use crate::learner::Learned;
+use crate::levels::{BatchSettings, LevelId};
+use crate::persist::Persistence;
+
+/// Where an event was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventDelivered {
+    /// Partition of the Kafka record holding it.
+    pub partition: i32,
+    /// Offset of that record.
+    pub offset: Offset,
+    /// Its place in the envelope when packed; `None` when it is a record of its own.
+    pub index: Option<u32>,
+}
+
+/// An event waiting in the intake or a batch.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) record: Record,
+    pub(crate) arrived: Instant,
+    /// The most this event may wait in a batch.
+    pub(crate) budget: Duration,
+    pub(crate) reply: oneshot::Sender<Result<EventDelivered, AdaptiveError>>,
+}
+
+/// Resolves when the event is acknowledged, or with the error that failed it (handing the
+/// event back). Dropping it does not cancel the send.
+#[derive(Debug)]
+pub struct EventFuture {
+    rx: oneshot::Receiver<Result<EventDelivered, AdaptiveError>>,
+}
+
+impl Future for EventFuture {
+    type Output = Result<EventDelivered, AdaptiveError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(AdaptiveError::Closed { record: None })))
+    }
+}
+
+/// Counters and the current decision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AdaptiveStats {
+    /// Events handed in.
+    pub submitted: u64,
+    /// Events acknowledged.
+    pub delivered: u64,
+    /// Events failed.
+    pub failed: u64,
+    /// Batches cut.
+    pub batches: u64,
+    /// Kafka records sent (envelopes when packed, events otherwise).
+    pub records: u64,
+    /// Events that waited in a batch longer than their budget (the driver was late).
+    pub budget_overruns: u64,
+    /// Epochs whose throughput fell more than the allowed drop below expectation.
+    pub regressions: u64,
+    /// Level changes.
+    pub level_changes: u64,
+    /// The current level.
+    pub level: Option<LevelId>,
+    /// The settings in force.
+    pub settings: Option<BatchSettings>,
+}
+
+/// What closing did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdaptiveCloseReport {
+    /// Counters at the end.
+    pub stats: AdaptiveStats,
+    /// What was learned (and saved, when calibration is on).
+    pub learned: Vec<Learned>,
+    /// Events that failed during close (not delivered in time).
+    pub failed_at_close: u64,
+    /// Why saving the calibration failed, if it did.
+    pub calibration_warning: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) submitted: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) records: AtomicU64,
+    pub(crate) budget_overruns: AtomicU64,
+    pub(crate) regressions: AtomicU64,
+    pub(crate) level_changes: AtomicU64,
+}
+
+/// State shared by the handles, the driver and the completion tasks.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) intake: Intake<Pending>,
+    pub(crate) counters: Counters,
+    /// The level and settings in force, for `level()` and `settings()`.
+    pub(crate) decision: Mutex<(LevelId, BatchSettings)>,
+    /// Delivery latencies of the running epoch, by the completion tasks (once per batch).
+    pub(crate) epoch: Mutex<driver::EpochAcc>,
+    pub(crate) budget_cap: Duration,
+}
+
+impl Shared {
+    /// Counts acknowledgements of one batch and adds their latencies to the epoch (one lock
+    /// per batch, not per event).
+    pub(crate) fn acknowledged(&self, delivered: u64, failed: u64, latencies: &[Duration]) {
+        self.counters
+            .delivered
+            .fetch_add(delivered, Ordering::Relaxed);
+        self.counters.failed.fetch_add(failed, Ordering::Relaxed);
+        let mut e = self
+            .epoch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        e.add(delivered, latencies);
+    }
+}
+
+struct CloseOnDrop(Arc<Shared>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        // The last handle is gone: let the driver send what it holds and stop.
+        self.0.intake.close();
+    }
+}
+
+/// A producer that batches events adaptively. See the [crate docs](crate).
+///
+/// Cheap to clone. Dropping the last handle closes it like [`AdaptiveProducer::close`], in
+/// the background.
+#[derive(Clone)]
+pub struct AdaptiveProducer {
+    shared: Arc<Shared>,
+    driver: Arc<tokio::sync::Mutex<Option<JoinHandle<AdaptiveCloseReport>>>>,
+    _last: Arc<CloseOnDrop>,
+}
+
+impl std::fmt::Debug for AdaptiveProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdaptiveProducer")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Events sent with no budget of their own may wait as long as the level allows.
+const NO_BUDGET: Duration = Duration::from_secs(24 * 3_600);
+
+impl AdaptiveProducer {
+    /// Validates `config`, starts the client, loads what was learned (a missing, locked or
+    /// corrupt calibration file is a warning, never a failure) and spawns the driver on the
+    /// current tokio runtime.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn start(config: AdaptiveConfig) -> Result<Self, AdaptiveError> {
+        config.validate()?;
+        let mut producer_config = config.producer.clone();
+        // The intake lingers; the client sends each flush at once.
+        producer_config.kafka.linger = Duration::ZERO;
+        let producer = Producer::new(producer_config)?;
+        let persistence = Persistence::open(&config.calibration, &config.profile);
+        let now = Instant::now();
+        let driver = Driver::new(&config, producer, persistence, now);
+        let (level, settings) = driver.decision();
+        let shared = Arc::new(Shared {
+            intake: Intake::new(config.intake_capacity, intake_shards()),
+            counters: Counters::default(),
+            decision: Mutex::new((level, settings)),
+            epoch: Mutex::new(driver::EpochAcc::default()),
+            budget_cap: config.budget.unwrap_or(NO_BUDGET),
+        });
+        let handle = tokio::spawn(driver.run(Arc::clone(&shared)));
+        Ok(Self {
+            _last: Arc::new(CloseOnDrop(Arc::clone(&shared))),
+            shared,
+            driver: Arc::new(tokio::sync::Mutex::new(Some(handle))),
+        })
+    }
+
+    fn pending(&self, record: Record, budget: Option<Duration>) -> (Pending, EventFuture) {
+        let (reply, rx) = oneshot::channel();
+        let budget = budget.map_or(self.shared.budget_cap, |b| b.min(self.shared.budget_cap));
+        (
+            Pending {
+                record,
+                arrived: Instant::now(),
+                budget,
+                reply,
+            },
+            EventFuture { rx },
+        )
+    }
+
+    /// Hands `record` in, waiting while the intake is full, and returns its future. Fails at
+    /// once, handing the record back, when the producer is closed.
+    ///
+    /// # Cancellation
+    /// Dropping this future while it waits for room drops the record; it was not handed in.
+    pub async fn send(&self, record: Record) -> Result<EventFuture, AdaptiveError> {
+        self.send_inner(record, None).await
+    }
+
+    /// As [`send`](Self::send), and the event waits in a batch at most `budget` (or the
+    /// producer's budget, if shorter), whatever the level.
+    ///
+    /// # Cancellation
+    /// As [`send`](Self::send).
+    pub async fn send_with_budget(
+        &self,
+        record: Record,
+        budget: Duration,
+    ) -> Result<EventFuture, AdaptiveError> {
+        self.send_inner(record, Some(budget)).await
+    }
+
+    async fn send_inner(
+        &self,
+        record: Record,
+        budget: Option<Duration>,
+    ) -> Result<EventFuture, AdaptiveError> {
+        let hint = order_hint(&record);
+        let (p, f) = self.pending(record, budget);
+        match self.shared.intake.push(hint, p).await {
+            Ok(()) => {
+                self.shared
+                    .counters
+                    .submitted
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(f)
+            }
+            Err(p) => Err(AdaptiveError::Closed {
+                record: Some(Box::new(p.record)),
+            }),
+        }
+    }
+
+    /// Hands `record` in without waiting: a full intake hands it back as `Full`.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the record comes back by value: no allocation on the back-pressure path"
+    )]
+    pub fn try_send(&self, record: Record) -> Result<EventFuture, TrySendError> {
+        let hint = order_hint(&record);
+        let (p, f) = self.pending(record, None);
+        match self.shared.intake.try_push(hint, p) {
+            Ok(()) => {
+                self.shared
+                    .counters
+                    .submitted
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(f)
+            }
+            Err(PushError::Full(p)) => Err(TrySendError::Full(p.record)),
+            Err(PushError::Closed(p)) => Err(TrySendError::Closed(p.record)),
+        }
+    }
+
+    /// The current pressure level.
+    pub fn level(&self) -> LevelId {
+        self.decision().0
+    }
+
+    /// The batch settings in force.
+    pub fn settings(&self) -> BatchSettings {
+        self.decision().1
+    }
+
+    fn decision(&self) -> (LevelId, BatchSettings) {
+        *self
+            .shared
+            .decision
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counters and the current decision.
+    pub fn stats(&self) -> AdaptiveStats {
+        let c = &self.shared.counters;
+        let (level, settings) = self.decision();
+        AdaptiveStats {
+            submitted: c.submitted.load(Ordering::Relaxed),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            records: c.records.load(Ordering::Relaxed),
+            budget_overruns: c.budget_overruns.load(Ordering::Relaxed),
+            regressions: c.regressions.load(Ordering::Relaxed),
+            level_changes: c.level_changes.load(Ordering::Relaxed),
+            level: Some(level),
+            settings: Some(settings),
+        }
+    }
+
+    /// Stops taking events, sends everything held, waits for every acknowledgement (within
+    /// the producer's `close_timeout`), saves what was learned and closes the client. Later
+    /// sends fail with `Closed`; later closes return a report with the counters only.
+    pub async fn close(&self) -> AdaptiveCloseReport {
+        self.shared.intake.close();
+        let handle = self.driver.lock().await.take();
+        match handle {
+            Some(h) => match h.await {
+                Ok(report) => report,
+                Err(e) => AdaptiveCloseReport {
+                    stats: self.stats(),
+                    learned: Vec::new(),
+                    failed_at_close: 0,
+                    calibration_warning: Some(format!("the driver task ended abnormally: {e}")),
+                },
+            },
+            None => AdaptiveCloseReport {
+                stats: self.stats(),
+                learned: Vec::new(),
+                failed_at_close: 0,
+                calibration_warning: None,
+            },
+        }
+    }
+}
+
+/// Events that must keep their order share a hint: the same explicit partition, else the
+/// same key. Others may go to any intake shard.
+fn order_hint(record: &Record) -> Option<u64> {
+    match (record.partition, &record.key) {
+        (Some(p), _) => Some(u64::from(crc32fast::hash(record.topic.as_bytes())) ^ p as u64),
+        (None, Some(k)) => Some(u64::from(crc32fast::hash(k))),
+        (None, None) => None,
+    }
+}
+
+fn intake_shards() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 16) * 2)
+}

@@ -1,0 +1,301 @@
+//! The adaptive producer against the real broker: every event delivered once, in order per
+//! key, where its future says; packed envelopes on the partition the key would have had; the
+//! level follows the load; what was learned survives a restart.
+
+#![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use kbatch_adaptive::calibration::{CalibrationStore, LevelRecord};
+use kbatch_adaptive::{AdaptiveConfig, AdaptiveProducer, BatchSettings, LevelId, Shape};
+use kbatch_client::Isolation;
+use kbatch_core::envelope::{decode, is_envelope};
+use kbatch_core::{ConsumedRecord, Record};
+use kbatch_producer::{Producer, ProducerConfig};
+use kbatch_testkit::{consume_all, create_topic, producer_config, unique_name};
+
+const IDLE: Duration = Duration::from_secs(3);
+const KEYS: u64 = 50;
+
+fn config(shape: Shape) -> AdaptiveConfig {
+    AdaptiveConfig::new(ProducerConfig::default().with_kafka(producer_config()))
+        .with_shape(shape)
+        .without_calibration()
+        .with_epoch(Duration::from_millis(200))
+        .with_seed(7)
+}
+
+fn event(topic: &str, i: u64) -> Record {
+    let k = format!("k{}", i % KEYS);
+    Record::new(topic, format!("{k}:{i}")).with_key(k)
+}
+
+/// Per partition, in log order: each event's key, sequence, record offset and envelope index.
+type Placed = BTreeMap<i32, Vec<(String, u64, i64, Option<u32>)>>;
+
+/// (key, sequence) of every event in `got`, per partition in log order; envelopes unpacked.
+fn events(got: &BTreeMap<i32, Vec<ConsumedRecord>>) -> Placed {
+    let mut out = BTreeMap::new();
+    for (p, recs) in got {
+        let v: &mut Vec<_> = out.entry(*p).or_default();
+        for r in recs {
+            if is_envelope(&r.headers) {
+                for (i, e) in decode(r.value.as_ref().unwrap())
+                    .unwrap()
+                    .into_iter()
+                    .enumerate()
+                {
+                    let s = std::str::from_utf8(e.value.as_deref().unwrap()).unwrap();
+                    let (k, n) = s.split_once(':').unwrap();
+                    assert_eq!(e.key.as_deref(), Some(k.as_bytes()));
+                    v.push((k.to_owned(), n.parse().unwrap(), r.offset.0, Some(i as u32)));
+                }
+            } else {
+                let s = std::str::from_utf8(r.value.as_deref().unwrap()).unwrap();
+                let (k, n) = s.split_once(':').unwrap();
+                v.push((k.to_owned(), n.parse().unwrap(), r.offset.0, None));
+            }
+        }
+    }
+    out
+}
+
+/// Every sequence 0..n exactly once, each key's sequences rising, each key on one partition.
+fn assert_once_in_key_order(ev: &Placed, n: u64) {
+    let mut seen = vec![false; n as usize];
+    let mut last: HashMap<&str, (i32, u64)> = HashMap::new();
+    for (p, v) in ev {
+        for (k, s, _, _) in v {
+            assert!(
+                !std::mem::replace(&mut seen[*s as usize], true),
+                "event {s} twice"
+            );
+            if let Some((lp, ls)) = last.insert(k, (*p, *s)) {
+                assert_eq!(lp, *p, "key {k} on two partitions");
+                assert!(ls < *s, "key {k}: {ls} before {s}");
+            }
+        }
+    }
+    let missing = seen.iter().filter(|s| !**s).count();
+    assert_eq!(missing, 0, "{missing} events lost");
+}
+
+async fn run(
+    shape: Shape,
+    topic: &str,
+    n: u64,
+) -> (AdaptiveProducer, Vec<kbatch_adaptive::EventDelivered>) {
+    create_topic(topic, 4).await;
+    let p = AdaptiveProducer::start(config(shape)).unwrap();
+    // Several tasks send: each key is sent by one task, in order.
+    let tasks: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (p, topic) = (p.clone(), topic.to_owned());
+            tokio::spawn(async move {
+                let mut futs = Vec::new();
+                for i in (0..n).filter(|i| (i % KEYS) % 4 == t) {
+                    futs.push((i, p.send(event(&topic, i)).await.unwrap()));
+                }
+                let mut out = Vec::new();
+                for (i, f) in futs {
+                    out.push((i, f.await.unwrap()));
+                }
+                out
+            })
+        })
+        .collect();
+    let mut delivered = vec![None; n as usize];
+    for t in tasks {
+        for (i, d) in t.await.unwrap() {
+            delivered[i as usize] = Some(d);
+        }
+    }
+    (p, delivered.into_iter().map(Option::unwrap).collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_event_every_event_is_its_own_record_once_in_key_order() {
+    const N: u64 = 20_000;
+    let topic = unique_name("adaptive-each");
+    let (p, delivered) = run(Shape::PerEvent, &topic, N).await;
+    let report = p.close().await;
+    assert_eq!(
+        (
+            report.stats.submitted,
+            report.stats.delivered,
+            report.stats.failed
+        ),
+        (N, N, 0)
+    );
+    assert_eq!(report.stats.records, N);
+    let got = tokio::task::block_in_place(|| {
+        consume_all(&topic, Isolation::ReadCommitted, Some(N as usize), IDLE)
+    });
+    let ev = events(&got);
+    assert_once_in_key_order(&ev, N);
+    for (p, v) in &ev {
+        for (_, s, off, idx) in v {
+            let d = delivered[*s as usize];
+            assert_eq!(
+                (d.partition, d.offset.0, d.index),
+                (*p, *off, *idx),
+                "event {s}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn packed_events_travel_in_envelopes_on_their_keys_partition() {
+    const N: u64 = 20_000;
+    let topic = unique_name("adaptive-packed");
+    let (p, delivered) = run(Shape::Packed, &topic, N).await;
+    let report = p.close().await;
+    assert_eq!((report.stats.delivered, report.stats.failed), (N, 0));
+    assert!(
+        report.stats.records < N / 10,
+        "{} envelopes for {N} events",
+        report.stats.records
+    );
+    let got =
+        tokio::task::block_in_place(|| consume_all(&topic, Isolation::ReadCommitted, None, IDLE));
+    assert_eq!(
+        got.values().map(Vec::len).sum::<usize>() as u64,
+        report.stats.records
+    );
+    let ev = events(&got);
+    assert_once_in_key_order(&ev, N);
+    for (p, v) in &ev {
+        for (_, s, off, idx) in v {
+            let d = delivered[*s as usize];
+            assert_eq!(
+                (d.partition, d.offset.0, d.index),
+                (*p, *off, *idx),
+                "event {s}"
+            );
+        }
+    }
+    // The same keys sent as plain records by the plain producer land where packing put them.
+    let plain = Producer::new(ProducerConfig::default().with_kafka(producer_config())).unwrap();
+    let other = unique_name("adaptive-plain");
+    create_topic(&other, 4).await;
+    let mut where_packed = HashMap::new();
+    for (p, v) in &ev {
+        for (k, ..) in v {
+            where_packed.insert(k.clone(), *p);
+        }
+    }
+    for (k, p) in where_packed {
+        let d = plain
+            .send(Record::new(other.as_str(), "x").with_key(k.clone()))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(d.partition, p, "key {k}");
+    }
+    plain.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_level_rises_with_a_burst_and_settles_when_it_stops() {
+    let topic = unique_name("adaptive-level");
+    create_topic(&topic, 2).await;
+    let mut cfg = config(Shape::Packed).with_initial_level(LevelId(1));
+    cfg.controller.min_dwell = Duration::from_millis(200);
+    cfg.controller.window = Duration::from_secs(2);
+    let p = AdaptiveProducer::start(cfg).unwrap();
+    assert_eq!(p.level(), LevelId(1));
+    let mut futs = Vec::new();
+    for i in 0..50_000 {
+        futs.push(p.send(event(&topic, i)).await.unwrap());
+    }
+    for f in futs {
+        f.await.unwrap();
+    }
+    // The burst went into the intake at once; its events are all acknowledged now, so the
+    // driver has counted them.
+    let risen = p.level();
+    assert!(
+        risen >= LevelId(4),
+        "50,000 events at once left the level at {risen}"
+    );
+    // Quiet: back to L1 once the 2 s window has forgotten the burst.
+    kbatch_testkit::wait_until(Duration::from_secs(20), "the level back at L1", || async {
+        p.level() == LevelId(1)
+    })
+    .await;
+    let r = p.close().await;
+    assert!(r.stats.level_changes >= 2, "{:?}", r.stats);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_begins_from_what_was_learned_and_a_corrupt_file_only_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("calibration.sqlite3");
+    let learned = BatchSettings {
+        max_events: 777,
+        linger: Duration::from_millis(33),
+    };
+    {
+        let opened = CalibrationStore::open(&path);
+        assert!(opened.warning.is_none());
+        opened
+            .store
+            .save(
+                "test",
+                &[LevelRecord {
+                    level: LevelId(5),
+                    best: learned,
+                    expected_throughput: 5_000.0,
+                    p99: Duration::from_millis(20),
+                    observations: 3,
+                    updated_at: std::time::SystemTime::now(),
+                }],
+            )
+            .unwrap();
+    }
+    let topic = unique_name("adaptive-calib");
+    create_topic(&topic, 1).await;
+    let cfg = config(Shape::Packed)
+        .with_calibration_path(&path)
+        .with_profile("test")
+        .with_explore_share(0.0);
+    let p = AdaptiveProducer::start(cfg.clone()).unwrap();
+    assert_eq!(p.settings(), learned, "started from the stored best");
+    let mut futs = Vec::new();
+    for i in 0..2_000 {
+        futs.push(p.send(event(&topic, i)).await.unwrap());
+    }
+    for f in futs {
+        f.await.unwrap();
+    }
+    let report = p.close().await;
+    assert_eq!(report.calibration_warning, None);
+    // What this run learned was saved: observations at least as many as before.
+    let stored = CalibrationStore::open(&path).store.load("test").unwrap();
+    assert!(stored.iter().any(|r| r.observations >= 3), "{stored:?}");
+
+    // A corrupt file: a warning, bootstrap settings, and the producer works.
+    std::fs::write(&path, b"this is not a database, it is a test").unwrap();
+    let p = AdaptiveProducer::start(cfg).unwrap();
+    assert_ne!(p.settings(), learned);
+    p.send(event(&topic, 0)).await.unwrap().await.unwrap();
+    p.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_to_a_missing_partition_fails_alone_and_hands_the_event_back() {
+    let topic = unique_name("adaptive-bad");
+    create_topic(&topic, 2).await;
+    let p = AdaptiveProducer::start(config(Shape::Packed)).unwrap();
+    let good = p.send(event(&topic, 1)).await.unwrap();
+    let bad = p.send(event(&topic, 2).with_partition(9)).await.unwrap();
+    let e = bad.await.unwrap_err();
+    assert!(e.to_string().contains("partition 9 does not exist"), "{e}");
+    assert_eq!(e.into_record().unwrap().partition, Some(9));
+    good.await.unwrap();
+    let r = p.close().await;
+    assert_eq!((r.stats.delivered, r.stats.failed), (1, 1));
+}
