@@ -3,11 +3,6 @@
 
 mod adaptive;
 mod consumer;
-#[allow(
-    dead_code,
-    reason = "the bench reports draw their charts with it next (issue 10); until then only its \
-              tests call it"
-)]
 mod plot;
 mod producer;
 mod recovery;

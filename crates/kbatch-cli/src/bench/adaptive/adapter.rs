@@ -1,66 +1,123 @@
-//! The one place that speaks to code landing from other branches: `kbatch-adaptive`'s
-//! `AdaptiveProducer` and `kbatch-core`'s envelope codec. Everything else in the bench uses
-//! the types here.
-//!
-//! PLACEHOLDER until `git merge main` brings them: `start` and `envelope_record` fail with
-//! [`NOT_MERGED`], and the bench skips the contenders that need them, saying so.
+//! The adaptive producer and the envelope codec as the bench uses them: started without
+//! calibration, every future mapped to where its event landed, and the BULK baseline's
+//! envelope record.
 
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use futures::future::Map;
+use kbatch_adaptive::{AdaptiveConfig, AdaptiveError, AdaptiveProducer, EventDelivered, Shape};
+use kbatch_core::envelope::{EnvelopeWriter, envelope_header};
 use kbatch_core::{Record, Topic};
 use kbatch_producer::ProducerConfig;
 
 use super::load::Ack;
 
-/// Why the adaptive contenders cannot run yet; `None` once the code is merged.
-pub(super) const NOT_MERGED: Option<&str> =
-    Some("kbatch-adaptive's AdaptiveProducer and kbatch-core's envelope codec are not merged yet");
-
-/// How the adaptive producer hands a flushed microbatch to Kafka.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Shape {
-    /// One Kafka record per event (`Shape::PerEvent`).
-    PerEvent,
-    /// One Kafka record per flushed microbatch and partition, an envelope (`Shape::Packed`).
-    Packed,
+/// The adaptive producer's settings for a run: the crate's defaults around `producer`, in
+/// `shape`, without calibration, so every run starts from the crate's own bootstrap settings
+/// and none learns from another.
+pub(super) fn config(producer: ProducerConfig, shape: Shape) -> AdaptiveConfig {
+    AdaptiveConfig::new(producer)
+        .with_shape(shape)
+        .without_calibration()
 }
 
-/// A running adaptive producer.
-pub(super) struct Adaptive {
-    _shape: Shape,
+/// What `AdaptiveProducer::start` does to the client settings it is given: the intake
+/// lingers, so the client sends each flush at once. Mirrored here so the settings check and
+/// the BULK baseline see the client the adaptive contenders really run.
+pub(super) fn client_linger() -> Duration {
+    Duration::ZERO
+}
+
+type ToAck = fn(Result<EventDelivered, AdaptiveError>) -> Result<Ack, String>;
+
+fn to_ack(r: Result<EventDelivered, AdaptiveError>) -> Result<Ack, String> {
+    r.map(|d| Ack {
+        partition: d.partition,
+        offset: d.offset.0,
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// Resolves when the event is acknowledged.
-pub(super) type EventFuture = std::future::Ready<Result<Ack, String>>;
+pub(super) type EventFuture = Map<kbatch_adaptive::EventFuture, ToAck>;
+
+/// A running adaptive producer.
+pub(super) struct Adaptive {
+    p: AdaptiveProducer,
+}
 
 impl Adaptive {
-    /// Starts one on `producer` (kbatch's `Producer` settings it drives), without calibration:
-    /// every run starts from the crate's own bootstrap settings, none learned in another run.
-    pub(super) fn start(_producer: ProducerConfig, shape: Shape) -> anyhow::Result<Self> {
-        let _ = Self { _shape: shape };
-        anyhow::bail!(NOT_MERGED.unwrap_or_default())
+    /// Starts one (inside the runtime: it spawns its driver).
+    pub(super) fn start(config: AdaptiveConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            p: AdaptiveProducer::start(config)?,
+        })
     }
 
     /// Hands `record` over, waiting while the intake is full.
-    pub(super) async fn send(&self, _record: Record) -> anyhow::Result<EventFuture> {
-        anyhow::bail!(NOT_MERGED.unwrap_or_default())
+    pub(super) async fn send(&self, record: Record) -> anyhow::Result<EventFuture> {
+        Ok(self.p.send(record).await?.map(to_ack as ToAck))
     }
 
     /// Its level and batch settings now, in words.
     pub(super) fn state(&self) -> String {
-        String::new()
+        format!("{} {}", self.p.level(), self.p.settings())
     }
 
-    /// Closes it; its close report and counters, in words.
+    /// Closes it; its counters and what it learned, in words.
     pub(super) async fn close(self) -> String {
-        String::new()
+        let r = self.p.close().await;
+        let s = r.stats;
+        format!(
+            "{} batches, {} records, {} level changes, {} budget overruns, {} regressions, \
+             {} failed at close; learned at {} level(s): {}",
+            s.batches,
+            s.records,
+            s.level_changes,
+            s.budget_overruns,
+            s.regressions,
+            r.failed_at_close,
+            r.learned.len(),
+            r.learned
+                .iter()
+                .map(|l| format!("{} {}", l.level, l.best))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     }
 }
 
 /// One Kafka record holding `events` (key, value) in an envelope, with the envelope header,
 /// for `partition` of `topic`.
 pub(super) fn envelope_record<'a>(
-    _topic: &Topic,
-    _partition: i32,
-    _events: impl Iterator<Item = (&'a [u8], &'a [u8])>,
-) -> anyhow::Result<Record> {
-    anyhow::bail!(NOT_MERGED.unwrap_or_default())
+    topic: &Topic,
+    partition: i32,
+    events: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> Record {
+    let mut w = EnvelopeWriter::new();
+    for (k, v) in events {
+        w.push(Some(k), Some(v), &[], None);
+    }
+    let mut r = Record::new(std::sync::Arc::clone(topic), w.finish()).with_partition(partition);
+    r.headers.push(envelope_header());
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bulk_envelope_holds_every_event_in_order() {
+        let t: Topic = "t".into();
+        let events = [(&b"k1"[..], &b"v1"[..]), (&b"k2"[..], &b"v2"[..])];
+        let r = envelope_record(&t, 3, events.into_iter());
+        assert_eq!(r.partition, Some(3));
+        assert!(kbatch_core::envelope::is_envelope(&r.headers));
+        let decoded = kbatch_core::envelope::decode(r.value.as_ref().unwrap()).unwrap();
+        assert_eq!(decoded.len(), 2);
+        assert_eq!(decoded[1].key.as_deref(), Some(&b"k2"[..]));
+        assert_eq!(decoded[1].value.as_deref(), Some(&b"v2"[..]));
+    }
 }

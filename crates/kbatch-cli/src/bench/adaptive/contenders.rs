@@ -12,7 +12,9 @@ use kbatch_producer::{DeliveryFuture, ProduceError, Producer, ProducerConfig};
 use rand::{Rng as _, SeedableRng as _};
 use serde::Serialize;
 
-use super::adapter::{self, Adaptive, Shape};
+use kbatch_adaptive::Shape;
+
+use super::adapter::{self, Adaptive};
 use super::load::{self, Ack, Measured, Plan, Target};
 
 /// kbatch's plain `Producer` with fixed batching: flush a partition's batch at `linger`,
@@ -71,10 +73,10 @@ impl Contender {
     pub(super) fn describe(self) -> String {
         match self {
             Contender::Adaptive(Shape::PerEvent) => {
-                "adaptive, per-event (Shape::PerEvent, no calibration)".into()
+                "adaptive, per-event (Shape::PerEvent; crate defaults, calibration off)".into()
             }
             Contender::Adaptive(Shape::Packed) => {
-                "adaptive, packed (Shape::Packed, no calibration)".into()
+                "adaptive, packed (Shape::Packed; crate defaults, calibration off)".into()
             }
             Contender::Static(b) => format!(
                 "static Producer, linger {} ms, batch {} records / {} B",
@@ -83,19 +85,6 @@ impl Contender {
             Contender::Bulk(n) => {
                 format!("BULK: {n} events per envelope, one Producer::send per envelope")
             }
-        }
-    }
-
-    fn needs_adapter(self) -> bool {
-        matches!(self, Contender::Adaptive(_) | Contender::Bulk(_))
-    }
-
-    /// Why it cannot run in this build, if it cannot.
-    pub(super) fn unavailable(self) -> Option<&'static str> {
-        if self.needs_adapter() {
-            adapter::NOT_MERGED
-        } else {
-            None
         }
     }
 }
@@ -151,17 +140,37 @@ pub(super) struct Settings {
     pub(super) base: KafkaProducerConfig,
     /// kbatch's own bounds (records, bytes) for every `Producer`, the adaptive one's included.
     pub(super) pending: (usize, usize),
-    /// The batching of the `Producer` under the adaptive contenders and under BULK.
-    pub(super) inner: StaticBatching,
+    /// The batch limits of the client under the adaptive contenders and under BULK (its
+    /// linger is 0: the adaptive producer sets it so, and BULK runs the same client).
+    pub(super) inner: BatchLimits,
+}
+
+/// A client's batch limits without its linger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub(super) struct BatchLimits {
+    pub(super) batch_records: usize,
+    pub(super) batch_bytes: usize,
+}
+
+impl std::str::FromStr for BatchLimits {
+    type Err = String;
+    /// `BATCH_RECORDS:BATCH_BYTES`, e.g. `10000:1048576`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let b: StaticBatching = format!("0:{s}")
+            .parse()
+            .map_err(|_| format!("{s:?} is not BATCH_RECORDS:BATCH_BYTES, e.g. 10000:1048576"))?;
+        Ok(Self {
+            batch_records: b.batch_records,
+            batch_bytes: b.batch_bytes,
+        })
+    }
 }
 
 impl Settings {
-    /// The `Producer` settings of `c`.
+    /// The `Producer` settings of `c`'s client, as it runs (the adaptive producer's linger
+    /// as `AdaptiveProducer::start` sets it).
     pub(super) fn producer(&self, c: Contender) -> ProducerConfig {
-        let b = match c {
-            Contender::Static(b) => b,
-            Contender::Adaptive(_) | Contender::Bulk(_) => self.inner,
-        };
+        let b = self.batching(c);
         let mut k = self.base.clone();
         k.linger = std::time::Duration::from_millis(b.linger_ms);
         k.batch_records = b.batch_records;
@@ -169,6 +178,20 @@ impl Settings {
         ProducerConfig::default()
             .with_kafka(k)
             .with_pending_limits(self.pending.0, self.pending.1)
+    }
+}
+
+impl Settings {
+    /// The client batching of `c`.
+    pub(super) fn batching(&self, c: Contender) -> StaticBatching {
+        match c {
+            Contender::Static(b) => b,
+            Contender::Adaptive(_) | Contender::Bulk(_) => StaticBatching {
+                linger_ms: adapter::client_linger().as_millis() as u64,
+                batch_records: self.inner.batch_records,
+                batch_bytes: self.inner.batch_bytes,
+            },
+        }
     }
 }
 
@@ -219,7 +242,7 @@ impl Target for Bulk<'_> {
         let events = (first..first + u64::from(self.per))
             .map(|i| (self.data.key(i).as_ref(), self.data.value(i).as_ref()));
         let partition = (n % self.data.partitions as u64) as i32;
-        let r = adapter::envelope_record(&self.topic, partition, events)?;
+        let r = adapter::envelope_record(&self.topic, partition, events);
         Ok(self.p.send(r).await?.map(to_ack as ToAck))
     }
 }
@@ -244,6 +267,8 @@ impl Target for AdaptiveEvents<'_> {
 /// A run's measurements and what the client said when it closed.
 pub(super) struct Outcome {
     pub(super) measured: Measured,
+    /// The adaptive producer's level and batch settings when the load ended.
+    pub(super) end_state: Option<String>,
     /// The adaptive producer's level and settings at the end, its close report; the
     /// `Producer`'s close report.
     pub(super) client_note: String,
@@ -331,11 +356,12 @@ async fn run_on(
             let report = p.close().await;
             m.map(|measured| Outcome {
                 measured,
+                end_state: None,
                 client_note: format!("{report:?}"),
             })
         }
         Contender::Adaptive(shape) => {
-            let p = Adaptive::start(config, shape)?;
+            let p = Adaptive::start(adapter::config(config, shape))?;
             let a = AdaptiveEvents {
                 p: &p,
                 topic: t,
@@ -346,7 +372,8 @@ async fn run_on(
             let report = p.close().await;
             m.map(|measured| Outcome {
                 measured,
-                client_note: format!("at the end: {state}; close: {report}"),
+                end_state: Some(state),
+                client_note: report,
             })
         }
     }
@@ -391,13 +418,22 @@ mod tests {
         let s = Settings {
             base: KafkaProducerConfig::default(),
             pending: (100_000, 256 << 20),
-            inner: "5:10000:1048576".parse().unwrap(),
+            inner: "10000:1048576".parse().unwrap(),
         };
         let st = "100:100000:1048576".parse().unwrap();
         let a = s.producer(Contender::Static(st));
         let b = s.producer(Contender::Adaptive(Shape::PerEvent));
         assert_eq!(a.kafka.linger.as_millis(), 100);
-        assert_eq!(b.kafka.linger.as_millis(), 5);
+        assert_eq!(
+            b.kafka.linger.as_millis(),
+            0,
+            "as AdaptiveProducer::start sets it"
+        );
+        assert_eq!(
+            s.producer(Contender::Bulk(1_000)),
+            b,
+            "BULK runs the adaptive client"
+        );
         let mut a2 = a.clone();
         a2.kafka.linger = b.kafka.linger;
         a2.kafka.batch_records = b.kafka.batch_records;

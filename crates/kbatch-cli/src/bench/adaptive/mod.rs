@@ -23,6 +23,7 @@ mod contenders;
 mod criterion;
 mod load;
 mod report;
+mod settings;
 mod verdict;
 
 use std::collections::BTreeMap;
@@ -31,15 +32,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args as ClapArgs;
-use kbatch_client::bench::{client_settings, ignored_setting};
 use kbatch_client::{Admin, ClientConfig, Compression, KafkaProducerConfig};
 use kbatch_producer::{Producer, ProducerConfig};
 
-use adapter::Shape;
-use contenders::{Contender, Data, Settings, StaticBatching};
+use contenders::{BatchLimits, Contender, Data, Settings, StaticBatching};
+use kbatch_adaptive::Shape;
 use load::{Load, Plan};
 use report::{Report, Run};
-use verdict::{Better, Comparison, Metric};
 
 /// Options of `kbatch bench adaptive`.
 #[derive(ClapArgs, Debug)]
@@ -80,20 +79,27 @@ pub(crate) struct Args {
     /// Partitions of each run's topic.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..=1000))]
     partitions: i32,
-    /// Most events sent and not yet acknowledged, for every contender alike; also every
-    /// Producer's max_pending_records and librdkafka's queue.buffering.max.messages.
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1_000..=10_000_000))]
+    /// Most events the bench holds sent and not yet acknowledged, for every contender alike:
+    /// a safety bound, set high enough that at saturation each contender's own bound (the
+    /// Producer's --max-pending, the adaptive intake) is what holds the sender back, not this.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1_000..=10_000_000))]
     window: u64,
+    /// Every client's own bound, the same for all: the Producer's max_pending_records (the
+    /// adaptive producer's underlying one too) and librdkafka's queue.buffering.max.messages.
+    /// The default is kbatch's and librdkafka's.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_pending: u64,
     /// The static contenders: LINGER_MS:BATCH_RECORDS:BATCH_BYTES each, comma-separated.
     /// Batch limits grow with the linger; batch.size stops at 1 MiB, the most the broker
     /// takes in one batch by default (message.max.bytes caps a MessageSet at 1,000,000 B anyway).
     #[arg(long, value_delimiter = ',',
           default_values = ["0:1000:131072", "5:10000:1048576", "100:100000:1048576"])]
     statics: Vec<StaticBatching>,
-    /// Batching of the Producer under the adaptive contenders and BULK
-    /// (LINGER_MS:BATCH_RECORDS:BATCH_BYTES); the default is kbatch's own default.
-    #[arg(long, default_value = "5:10000:1048576")]
-    inner: StaticBatching,
+    /// Batch limits of the client under the adaptive contenders, and of BULK's, which runs
+    /// the same client (BATCH_RECORDS:BATCH_BYTES; kbatch's defaults). Its linger is 0:
+    /// AdaptiveProducer::start sets it so, its intake does the lingering.
+    #[arg(long, default_value = "10000:1048576")]
+    inner_batch: BatchLimits,
     /// Events per envelope of the BULK baseline.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     bulk_events: u32,
@@ -119,9 +125,6 @@ enum Part {
     Latency,
     Packed,
 }
-
-const ADAPTIVE: &str = "adaptive_per_event";
-const PACKED: &str = "adaptive_packed";
 
 pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
     if a.quick {
@@ -165,46 +168,31 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
     )
     .with_compression(Compression::Lz4);
     base.statistics_interval = None;
-    base.queue_records = window;
+    let max_pending = usize::try_from(a.max_pending)?;
+    base.queue_records = max_pending;
     let settings = Settings {
-        pending: (window, base.queue_bytes),
+        pending: (max_pending, base.queue_bytes),
         base,
-        inner: a.inner,
+        inner: a.inner_batch,
     };
     let data = Data::new(a.keys, a.size, a.partitions);
 
     let wanted = |p: Part| a.only.is_empty() || a.only.contains(&p);
     let mut notes = Vec::new();
-    let mut keep = |cs: Vec<Contender>| -> Vec<Contender> {
-        cs.into_iter()
-            .filter(|c| match c.unavailable() {
-                Some(why) => {
-                    let n = format!("{} not run: {why}", c.key());
-                    if !notes.contains(&n) {
-                        notes.push(n);
-                    }
-                    false
-                }
-                None => true,
-            })
-            .collect()
-    };
     let statics: Vec<Contender> = a.statics.iter().copied().map(Contender::Static).collect();
     let latency: Vec<Contender> = if wanted(Part::Latency) {
-        keep(
-            std::iter::once(Contender::Adaptive(Shape::PerEvent))
-                .chain(statics.iter().copied())
-                .collect(),
-        )
+        std::iter::once(Contender::Adaptive(Shape::PerEvent))
+            .chain(statics.iter().copied())
+            .collect()
     } else {
         Vec::new()
     };
     let packed: Vec<Contender> = if wanted(Part::Packed) {
-        keep(vec![
+        vec![
             Contender::Bulk(a.bulk_events),
             Contender::Adaptive(Shape::Packed),
             Contender::Adaptive(Shape::PerEvent),
-        ])
+        ]
     } else {
         Vec::new()
     };
@@ -214,12 +202,8 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
             everyone.push(*c);
         }
     }
-    anyhow::ensure!(
-        !everyone.is_empty(),
-        "no contender can run: {}",
-        notes.join("; ")
-    );
-    let (shared, batching) = check_settings(&settings, &everyone)?;
+    anyhow::ensure!(!everyone.is_empty(), "no contender selected");
+    let (shared, batching) = settings::check_settings(&settings, &everyone)?;
     eprintln!(
         "bench: every contender runs with the same {} librdkafka settings, batching aside",
         shared.len()
@@ -260,15 +244,7 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
                         plan.load.label()
                     )
                 })?;
-            let r = Run::new(
-                bench,
-                round,
-                position,
-                c.key(),
-                plan.load,
-                &o.measured,
-                o.client_note,
-            );
+            let r = Run::new(bench, round, position, c.key(), plan.load, o);
             eprintln!(
                 "bench: {} {bench} {} {}: p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, {:.0} acked/s, {} records{}",
                 if round == 0 {
@@ -325,12 +301,22 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
 
     let static_keys: Vec<String> = statics.iter().map(|c| c.key()).collect();
     let load_labels: Vec<String> = loads.iter().map(|l| l.label()).collect();
-    let targets = targets(&a, &runs, &latency, &packed, &static_keys, &loads);
+    let targets = verdict::targets(
+        &runs,
+        &verdict::Field {
+            rounds: a.rounds,
+            loads: &loads,
+            latency: &latency,
+            packed: &packed,
+            statics: &static_keys,
+            bulk_events: a.bulk_events,
+        },
+    );
     let mut adaptive_behind = verdict::behind(
         &runs,
         "latency",
         &load_labels,
-        ADAPTIVE,
+        &Contender::Adaptive(Shape::PerEvent).key(),
         &static_keys,
         false,
     );
@@ -338,7 +324,7 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
         &runs,
         "packed",
         &["saturation".to_owned()],
-        PACKED,
+        &Contender::Adaptive(Shape::Packed).key(),
         &[Contender::Bulk(a.bulk_events).key()],
         true,
     ));
@@ -362,7 +348,7 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
         .plot
         .clone()
         .unwrap_or_else(|| target_dir.join("bench").join("adaptive.png"));
-    let plot = draw_plot(&plot_path, &summaries);
+    let plot = report::draw_plot(&plot_path, &summaries);
 
     if a.rounds < 3 {
         notes.push(format!(
@@ -411,6 +397,7 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
             "idempotence": settings.base.idempotence,
             "compression": settings.base.compression.as_str(),
             "window_events": window,
+            "max_pending_records": max_pending,
             "rounds": a.rounds,
             "warmup_seconds": a.warmup_seconds,
             "settle_seconds": a.settle_seconds,
@@ -423,9 +410,10 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
             "contenders": everyone.iter().map(|c| serde_json::json!({
                 "key": c.key(),
                 "description": c.describe(),
-                "producer_batching": match c { Contender::Static(b) => *b, _ => a.inner },
+                "producer_batching": settings.batching(*c),
                 "librdkafka_batching": batching.get(&c.key()),
             })).collect::<Vec<_>>(),
+            "adaptive": settings::adaptive_facts(&settings),
             "librdkafka_shared": shared,
             "rust_client": format!("rust-rdkafka 0.39.0, librdkafka {}", kbatch_client::bench::librdkafka_version()),
             "sender": "one task sends; a second awaits every future as it completes (FuturesUnordered) and stamps it; \
@@ -449,166 +437,4 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The targets of the brief, evaluated per round against the best static run of that round.
-fn targets(
-    a: &Args,
-    runs: &[Run],
-    latency: &[Contender],
-    packed: &[Contender],
-    statics: &[String],
-    loads: &[Load],
-) -> Vec<verdict::Verdict> {
-    let has = |cs: &[Contender], key: &str| cs.iter().any(|c| c.key() == key);
-    let mut out = Vec::new();
-    for load in loads {
-        let label = load.label();
-        let (target, metric, metric_name, better, bound): (String, Metric, &str, Better, f64) =
-            match load {
-                Load::Rate(_) => (
-                    format!("p99 at {label}: adaptive per-event ≤ 1.2 × the best static"),
-                    |r| r.p99_ms,
-                    "p99 ms",
-                    Better::Lower,
-                    1.2,
-                ),
-                Load::Saturation => (
-                    "saturation throughput: adaptive per-event ≥ 0.95 × the best static".into(),
-                    |r| r.acked_per_s,
-                    "acked events/s",
-                    Better::Higher,
-                    0.95,
-                ),
-            };
-        if !has(latency, ADAPTIVE) {
-            out.push(verdict::not_evaluated(
-                target,
-                "adaptive per-event did not run",
-            ));
-            continue;
-        }
-        out.push(
-            Comparison {
-                target,
-                bench: "latency",
-                load: &label,
-                ours: ADAPTIVE,
-                theirs: statics,
-                metric,
-                metric_name,
-                better,
-                bound,
-            }
-            .evaluate(runs, a.rounds),
-        );
-    }
-    let bulk = [Contender::Bulk(a.bulk_events).key()];
-    let per_event = [ADAPTIVE.to_owned()];
-    for (target, theirs, bound) in [
-        (
-            format!(
-                "packed events/s ≥ 0.8 × BULK ({} events per envelope)",
-                a.bulk_events
-            ),
-            &bulk[..],
-            0.8,
-        ),
-        (
-            "packed events/s ≥ 10 × adaptive per-event".to_owned(),
-            &per_event[..],
-            10.0,
-        ),
-    ] {
-        if !has(packed, PACKED) || !has(packed, &theirs[0]) {
-            out.push(verdict::not_evaluated(
-                target,
-                &format!("{PACKED} or {} did not run", theirs[0]),
-            ));
-            continue;
-        }
-        out.push(
-            Comparison {
-                target,
-                bench: "packed",
-                load: "saturation",
-                ours: PACKED,
-                theirs,
-                metric: |r| r.acked_per_s,
-                metric_name: "acked events/s",
-                better: Better::Higher,
-                bound,
-            }
-            .evaluate(runs, a.rounds),
-        );
-    }
-    out
-}
-
-type SettingMap = BTreeMap<String, String>;
-
-/// librdkafka's settings that are a contender's batching, the one thing that differs.
-fn is_batching(name: &str) -> bool {
-    matches!(
-        name,
-        "linger.ms" | "queue.buffering.max.ms" | "batch.num.messages" | "batch.size"
-    )
-}
-
-/// librdkafka's own dump of every contender's client settings: everything but batching must
-/// be equal. Returns the shared settings and each contender's batching as librdkafka lists it.
-fn check_settings(
-    s: &Settings,
-    contenders: &[Contender],
-) -> anyhow::Result<(SettingMap, BTreeMap<String, SettingMap>)> {
-    let mut shared: Option<(String, SettingMap)> = None;
-    let mut batching = BTreeMap::new();
-    let mut diffs = Vec::new();
-    for c in contenders {
-        let all: SettingMap = client_settings(&s.producer(*c).effective_kafka_for_bench())?
-            .into_iter()
-            .filter(|(k, _)| !ignored_setting(k))
-            .collect();
-        let (b, rest): (SettingMap, SettingMap) =
-            all.into_iter().partition(|(k, _)| is_batching(k));
-        batching.insert(c.key(), b);
-        match &shared {
-            None => shared = Some((c.key(), rest)),
-            Some((who, reference)) => {
-                for k in reference.keys().chain(rest.keys()) {
-                    if reference.get(k) != rest.get(k) {
-                        diffs.push(format!(
-                            "{k}: {who} {:?}, {} {:?}",
-                            reference.get(k),
-                            c.key(),
-                            rest.get(k)
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    diffs.sort();
-    diffs.dedup();
-    anyhow::ensure!(
-        diffs.is_empty(),
-        "contenders would run with different librdkafka settings:\n  {}",
-        diffs.join("\n  ")
-    );
-    Ok((shared.map(|(_, s)| s).unwrap_or_default(), batching))
-}
-
-/// Draws p99 and throughput against offered rate; returns where, or why not.
-fn draw_plot(path: &std::path::Path, summaries: &[report::Summary]) -> String {
-    let series = report::plot_points(summaries);
-    if series.is_empty() {
-        return "not drawn: no latency runs".into();
-    }
-    // PLOT SPOT: `crate::bench::plot::latency_and_throughput_png` arrives from another branch;
-    // after `git merge main` this calls it with `series` (Series { name, points: Point {
-    // offered_rate (∞ = saturation), p99_ms, throughput } }).
-    format!(
-        "not drawn to {}: crates/kbatch-cli/src/bench/plot.rs is not merged yet (the points are in --json's summaries)",
-        path.display()
-    )
 }

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::contenders::Outcome;
 use super::criterion::IntakeFigure;
-use super::load::Measured;
 use super::verdict::Verdict;
-use crate::bench::median;
+use crate::bench::{median, plot};
 
 /// One run of one contender under one load.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -45,8 +45,9 @@ pub(super) struct Run {
     pub(super) max_ms: f64,
     /// How far behind its schedule the sender fell at most (open loop).
     pub(super) sender_lag_max_ms: f64,
-    /// What the client said at the end (the adaptive producer's level and settings, close
-    /// reports).
+    /// The adaptive producer's level and batch settings when the load ended.
+    pub(super) adaptive_end_state: Option<String>,
+    /// What the client reported when it closed.
     pub(super) client: String,
 }
 
@@ -57,9 +58,9 @@ impl Run {
         position: usize,
         contender: String,
         load: super::load::Load,
-        m: &Measured,
-        client: String,
+        o: Outcome,
     ) -> Self {
+        let m = &o.measured;
         let q = |q: f64| m.latency_us.value_at_quantile(q) as f64 / 1e3;
         let per_s = |n: u64| {
             if m.seconds > 0.0 {
@@ -89,7 +90,8 @@ impl Run {
             p999_ms: q(0.999),
             max_ms: m.latency_us.max() as f64 / 1e3,
             sender_lag_max_ms: m.sender_lag_max_ms,
-            client,
+            adaptive_end_state: o.end_state,
+            client: o.client_note,
         }
     }
 }
@@ -201,21 +203,28 @@ impl Report {
     /// The tables, on stderr.
     pub(super) fn print(&self, descriptions: &BTreeMap<String, String>) {
         let c = &self.config;
+        // Strings without their JSON quotes.
+        let v = |k: &str| match &c[k] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
         eprintln!(
             "\nadaptive benchmark: {} B values, {} keys, {} partitions, acks={}, idempotence={}, \
-             compression={}, window {} events for every contender; {} round(s){}",
-            c["value_bytes"],
-            c["keys"],
-            c["partitions"],
-            c["acks"],
-            c["idempotence"],
-            c["compression"],
-            c["window_events"],
-            c["rounds"],
+             compression={}; every client holds at most {} pending records; the bench at most {} \
+             unacknowledged events; {} round(s){}",
+            v("value_bytes"),
+            v("keys"),
+            v("partitions"),
+            v("acks"),
+            v("idempotence"),
+            v("compression"),
+            v("max_pending_records"),
+            v("window_events"),
+            v("rounds"),
             if c["warmup_seconds"].as_f64().unwrap_or(0.0) > 0.0 {
                 format!(
-                    " after a {} s warm-up of each contender",
-                    c["warmup_seconds"]
+                    " after a {} s warm-up run of each contender",
+                    v("warmup_seconds")
                 )
             } else {
                 String::new()
@@ -223,8 +232,13 @@ impl Report {
         );
         eprintln!(
             "  each rate point: {} s settling (not counted), then ≥ {} s and ≥ {} events; \
-             saturation: {} s settling, then {} s closed loop",
-            c["settle_seconds"], c["seconds"], c["min_events"], c["settle_seconds"], c["seconds"]
+             saturation: {} s settling, then {} s closed loop; every run: a fresh topic, a fresh \
+             client, 16 start-up events awaited first",
+            v("settle_seconds"),
+            v("seconds"),
+            v("min_events"),
+            v("settle_seconds"),
+            v("seconds")
         );
         if let Some(s) = c["librdkafka_shared"].as_object() {
             eprintln!(
@@ -235,6 +249,9 @@ impl Report {
                     .collect::<Vec<_>>()
                     .join(" ")
             );
+        }
+        if let Some(a) = c["adaptive"]["summary"].as_str() {
+            eprintln!("  adaptive: {a}");
         }
         eprintln!("  contenders:");
         for (k, d) in descriptions {
@@ -305,6 +322,28 @@ impl Report {
                 }
             );
         }
+        self.print_adaptive_states("latency");
+    }
+
+    /// Where the adaptive producer stood when each run's load ended, per load and round.
+    fn print_adaptive_states(&self, bench: &str) {
+        let mut lines: Vec<(String, Vec<String>)> = Vec::new();
+        for r in self.runs.iter().filter(|r| r.bench == bench) {
+            let Some(state) = &r.adaptive_end_state else {
+                continue;
+            };
+            let key = format!("{} at {}", r.contender, r.load);
+            match lines.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(state.clone()),
+                None => lines.push((key, vec![state.clone()])),
+            }
+        }
+        if !lines.is_empty() {
+            eprintln!("  level and batch settings when each round's load ended:");
+            for (k, v) in lines {
+                eprintln!("    {k:<34} {}", v.join(" | "));
+            }
+        }
     }
 
     fn print_packed(&self) {
@@ -343,6 +382,7 @@ impl Report {
                 }
             );
         }
+        self.print_adaptive_states("packed");
     }
 }
 
@@ -389,6 +429,39 @@ pub(super) fn plot_points(summaries: &[Summary]) -> Vec<PlotSeries> {
             .sort_by(|a, b| a.offered_rate.total_cmp(&b.offered_rate));
     }
     out
+}
+
+/// Draws p99 and throughput against offered rate; returns where, or why not.
+pub(super) fn draw_plot(path: &std::path::Path, summaries: &[Summary]) -> String {
+    let series = plot_points(summaries);
+    if series.is_empty() {
+        return "not drawn: no latency runs".into();
+    }
+    let series: Vec<plot::Series> = series
+        .into_iter()
+        .map(|s| plot::Series {
+            name: s.name,
+            points: s
+                .points
+                .into_iter()
+                .map(|p| plot::Point {
+                    offered_rate: p.offered_rate,
+                    p99_ms: p.p99_ms,
+                    throughput: p.throughput,
+                })
+                .collect(),
+        })
+        .collect();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        return format!("not drawn: cannot create {}: {e}", dir.display());
+    }
+    let title = "kbatch bench adaptive: p99 latency and acked events/s vs offered rate (medians)";
+    match plot::latency_and_throughput_png(path, title, &series) {
+        Ok(()) => path.display().to_string(),
+        Err(e) => format!("not drawn to {}: {e:#}", path.display()),
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 
 use serde::Serialize;
 
+use super::contenders::Contender;
+use super::load::Load;
 use super::report::{Run, Spread};
 use crate::bench::median;
 
@@ -181,36 +183,138 @@ pub(super) fn behind(
             let Some(o) = med(load, ours, f) else {
                 continue;
             };
-            for other in others {
-                let Some(t) = med(load, other, f) else {
-                    continue;
+            // At a fixed offered rate every contender's throughput is that rate: only a
+            // shortfall of more than 1 % is a difference there.
+            let slack = if name.starts_with("acked") && load != "saturation" {
+                0.99
+            } else {
+                1.0
+            };
+            let ahead: Vec<String> = others
+                .iter()
+                .filter_map(|other| {
+                    let t = med(load, other, f)?;
+                    let trails = match better {
+                        Better::Lower => o > t,
+                        Better::Higher => o < t * slack,
+                    };
+                    trails.then(|| match better {
+                        Better::Lower => format!("{other} {t:.2} (×{:.2})", o / t),
+                        Better::Higher => format!("{other} {t:.0} (×{:.2})", o / t),
+                    })
+                })
+                .collect();
+            if !ahead.is_empty() {
+                let ours_value = match better {
+                    Better::Lower => format!("{o:.2} ms"),
+                    Better::Higher => format!("{o:.0}"),
                 };
-                // At a fixed offered rate every contender's throughput is that rate: only a
-                // shortfall of more than 1 % is a difference there.
-                let slack = if name.starts_with("acked") && load != "saturation" {
-                    0.99
-                } else {
-                    1.0
-                };
-                let trails = match better {
-                    Better::Lower => o > t,
-                    Better::Higher => o < t * slack,
-                };
-                if trails {
-                    parts.push(match better {
-                        Better::Lower => {
-                            format!("{name} {o:.2} ms vs {other} {t:.2} ms (×{:.2})", o / t)
-                        }
-                        Better::Higher => {
-                            format!("{name} {o:.0} vs {other} {t:.0} (×{:.2})", o / t)
-                        }
-                    });
-                }
+                parts.push(format!("{name} {ours_value}, behind {}", ahead.join(", ")));
             }
         }
         if !parts.is_empty() {
             out.push(format!("{bench} at {load}: {}", parts.join("; ")));
         }
+    }
+    out
+}
+
+/// Who ran where, for the targets.
+pub(super) struct Field<'a> {
+    pub(super) rounds: u32,
+    pub(super) loads: &'a [Load],
+    pub(super) latency: &'a [Contender],
+    pub(super) packed: &'a [Contender],
+    pub(super) statics: &'a [String],
+    pub(super) bulk_events: u32,
+}
+
+const ADAPTIVE: &str = "adaptive_per_event";
+const PACKED: &str = "adaptive_packed";
+
+/// The targets: at every offered rate adaptive per-event's p99 ≤ 1.2 × the best static's, at
+/// saturation its throughput ≥ 0.95 × the best static's; packed ≥ 0.8 × BULK and ≥ 10 ×
+/// per-event. Each evaluated per round against that round's best.
+pub(super) fn targets(runs: &[Run], f: &Field<'_>) -> Vec<Verdict> {
+    let has = |cs: &[Contender], key: &str| cs.iter().any(|c| c.key() == key);
+    let (latency, packed, statics) = (f.latency, f.packed, f.statics);
+    let mut out = Vec::new();
+    for load in f.loads {
+        let label = load.label();
+        let (target, metric, metric_name, better, bound): (String, Metric, &str, Better, f64) =
+            match load {
+                Load::Rate(_) => (
+                    format!("p99 at {label}: adaptive per-event ≤ 1.2 × the best static"),
+                    |r| r.p99_ms,
+                    "p99 ms",
+                    Better::Lower,
+                    1.2,
+                ),
+                Load::Saturation => (
+                    "saturation throughput: adaptive per-event ≥ 0.95 × the best static".into(),
+                    |r| r.acked_per_s,
+                    "acked events/s",
+                    Better::Higher,
+                    0.95,
+                ),
+            };
+        if !has(latency, ADAPTIVE) {
+            out.push(not_evaluated(target, "adaptive per-event did not run"));
+            continue;
+        }
+        out.push(
+            Comparison {
+                target,
+                bench: "latency",
+                load: &label,
+                ours: ADAPTIVE,
+                theirs: statics,
+                metric,
+                metric_name,
+                better,
+                bound,
+            }
+            .evaluate(runs, f.rounds),
+        );
+    }
+    let bulk = [Contender::Bulk(f.bulk_events).key()];
+    let per_event = [ADAPTIVE.to_owned()];
+    for (target, theirs, bound) in [
+        (
+            format!(
+                "packed events/s ≥ 0.8 × BULK ({} events per envelope)",
+                f.bulk_events
+            ),
+            &bulk[..],
+            0.8,
+        ),
+        (
+            "packed events/s ≥ 10 × adaptive per-event".to_owned(),
+            &per_event[..],
+            10.0,
+        ),
+    ] {
+        if !has(packed, PACKED) || !has(packed, &theirs[0]) {
+            out.push(not_evaluated(
+                target,
+                &format!("{PACKED} or {} did not run", theirs[0]),
+            ));
+            continue;
+        }
+        out.push(
+            Comparison {
+                target,
+                bench: "packed",
+                load: "saturation",
+                ours: PACKED,
+                theirs,
+                metric: |r| r.acked_per_s,
+                metric_name: "acked events/s",
+                better: Better::Higher,
+                bound,
+            }
+            .evaluate(runs, f.rounds),
+        );
     }
     out
 }
@@ -283,13 +387,21 @@ mod tests {
         let loads = ["100/s".to_owned(), "saturation".to_owned()];
         let b = behind(&runs, "latency", &loads, "a", &["s0".to_owned()], false);
         assert_eq!(b.len(), 2, "{b:?}");
-        assert!(b[0].contains("p99 12.00 ms vs s0 10.00 ms"), "{}", b[0]);
+        assert!(
+            b[0].contains("p99 12.00 ms, behind s0 10.00 (×1.20)"),
+            "{}",
+            b[0]
+        );
         assert!(
             !b[0].contains("acked"),
             "0.5 % below the offered rate is noise: {}",
             b[0]
         );
-        assert!(b[1].contains("acked events/s 900 vs s0 1000"), "{}", b[1]);
+        assert!(
+            b[1].contains("acked events/s 900, behind s0 1000 (×0.90)"),
+            "{}",
+            b[1]
+        );
         assert!(!b[1].contains("p99"), "ahead in latency there: {}", b[1]);
     }
 }
