@@ -107,6 +107,10 @@ pub(super) struct Measured {
     pub(super) first_error: Option<String>,
     /// From the first counted event's due time to the last counted acknowledgement.
     pub(super) seconds: f64,
+    /// Acknowledgements (any event's) while the counted schedule ran, from the first counted
+    /// event's due time to the last one's; and that span.
+    pub(super) acked_during_schedule: u64,
+    pub(super) schedule_seconds: f64,
     /// Latency of each acknowledged event, microseconds.
     pub(super) latency_us: Histogram<u64>,
     /// Kafka records the counted events took: per partition, highest − lowest offset + 1
@@ -142,6 +146,7 @@ pub(super) async fn drive<T: Target>(t: &T, plan: &Plan) -> anyhow::Result<Measu
     };
     let c = collector.await?;
     let (sent, lag) = sender?;
+    let (acked_during_schedule, schedule_seconds) = c.acked_during_schedule();
     let seconds = match (c.first_due, c.last_ack) {
         (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
         _ => 0.0,
@@ -152,6 +157,8 @@ pub(super) async fn drive<T: Target>(t: &T, plan: &Plan) -> anyhow::Result<Measu
         failed: c.failed,
         first_error: c.first_error,
         seconds,
+        acked_during_schedule,
+        schedule_seconds,
         latency_us: c.latency_us,
         records: c
             .offsets
@@ -249,9 +256,33 @@ struct Collected {
     failed: u64,
     first_error: Option<String>,
     first_due: Option<Instant>,
+    last_due: Option<Instant>,
     last_ack: Option<Instant>,
     /// Lowest and highest offset per partition, counted events only.
     offsets: BTreeMap<i32, (i64, i64)>,
+    /// Events acknowledged in each millisecond since `origin`, settle events included: how
+    /// many acknowledgements land while the counted schedule runs.
+    acks_per_ms: Vec<u64>,
+    origin: Option<Instant>,
+}
+
+impl Collected {
+    /// Acknowledgements (of any event) from the first counted event's due time to the last
+    /// one's, and that span in seconds.
+    fn acked_during_schedule(&self) -> (u64, f64) {
+        let (Some(o), Some(a), Some(b)) = (self.origin, self.first_due, self.last_due) else {
+            return (0, 0.0);
+        };
+        let ms = |t: Instant| t.saturating_duration_since(o).as_millis() as usize;
+        let (from, to) = (ms(a), ms(b));
+        let n = self
+            .acks_per_ms
+            .iter()
+            .skip(from)
+            .take(to.saturating_sub(from) + 1)
+            .sum();
+        (n, b.saturating_duration_since(a).as_secs_f64())
+    }
 }
 
 /// Awaits every pending send as it completes and stamps it then; gives its window permits
@@ -272,8 +303,11 @@ where
         failed: 0,
         first_error: None,
         first_due: None,
+        last_due: None,
         last_ack: None,
         offsets: BTreeMap::new(),
+        acks_per_ms: Vec::new(),
+        origin: None,
     };
     let mut waiting = FuturesUnordered::new();
     let mut open = true;
@@ -281,8 +315,10 @@ where
         tokio::select! {
             m = rx.recv(), if open => match m {
                 Some(p) => {
-                    if p.counted && c.first_due.is_none() {
-                        c.first_due = Some(p.due);
+                    c.origin.get_or_insert(p.due);
+                    if p.counted {
+                        c.first_due.get_or_insert(p.due);
+                        c.last_due = Some(p.due);
                     }
                     let (due, counted) = (p.due, p.counted);
                     waiting.push(p.fut.map(move |r| (due, counted, r)));
@@ -292,6 +328,9 @@ where
             Some((due, counted, r)) = waiting.next(), if !waiting.is_empty() => {
                 let now = Instant::now();
                 permits.add_permits(per as usize);
+                if r.is_ok() {
+                    c.ack_at(now, per);
+                }
                 if counted {
                     c.tally(due, now, per, r);
                 }
@@ -303,6 +342,15 @@ where
 }
 
 impl Collected {
+    fn ack_at(&mut self, now: Instant, per: u32) {
+        let Some(o) = self.origin else { return };
+        let i = now.saturating_duration_since(o).as_millis() as usize;
+        if self.acks_per_ms.len() <= i {
+            self.acks_per_ms.resize(i + 1, 0);
+        }
+        self.acks_per_ms[i] += u64::from(per);
+    }
+
     fn tally(&mut self, due: Instant, now: Instant, per: u32, r: Result<Ack, String>) {
         match r {
             Ok(a) => {
@@ -400,6 +448,14 @@ mod tests {
         // 10 settle events, then max(30, 10) counted.
         assert_eq!((m.sent, m.acked, m.failed), (30, 30, 0));
         assert_eq!(m.records, 30, "one offset per send");
+        // Counted events are due from 100 to 390 ms; the acks landing then are those of
+        // events due from 93 to 383 ms: 29, i.e. exactly the offered 100/s.
+        assert!(
+            (0.289..0.291).contains(&m.schedule_seconds),
+            "{}",
+            m.schedule_seconds
+        );
+        assert_eq!(m.acked_during_schedule, 29);
         assert_eq!(m.partitions_seen, 2);
         // On the paused clock every send leaves on time: latency is the 7 ms delay.
         let ms = |q| m.latency_us.value_at_quantile(q) as f64 / 1e3;

@@ -57,8 +57,10 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 2_000)]
     min_events: u64,
     /// Seconds of each run offered first under the same load and not counted (connections,
-    /// metadata, the adaptive controller settling on its level). 0 counts everything.
-    #[arg(long, default_value_t = 1.0)]
+    /// metadata, the adaptive controller settling on its level). 0 counts everything. The
+    /// default outlasts the adaptive producer's budget up to 100,000 events/s (L7: 1 s), so
+    /// each point starts counting in its steady state.
+    #[arg(long, default_value_t = 2.0)]
     settle_seconds: f64,
     /// Measured rounds; each runs every contender at every load once, in a rotated order.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]

@@ -33,7 +33,14 @@ pub(super) struct Run {
     pub(super) first_error: Option<String>,
     /// From the first counted event's due time to the last counted acknowledgement.
     pub(super) seconds: f64,
+    /// The throughput the report uses: at a fixed rate, `during_schedule_per_s` (does it keep
+    /// up with the offered rate? lateness is the latency columns'); at saturation,
+    /// `completion_per_s` (as the producer bench: first send to last acknowledgement).
     pub(super) acked_per_s: f64,
+    /// Counted events ÷ `seconds`: includes the tail of the last events a contender holds.
+    pub(super) completion_per_s: f64,
+    /// Acknowledgements (settle events' too) while the counted schedule ran, ÷ its span.
+    pub(super) during_schedule_per_s: f64,
     /// Kafka records the counted events took, and per second.
     pub(super) records: u64,
     pub(super) records_per_s: f64,
@@ -69,6 +76,12 @@ impl Run {
                 f64::NAN
             }
         };
+        let during_schedule_per_s = if m.schedule_seconds > 0.0 {
+            m.acked_during_schedule as f64 / m.schedule_seconds
+        } else {
+            f64::NAN
+        };
+        let completion_per_s = per_s(m.acked);
         Self {
             bench: bench.to_owned(),
             round,
@@ -81,7 +94,12 @@ impl Run {
             failed: m.failed,
             first_error: m.first_error.clone(),
             seconds: m.seconds,
-            acked_per_s: per_s(m.acked),
+            acked_per_s: match load {
+                super::load::Load::Rate(_) => during_schedule_per_s,
+                super::load::Load::Saturation => completion_per_s,
+            },
+            completion_per_s,
+            during_schedule_per_s,
             records: m.records,
             records_per_s: per_s(m.records),
             partitions_seen: m.partitions_seen,
@@ -302,7 +320,7 @@ impl Report {
         );
         eprintln!(
             "  {:<11} {:<22} {:>22} {:>22} {:>22} {:>22} {:>26}",
-            "offered", "contender", "p50", "p99", "p99.9", "max", "acked events/s"
+            "offered", "contender", "p50", "p99", "p99.9", "max", "acked events/s *"
         );
         let show = |s: Option<Spread>, p| s.map_or_else(|| "-".to_owned(), |s| s.show(p));
         for s in self.summaries.iter().filter(|s| s.bench == "latency") {
@@ -322,6 +340,12 @@ impl Report {
                 }
             );
         }
+        eprintln!(
+            "  * at a fixed rate: acknowledgements while the counted schedule ran ÷ its span \
+             (does it keep up? how late is the latency columns'); at saturation: counted events ÷ \
+             (first send → last acknowledgement). Both are in --json (during_schedule_per_s, \
+             completion_per_s)."
+        );
         self.print_adaptive_states("latency");
     }
 
