@@ -299,3 +299,35 @@ async fn an_event_to_a_missing_partition_fails_alone_and_hands_the_event_back() 
     let r = p.close().await;
     assert_eq!((r.stats.delivered, r.stats.failed), (1, 1));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_short_budget_per_send_overrides_a_long_linger() {
+    let topic = unique_name("adaptive-budget");
+    create_topic(&topic, 1).await;
+    // Pinned at L10: its bootstrap linger is 15 s, and the rate never moves it down in time.
+    let mut cfg = config(Shape::Packed)
+        .with_initial_level(LevelId(10))
+        .with_explore_share(0.0);
+    cfg.controller.min_dwell = Duration::from_secs(3_600);
+    let p = AdaptiveProducer::start(cfg).unwrap();
+    assert!(
+        p.settings().linger >= Duration::from_secs(10),
+        "{}",
+        p.settings()
+    );
+    let started = std::time::Instant::now();
+    let urgent = p
+        .send_with_budget(event(&topic, 1), Duration::from_millis(10))
+        .await
+        .unwrap();
+    // Without its own budget the event would wait out the 15 s linger; with it, it goes at
+    // once. 5 s is a hang guard, not a speed claim.
+    let d = tokio::time::timeout(Duration::from_secs(5), urgent)
+        .await
+        .expect("the 10 ms budget was not honoured: the event waited for the level's linger")
+        .unwrap();
+    assert_eq!(d.index, Some(0));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let r = p.close().await;
+    assert_eq!(r.stats.delivered, 1);
+}

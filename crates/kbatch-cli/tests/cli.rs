@@ -38,6 +38,38 @@ fn assert_verified(s: &serde_json::Value, records: u64) {
     assert_eq!(s["failed"], 0, "{s}");
 }
 
+/// The demo's second act: every adaptive event consumed once, in key order, after the level
+/// rose with the burst and came down after it.
+fn assert_adaptive_verified(s: &serde_json::Value) {
+    let a = &s["adaptive"];
+    let events = a["events"].as_u64().unwrap();
+    assert!(events > 0, "{s}");
+    assert_eq!(a["consumed"], events, "{s}");
+    assert_eq!(a["lost"], 0, "{s}");
+    assert_eq!(a["duplicates"], 0, "{s}");
+    assert_eq!(a["reordered"], 0, "{s}");
+    let records = a["kafka_records"].as_u64().unwrap();
+    assert!(
+        records > 0 && records < events,
+        "packed: {records} records for {events} events"
+    );
+    let levels: Vec<u64> = a["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l[1].as_u64().unwrap())
+        .collect();
+    let top = *levels.iter().max().unwrap();
+    assert!(
+        top >= 5,
+        "the 30,000/s burst reached only L{top}: {levels:?}"
+    );
+    assert!(
+        *levels.last().unwrap() < top,
+        "the level stayed up after the burst: {levels:?}"
+    );
+}
+
 #[test]
 fn version_is_printed() {
     let out = kbatch().arg("--version").output().unwrap();
@@ -57,6 +89,7 @@ fn demo_on_the_embedded_broker_verifies_zero_loss() {
     let s = json_of(&out);
     assert_eq!(s["embedded_broker"], true);
     assert_verified(&s, 30_000);
+    assert_adaptive_verified(&s);
 }
 
 #[test]
@@ -78,6 +111,7 @@ fn demo_against_the_real_broker_verifies_zero_loss() {
     assert_eq!(s["embedded_broker"], false);
     assert_eq!(s["partitions"], 4);
     assert_verified(&s, 50_000);
+    assert_adaptive_verified(&s);
 }
 
 #[test]

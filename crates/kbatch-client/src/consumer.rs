@@ -396,5 +396,6 @@ fn to_record(m: &BorrowedMessage<'_>, topic: Option<Topic>) -> ConsumedRecord {
         value: m.payload().map(Bytes::copy_from_slice),
         headers,
         timestamp: m.timestamp().to_millis().map(Timestamp),
+        envelope: None,
     }
 }

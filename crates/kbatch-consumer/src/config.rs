@@ -72,6 +72,12 @@ pub struct ParallelConfig {
     pub dead_letter_topic: Option<String>,
     /// Longest a shutdown waits for work to finish. Default 30 s.
     pub shutdown_timeout: Duration,
+    /// Unpack packed-microbatch envelopes (records with the `kbatch-envelope` header, see
+    /// [`kbatch_core::envelope`]) into their events: handlers get one record per event, each
+    /// ordered, retried and dead-lettered on its own; the envelope's offset is committed once
+    /// all its events are done. `false` hands the envelope record itself to the handler.
+    /// Default true.
+    pub unpack_envelopes: bool,
 }
 
 impl ParallelConfig {
@@ -92,6 +98,7 @@ impl ParallelConfig {
             max_attempts: None,
             dead_letter_topic: None,
             shutdown_timeout: Duration::from_secs(30),
+            unpack_envelopes: true,
         }
     }
 
@@ -135,6 +142,14 @@ impl ParallelConfig {
     pub fn with_dead_letter(mut self, topic: impl Into<String>, max_attempts: u32) -> Self {
         self.dead_letter_topic = Some(topic.into());
         self.max_attempts = Some(max_attempts);
+        self
+    }
+
+    /// Unpacks envelopes into their events (`true`, the default) or hands envelope records to
+    /// the handler as they are (`false`).
+    #[must_use]
+    pub fn with_unpack_envelopes(mut self, unpack: bool) -> Self {
+        self.unpack_envelopes = unpack;
         self
     }
 

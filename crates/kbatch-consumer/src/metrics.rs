@@ -9,6 +9,8 @@
 //! | `kbatch_consumer_records_dead_lettered_total` | counter | written to the dead-letter target |
 //! | `kbatch_consumer_dead_letter_failures_total` | counter | dead-letter writes that failed (tried again) |
 //! | `kbatch_consumer_records_skipped_total{reason}` | counter | `completed` (per metadata) / `failed` (no dead-letter target) |
+//! | `kbatch_consumer_envelopes_unpacked_total` | counter | envelope records decoded into their events (each event then counts as a record above) |
+//! | `kbatch_consumer_envelopes_malformed_total` | counter | envelope records that did not decode: failed for good as one record (dead-lettered or skipped) |
 //! | `kbatch_consumer_commits_total` / `_commit_failures_total` | counter | commits made / refused or not confirmed in time |
 //! | `kbatch_consumer_commit_pending_seconds` | gauge | how long the commit under way has waited (an outage shows here) |
 //! | `kbatch_consumer_in_flight` / `_waiting` | gauge | handler jobs running / records held not running |
@@ -43,6 +45,12 @@ pub struct ConsumerStats {
     pub skipped_completed: u64,
     /// Records that failed for good with no dead-letter target (logged, then skipped).
     pub skipped_failed: u64,
+    /// Envelope records unpacked into their events (the events count as records in the
+    /// other counters).
+    pub envelopes_unpacked: u64,
+    /// Envelope records that did not decode; each failed for good as one record, and is also
+    /// counted in `dead_lettered` or `skipped_failed`.
+    pub malformed_envelopes: u64,
     /// Handler jobs running now.
     pub in_flight: u64,
     /// Records held and not running (buffered or waiting to retry).
@@ -70,6 +78,8 @@ pub(crate) struct SharedStats {
     dead_letter_failures: AtomicU64,
     skipped_completed: AtomicU64,
     skipped_failed: AtomicU64,
+    envelopes_unpacked: AtomicU64,
+    malformed_envelopes: AtomicU64,
     in_flight: AtomicU64,
     waiting: AtomicU64,
     paused: AtomicU64,
@@ -97,6 +107,8 @@ impl SharedStats {
         s(&self.dead_letter_failures, c.dead_letter_failures);
         s(&self.skipped_completed, c.skipped_completed);
         s(&self.skipped_failed, c.skipped_failed);
+        s(&self.envelopes_unpacked, c.envelopes_unpacked);
+        s(&self.malformed_envelopes, c.malformed_envelopes);
     }
 
     /// How long the periodic commit under way has waited.
@@ -122,6 +134,8 @@ impl SharedStats {
             dead_letter_failures: l(&self.dead_letter_failures),
             skipped_completed: l(&self.skipped_completed),
             skipped_failed: l(&self.skipped_failed),
+            envelopes_unpacked: l(&self.envelopes_unpacked),
+            malformed_envelopes: l(&self.malformed_envelopes),
             in_flight: l(&self.in_flight),
             waiting: l(&self.waiting),
             paused_partitions: l(&self.paused),
@@ -164,6 +178,10 @@ impl Metrics {
             .absolute(s.dead_letter_failures);
         metrics::counter!("kbatch_consumer_records_skipped_total", "group" => g.clone(), "reason" => "completed").absolute(s.skipped_completed);
         metrics::counter!("kbatch_consumer_records_skipped_total", "group" => g.clone(), "reason" => "failed").absolute(s.skipped_failed);
+        metrics::counter!("kbatch_consumer_envelopes_unpacked_total", "group" => g.clone())
+            .absolute(s.envelopes_unpacked);
+        metrics::counter!("kbatch_consumer_envelopes_malformed_total", "group" => g.clone())
+            .absolute(s.malformed_envelopes);
         metrics::counter!("kbatch_consumer_commits_total", "group" => g.clone())
             .absolute(s.commits);
         metrics::counter!("kbatch_consumer_commit_failures_total", "group" => g.clone())

@@ -197,6 +197,7 @@ mod tests {
             value: None,
             headers: Vec::new(),
             timestamp: None,
+            envelope: None,
         };
         Work {
             record,

@@ -28,7 +28,7 @@ mod topic;
 pub use config::ConfigError;
 pub use error::{Classify, ErrorClass};
 pub use offset::Offset;
-pub use record::{ConsumedRecord, Header, Headers, Record, Timestamp};
+pub use record::{ConsumedRecord, EnvelopePosition, Header, Headers, Record, Timestamp};
 pub use source::{
     CommitMode, CommitReason, CommitRequest, CommittedOffset, OffsetCommit, OffsetSink,
     RebalanceListener, RecordSource, SourceError,

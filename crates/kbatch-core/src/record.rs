@@ -141,8 +141,22 @@ pub struct ConsumedRecord {
     pub value: Option<Bytes>,
     /// Headers, in order.
     pub headers: Headers,
-    /// Create or log-append time, when the broker reports one.
+    /// Create or log-append time, when the broker reports one; for an event unpacked from an
+    /// envelope, the event's own timestamp, else the envelope record's.
     pub timestamp: Option<Timestamp>,
+    /// Set when this is one event of a packed envelope (see [`crate::envelope`]): its place
+    /// in it. `topic`, `partition` and `offset` are then the envelope record's, shared by all
+    /// its events; `None` for an ordinary record.
+    pub envelope: Option<EnvelopePosition>,
+}
+
+/// Where an event sits in the packed envelope it was unpacked from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EnvelopePosition {
+    /// The event's index in the envelope, from 0.
+    pub index: u32,
+    /// Events in the envelope.
+    pub count: u32,
 }
 
 impl ConsumedRecord {

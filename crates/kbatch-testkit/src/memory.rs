@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kbatch_core::{
     CommitMode, CommitRequest, CommittedOffset, ConsumedRecord, ErrorClass, Offset,
-    RebalanceListener, RecordSource, SourceError, TopicPartition,
+    RebalanceListener, Record, RecordSource, SourceError, TopicPartition,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -56,6 +56,14 @@ impl MemoryBroker {
         key: Option<&str>,
         value: impl Into<Bytes>,
     ) -> Offset {
+        let mut r = Record::new(tp.topic.clone(), value);
+        r.key = key.map(|k| Bytes::copy_from_slice(k.as_bytes()));
+        self.produce_record(tp, r)
+    }
+
+    /// Appends `record` — key, value, headers and timestamp; its topic and partition are
+    /// ignored — to a partition; returns its offset.
+    pub fn produce_record(&self, tp: &TopicPartition, record: Record) -> Offset {
         let mut s = lock(&self.0);
         let log = s.logs.entry(tp.clone()).or_default();
         let offset = Offset(log.len() as i64);
@@ -63,10 +71,11 @@ impl MemoryBroker {
             topic: tp.topic.clone(),
             partition: tp.partition,
             offset,
-            key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
-            value: Some(value.into()),
-            headers: Vec::new(),
-            timestamp: None,
+            key: record.key,
+            value: record.value,
+            headers: record.headers,
+            timestamp: record.timestamp,
+            envelope: None,
         });
         offset
     }

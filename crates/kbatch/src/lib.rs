@@ -51,8 +51,9 @@
 
 pub use kbatch_core::{
     Classify, CommitMode, CommitReason, CommitRequest, CommittedOffset, ConfigError,
-    ConsumedRecord, ErrorClass, Header, Headers, Offset, OffsetCommit, OffsetSink,
-    RebalanceListener, Record, RecordSource, SourceError, Timestamp, Topic, TopicPartition,
+    ConsumedRecord, EnvelopePosition, ErrorClass, Header, Headers, Offset, OffsetCommit,
+    OffsetSink, RebalanceListener, Record, RecordSource, SourceError, Timestamp, Topic,
+    TopicPartition, envelope,
 };
 
 /// The batching producer: [`Producer::send`](producer::Producer::send) returns a per-record

@@ -19,6 +19,7 @@ fn record(key: Option<&'static [u8]>) -> ConsumedRecord {
         value: Some(Bytes::from_static(b"fix")),
         headers: Vec::new(),
         timestamp: None,
+        envelope: None,
     }
 }
 

@@ -4,11 +4,16 @@
 //!  generator ─► KafkaProducer ─► topic (P partitions) ─► KafkaConsumer ─► Ledger
 //!      │ seq + send time in every value        delivery latency      end-to-end latency
 //! ```
+//! Then a second act: the adaptive producer (packed) under a trickle, a burst and a trickle,
+//! printing the level as it moves, read back by the parallel consumer, which unpacks the
+//! envelopes into events and counts each once, in key order.
+//!
 //! The consumer joins its group first; once it is assigned its partitions, produce and consume
 //! run at the same time, so end-to-end latency is the pipeline's, not the group join's. The
 //! ledger proves nothing was lost, duplicated or reordered within a partition, by counting
 //! every sequence number.
 
+mod adaptive;
 mod ledger;
 mod run;
 
@@ -39,6 +44,9 @@ pub(crate) struct Args {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Skip the second act (adaptive microbatching under a changing load, ~10 s).
+    #[arg(long)]
+    pub(crate) no_adaptive: bool,
 }
 
 /// The embedded dev broker keeps about 5 MiB per partition and silently drops older data;

@@ -51,6 +51,9 @@ struct Summary {
     /// Send to the consumer's handler, the consumer being assigned before the first send.
     end_to_end_latency: Percentiles,
     verdict: Verdict,
+    /// The second act: adaptive microbatching under a changing load (absent with
+    /// `--no-adaptive`).
+    adaptive: Option<super::adaptive::AdaptiveSummary>,
 }
 
 pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
@@ -161,9 +164,15 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
         delivery_latency: Percentiles::of(&produced.latency),
         end_to_end_latency: Percentiles::of(&e2e),
         verdict,
+        adaptive: None,
     };
-    print_summary(&summary, a.json)?;
     producer.close().await;
+    let mut summary = summary;
+    if !a.no_adaptive && produced.first_error.is_none() && summary.verdict.is_clean() {
+        summary.adaptive =
+            Some(super::adaptive::run(&cluster, a.partitions, a.keys, a.json).await?);
+    }
+    print_summary(&summary, a.json)?;
     if let Some(e) = produced.first_error.take() {
         anyhow::bail!(
             "{} records failed to deliver; first error: {e} ({})",
@@ -176,6 +185,9 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
         "verification failed: {:?}",
         summary.verdict
     );
+    if let Some(ad) = &summary.adaptive {
+        anyhow::ensure!(ad.is_clean(), "adaptive verification failed: {ad:?}");
+    }
     Ok(())
 }
 
@@ -396,5 +408,28 @@ fn print_summary(s: &Summary, json: bool) -> anyhow::Result<()> {
         v.foreign,
         if v.is_clean() { "OK" } else { "FAILED" }
     );
+    if let Some(ad) = &s.adaptive {
+        let path: Vec<String> = ad
+            .levels
+            .iter()
+            .map(|(t, l, _, _)| format!("L{l}@{t:.1}s"))
+            .collect();
+        println!(
+            "  adaptive      trickle → burst → trickle: {} events in {} packed Kafka records ({:.0} events per record), {} budget overruns",
+            ad.events,
+            ad.kafka_records,
+            ad.events as f64 / ad.kafka_records.max(1) as f64,
+            ad.budget_overruns
+        );
+        println!("  levels        {}", path.join(" → "));
+        println!(
+            "  verified      {} events unpacked by the parallel consumer (KEY order): lost = {}, duplicates = {}, reordered = {}  [{}]",
+            ad.consumed,
+            ad.lost,
+            ad.duplicates,
+            ad.reordered,
+            if ad.is_clean() { "OK" } else { "FAILED" }
+        );
+    }
     Ok(())
 }

@@ -132,7 +132,8 @@ impl Driver {
 }
 
 /// The dead-letter copy of `r`: same key, value, headers and timestamp, plus where it came from
-/// and why it failed.
+/// and why it failed. An event of an envelope is written as a plain record of its own (its
+/// key, value and headers), and its origin names the envelope record and the event's index.
 fn dead_letter_record(topic: &str, r: &ConsumedRecord, e: &HandlerError, attempts: u32) -> Record {
     let mut headers = r.headers.clone();
     let h = |k: &str, v: String| Header {
@@ -146,6 +147,10 @@ fn dead_letter_record(topic: &str, r: &ConsumedRecord, e: &HandlerError, attempt
         key: "kbatch.dlq.key".into(),
         value: r.key.clone(),
     });
+    if let Some(pos) = r.envelope {
+        headers.push(h("kbatch.dlq.envelope.index", pos.index.to_string()));
+        headers.push(h("kbatch.dlq.envelope.count", pos.count.to_string()));
+    }
     headers.push(h("kbatch.dlq.error", e.to_string()));
     headers.push(h("kbatch.dlq.attempts", attempts.to_string()));
     Record {
@@ -155,5 +160,64 @@ fn dead_letter_record(topic: &str, r: &ConsumedRecord, e: &HandlerError, attempt
         value: r.value.clone(),
         headers,
         timestamp: r.timestamp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kbatch_core::{EnvelopePosition, Offset, Timestamp};
+
+    use super::*;
+
+    fn header<'a>(r: &'a Record, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| std::str::from_utf8(h.value.as_deref()?).ok())
+    }
+
+    #[test]
+    fn a_dead_lettered_event_is_a_plain_record_naming_its_envelope() {
+        let event = ConsumedRecord {
+            topic: "in".into(),
+            partition: 3,
+            offset: Offset(42),
+            key: Some(Bytes::from_static(b"car-7")),
+            value: Some(Bytes::from_static(b"fix")),
+            headers: vec![Header {
+                key: "origin".into(),
+                value: Some(Bytes::from_static(b"sensor")),
+            }],
+            timestamp: Some(Timestamp(5)),
+            envelope: Some(EnvelopePosition { index: 7, count: 9 }),
+        };
+        let d = dead_letter_record("dlq", &event, &HandlerError::permanent("bad fix"), 2);
+        assert_eq!(
+            (&*d.topic, &d.key, &d.value, d.timestamp),
+            ("dlq", &event.key, &event.value, event.timestamp),
+            "its own key, value and timestamp"
+        );
+        assert_eq!(d.headers[0], event.headers[0], "its own headers first");
+        for (name, want) in [
+            ("kbatch.dlq.topic", "in"),
+            ("kbatch.dlq.partition", "3"),
+            ("kbatch.dlq.offset", "42"),
+            ("kbatch.dlq.envelope.index", "7"),
+            ("kbatch.dlq.envelope.count", "9"),
+            ("kbatch.dlq.attempts", "2"),
+            ("kbatch.dlq.error", "permanent: bad fix"),
+        ] {
+            assert_eq!(header(&d, name), Some(want), "{name}");
+        }
+        assert!(
+            !kbatch_core::envelope::is_envelope(&d.headers),
+            "a plain record, not an envelope"
+        );
+        let plain = ConsumedRecord {
+            envelope: None,
+            ..event
+        };
+        let d = dead_letter_record("dlq", &plain, &HandlerError::permanent("bad fix"), 2);
+        assert_eq!(header(&d, "kbatch.dlq.envelope.index"), None);
     }
 }

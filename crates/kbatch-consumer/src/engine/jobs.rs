@@ -151,7 +151,7 @@ impl Engine {
 
     /// Records that failed for good go to the dead-letter target, or are skipped (logged and
     /// counted) when there is none.
-    fn give_up(&mut self, id: JobId, job: Job, error: HandlerError) {
+    pub(super) fn give_up(&mut self, id: JobId, job: Job, error: HandlerError) {
         if self.s.dead_letter {
             let attempts = job.attempts;
             self.jobs.insert(
@@ -202,14 +202,11 @@ impl Engine {
         }
     }
 
-    /// The job's records are done: mark them, free their lanes and budget.
+    /// The job's records are done: mark them (an envelope's offset once all its events are),
+    /// free their lanes and budget.
     fn complete(&mut self, job: Job) {
         for w in &job.works {
-            if let Some(p) = self.parts.get_mut(&w.record.topic_partition())
-                && p.epoch == w.epoch
-            {
-                p.tracker.completed(w.record.offset.0);
-            }
+            self.complete_unit(w);
         }
         self.unhold(&job.works);
         self.scheduler.release(&job.lanes);

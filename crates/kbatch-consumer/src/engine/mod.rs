@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  events in                                   actions out (next_action)
-//!  assigned / fetched / revoked ──►┌────────┐──► Dispatch (records to a handler or the DLQ)
+//!  assigned / fetched / revoked ──►┌────────┐──► Dispatch (records, or envelopes' events, to a
+//!                                  │        │              handler or the DLQ)
 //!  finished (ok / failed / panic) ►│ Engine │──► Pause / Resume partitions
 //!  tick(now) / pause / shutdown ──►└────────┘──► Commit / FinishRevocation / Stop (CommitRequest)
 //! ```
@@ -14,11 +15,15 @@
 //! Dispatch is pulled: [`Engine::next_action`] hands out a job whenever fewer than
 //! `max_concurrency` run, so a caller that processes a bounded number of actions per pass
 //! bounds its pass.
+//!
+//! Packed envelopes are unpacked here (`unpack`): each event is a unit of its own for
+//! ordering, retries and dead letters; the envelope's offset completes with its last event.
 
 mod jobs;
 #[cfg(test)]
 mod model;
 mod partitions;
+mod unpack;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -89,6 +94,8 @@ pub(crate) struct Settings {
     pub(crate) max_attempts: Option<u32>,
     /// Records that failed for good go to a dead-letter target (else they are skipped).
     pub(crate) dead_letter: bool,
+    /// Envelope records are unpacked into their events.
+    pub(crate) unpack_envelopes: bool,
     pub(crate) retry: Arc<dyn RetryPolicy>,
 }
 
@@ -112,6 +119,7 @@ impl Settings {
             shutdown_timeout: cfg.shutdown_timeout,
             max_attempts: cfg.max_attempts,
             dead_letter,
+            unpack_envelopes: cfg.unpack_envelopes,
             retry,
         }
     }
@@ -132,6 +140,10 @@ pub(crate) struct Counters {
     /// Records left for the next owner at shutdown (dropped by a quick shutdown, or still
     /// held when the shutdown timeout passed).
     pub(crate) left_unprocessed: u64,
+    /// Envelope records decoded into their events.
+    pub(crate) envelopes_unpacked: u64,
+    /// Envelope records that did not decode (failed for good as one record).
+    pub(crate) malformed_envelopes: u64,
 }
 
 /// Where a job is.
@@ -174,6 +186,8 @@ pub(crate) struct Engine {
     next_id: JobId,
     held_records: usize,
     held_bytes: usize,
+    /// Partitions with a backlog to release (see `unpack`), in turn.
+    unpack_queue: VecDeque<TopicPartition>,
     user_paused: bool,
     revoke: Option<PendingRevoke>,
     stopping: Option<Stopping>,
@@ -199,6 +213,7 @@ impl Engine {
             next_id: 0,
             held_records: 0,
             held_bytes: 0,
+            unpack_queue: VecDeque::new(),
             user_paused: false,
             revoke: None,
             stopping: None,
@@ -216,6 +231,9 @@ impl Engine {
         }
         if self.stopped {
             return None;
+        }
+        if !self.unpack_queue.is_empty() {
+            self.release_backlogs();
         }
         if let Some(d) = self.dispatch() {
             return Some(d);
@@ -281,6 +299,9 @@ impl Engine {
             let dropped = self.scheduler.clear();
             self.counters.left_unprocessed += dropped.len() as u64;
             self.unhold(&dropped);
+            for tp in std::mem::take(&mut self.unpack_queue) {
+                self.counters.left_unprocessed += self.drop_backlog(&tp) as u64;
+            }
             let waiting: Vec<JobId> = self
                 .jobs
                 .iter()
@@ -315,9 +336,10 @@ impl Engine {
         }
     }
 
-    /// Nothing held: no record buffered, running or waiting to retry.
+    /// Nothing held: no record buffered, running or waiting to retry, no envelope waiting to
+    /// be unpacked.
     pub(crate) fn is_idle(&self) -> bool {
-        self.held_records == 0
+        self.held_records == 0 && self.unpack_queue.is_empty()
     }
 
     pub(crate) fn counters(&self) -> Counters {
@@ -334,7 +356,8 @@ impl Engine {
         (self.held_records, self.held_bytes)
     }
 
-    /// Records held and not running.
+    /// Records held and not running, and records waiting in backlogs (an envelope not unpacked
+    /// yet counts as one).
     pub(crate) fn waiting_records(&self) -> usize {
         let running: usize = self
             .jobs
@@ -342,7 +365,7 @@ impl Engine {
             .filter(|e| matches!(e.state, JobState::Running))
             .map(|e| e.job.works.len())
             .sum();
-        self.held_records.saturating_sub(running)
+        self.held_records.saturating_sub(running) + self.backlogged_records()
     }
 
     /// Assigned partitions, with their trackers and metadata size relative to the limit.
@@ -418,7 +441,7 @@ impl Engine {
         let idle = self.running == 0;
         let ready = match s.mode {
             ShutdownMode::Quick => idle,
-            ShutdownMode::Drain => idle && self.held_records == 0,
+            ShutdownMode::Drain => idle && self.is_idle(),
         };
         if ready {
             self.stop();
@@ -433,7 +456,7 @@ impl Engine {
         if self.revoke.is_some() {
             self.finish_revocation();
         }
-        self.counters.left_unprocessed += self.held_records as u64;
+        self.counters.left_unprocessed += (self.held_records + self.backlogged_units()) as u64;
         let offsets = self.commits(|_| true, true);
         self.counters.commits += u64::from(!offsets.is_empty());
         self.actions.push_back(Action::Stop(CommitRequest::new(

@@ -14,7 +14,14 @@
 //! - completions from before a revocation change nothing after it (they would break the first
 //!   property on the new assignment).
 //!
-//! A record is *done* in the model when a job holding it, dispatched in the current
+//! The `packed` variants make some records envelopes (of 0 to 40 events, more than the
+//! budget) and some malformed envelopes. A unit — a record, or one event of an envelope — is
+//! dispatched, ordered (by the event's own key), retried and dead-lettered on its own; an
+//! envelope's offset is done when all its events are, so the first property also says no
+//! commit passes an envelope with an event not done. A malformed envelope goes straight to its
+//! dead-letter write. The held count includes the units still waiting to be unpacked.
+//!
+//! A unit is *done* in the model when a job holding it, dispatched in the current
 //! assignment of its partition, finished `Ok` (its handler, or its dead-letter write). Every
 //! configuration has a dead-letter target, so a record never becomes done silently.
 
@@ -22,7 +29,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kbatch_core::{CommitReason, CommittedOffset, ConsumedRecord, Offset, TopicPartition};
+use kbatch_core::envelope::{self, Event};
+use kbatch_core::{CommitReason, CommittedOffset, ConsumedRecord, Header, Offset, TopicPartition};
 use proptest::prelude::*;
 
 use super::{Action, Engine, JobId, Outcome, Settings, Work};
@@ -65,8 +73,9 @@ struct SimPart {
     position: i64,
     /// The sink's committed offset and metadata.
     committed: Option<(i64, String)>,
-    /// Fetched in the current generation and not skipped: offset → done.
-    fetched: BTreeMap<i64, bool>,
+    /// Fetched in the current generation and not skipped: offset → done, per unit (one for a
+    /// record or a malformed envelope, one per event of an envelope, none for an empty one).
+    fetched: BTreeMap<i64, Vec<bool>>,
     /// Offsets the engine was told at assignment were completed (skipped when fetched).
     completed_at_assign: BTreeSet<i64>,
     /// Offsets below which the current generation started.
@@ -75,7 +84,7 @@ struct SimPart {
 
 /// A job the engine dispatched and has not finished for good.
 struct SimJob {
-    records: Vec<(TopicPartition, i64, u64)>, // (tp, offset, generation)
+    records: Vec<(TopicPartition, i64, u32, u64)>, // (tp, offset, event index, generation)
     lanes: Vec<String>,
     running: bool,
     dead_letter: bool,
@@ -84,13 +93,15 @@ struct SimJob {
 struct Sim {
     engine: Engine,
     order: ProcessingOrder,
+    /// Some records are envelopes.
+    packed: bool,
     max_concurrency: usize,
     max_records: usize,
     now: Instant,
     parts: Vec<SimPart>,
     jobs: HashMap<JobId, SimJob>,
-    /// Highest offset dispatched per lane and generation.
-    lane_last: HashMap<(String, u64), i64>,
+    /// Highest (offset, event index) dispatched per lane and generation.
+    lane_last: HashMap<(String, u64), (i64, u32)>,
     revoking: Option<(i32, u64)>,
     stopped: bool,
 }
@@ -108,8 +119,33 @@ fn key_of(p: i32, o: i64) -> Option<String> {
     (o % 5 != 4).then(|| format!("p{p}k{}", o % 3))
 }
 
+/// What the record at an offset is, in the packed variants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    /// An envelope of this many events.
+    Envelope(u32),
+    /// The envelope header on a value that does not decode.
+    Malformed,
+}
+
+/// Events share the plain records' keys, so a key's order spans both.
+fn event_key(p: i32, o: i64, i: u32) -> Option<String> {
+    let x = o + i64::from(i);
+    (x % 4 != 3).then(|| format!("p{p}k{}", x % 3))
+}
+
+fn event_value(o: i64, i: u32) -> Bytes {
+    Bytes::from(format!("{o}.{i}"))
+}
+
 impl Sim {
-    fn new(order: ProcessingOrder, max_concurrency: usize, max_records: usize) -> Self {
+    fn new(
+        order: ProcessingOrder,
+        packed: bool,
+        max_concurrency: usize,
+        max_records: usize,
+    ) -> Self {
         let now = Instant::now();
         let s = Settings {
             ordering: order,
@@ -124,11 +160,13 @@ impl Sim {
             shutdown_timeout: Duration::from_secs(2),
             max_attempts: Some(3),
             dead_letter: true,
+            unpack_envelopes: true,
             retry: super::jobs::fixed(Duration::from_millis(50)),
         };
         Self {
             engine: Engine::new(s, now),
             order,
+            packed,
             max_concurrency,
             max_records,
             now,
@@ -140,8 +178,76 @@ impl Sim {
         }
     }
 
-    fn lane(&self, p: i32, o: i64) -> Option<String> {
-        match (self.order, key_of(p, o)) {
+    fn kind(&self, o: i64) -> Kind {
+        if !self.packed {
+            Kind::Plain
+        } else if o % 13 == 10 {
+            Kind::Malformed
+        } else if o % 4 == 2 {
+            Kind::Envelope(match (o / 4) % 5 {
+                0 => 0,
+                1 => 1,
+                2 => 3,
+                3 => 5,
+                _ => 40,
+            })
+        } else {
+            Kind::Plain
+        }
+    }
+
+    fn units(&self, o: i64) -> usize {
+        match self.kind(o) {
+            Kind::Plain | Kind::Malformed => 1,
+            Kind::Envelope(n) => n as usize,
+        }
+    }
+
+    fn record(&self, partition: i32, o: i64) -> ConsumedRecord {
+        let mut r = ConsumedRecord {
+            topic: "t".into(),
+            partition,
+            offset: Offset(o),
+            key: key_of(partition, o).map(Bytes::from),
+            value: Some(Bytes::from_static(b"v")),
+            headers: Vec::new(),
+            timestamp: None,
+            envelope: None,
+        };
+        match self.kind(o) {
+            Kind::Plain => {}
+            Kind::Malformed => {
+                r.value = Some(Bytes::from_static(b"KBEV\x01\x00\x00\x00\x00\x02\x07"));
+                r.headers.push(envelope::envelope_header());
+            }
+            Kind::Envelope(n) => {
+                let events: Vec<Event> = (0..n)
+                    .map(|i| Event {
+                        key: event_key(partition, o, i).map(Bytes::from),
+                        value: Some(event_value(o, i)),
+                        headers: vec![Header {
+                            key: "i".into(),
+                            value: Some(Bytes::from(i.to_string())),
+                        }],
+                        timestamp: None,
+                    })
+                    .collect();
+                r.key = None;
+                r.value = Some(envelope::encode(&events));
+                r.headers.push(envelope::envelope_header());
+            }
+        }
+        r
+    }
+
+    fn lane(&self, p: i32, o: i64, index: u32) -> Option<String> {
+        let key = match self.kind(o) {
+            Kind::Plain => key_of(p, o),
+            Kind::Envelope(_) => event_key(p, o, index),
+            // Written away, never processed: no lane.
+            Kind::Malformed => return None,
+        };
+        match (self.order, key) {
             (ProcessingOrder::Unordered, _) => None,
             (ProcessingOrder::Key, Some(k)) => Some(k),
             (ProcessingOrder::Key, None) | (ProcessingOrder::Partition, _) => {
@@ -191,22 +297,20 @@ impl Sim {
                 if !part.assigned || part.paused || self.revoking.is_some() || self.stopped {
                     return;
                 }
-                let mut records = Vec::new();
+                let mut offsets = Vec::new();
                 for _ in 0..n {
                     let o = next_real(part.position);
                     part.position = o + 1;
+                    offsets.push(o);
+                }
+                let mut records = Vec::new();
+                for o in offsets {
+                    let units = self.units(o);
+                    let part = &mut self.parts[partition as usize];
                     if !part.completed_at_assign.contains(&o) {
-                        part.fetched.insert(o, false);
+                        part.fetched.insert(o, vec![false; units]);
                     }
-                    records.push(ConsumedRecord {
-                        topic: "t".into(),
-                        partition,
-                        offset: Offset(o),
-                        key: key_of(partition, o).map(Bytes::from),
-                        value: Some(Bytes::from_static(b"v")),
-                        headers: Vec::new(),
-                        timestamp: None,
-                    });
+                    records.push(self.record(partition, o));
                 }
                 self.engine.fetched(records);
             }
@@ -265,11 +369,12 @@ impl Sim {
             job.running = false;
             if ok {
                 let job = self.jobs.remove(&id).expect("present");
-                for (t, o, generation) in &job.records {
+                for (t, o, i, generation) in &job.records {
                     let part = &mut self.parts[t.partition as usize];
                     if part.generation == *generation
                         && part.assigned
-                        && let Some(done) = part.fetched.get_mut(o)
+                        && let Some(done) =
+                            part.fetched.get_mut(o).and_then(|u| u.get_mut(*i as usize))
                     {
                         *done = true;
                     }
@@ -278,7 +383,7 @@ impl Sim {
                 // A failed job of a revoked generation, or of a partition being revoked, is
                 // forgotten: the next owner processes its records.
                 let revoking = self.revoking.map(|r| r.0);
-                let stale = job.records.iter().all(|(t, _, generation)| {
+                let stale = job.records.iter().all(|(t, _, _, generation)| {
                     let part = &self.parts[t.partition as usize];
                     part.generation != *generation
                         || !part.assigned
@@ -366,10 +471,10 @@ impl Sim {
         );
         if let Some(job) = self.jobs.get_mut(&id) {
             // A retry (or its dead-letter write): the same records again.
-            let again: Vec<i64> = records.iter().map(|r| r.offset.0).collect();
-            let before: Vec<i64> = job.records.iter().map(|r| r.1).collect();
+            let again: Vec<(i64, u32)> = records.iter().map(unit_of).collect();
+            let before: Vec<(i64, u32)> = job.records.iter().map(|r| (r.1, r.2)).collect();
             prop_assert_eq!(again, before, "job {} came back with other records", id);
-            for (t, o, generation) in &job.records {
+            for (t, o, _, generation) in &job.records {
                 let part = &self.parts[t.partition as usize];
                 prop_assert!(
                     part.assigned
@@ -384,14 +489,19 @@ impl Sim {
             job.dead_letter = matches!(work, Work::DeadLetter { .. });
             return Ok(());
         }
-        prop_assert!(
-            matches!(work, Work::Handle),
-            "a new job runs the handler first"
+        let malformed = records
+            .iter()
+            .any(|r| self.kind(r.offset.0) == Kind::Malformed);
+        prop_assert_eq!(
+            matches!(work, Work::DeadLetter { .. }),
+            malformed,
+            "a new job runs the handler first; a malformed envelope goes to its dead-letter write"
         );
         let mut lanes = Vec::new();
         let mut recs = Vec::new();
         for r in records {
             let p = r.partition;
+            let (o, i) = unit_of(r);
             let part = &self.parts[p as usize];
             prop_assert!(
                 part.assigned,
@@ -399,28 +509,40 @@ impl Sim {
                 p
             );
             prop_assert_eq!(
-                part.fetched.get(&r.offset.0).copied(),
+                part.fetched
+                    .get(&o)
+                    .and_then(|u| u.get(i as usize))
+                    .copied(),
                 Some(false),
-                "dispatch of a record not fetched, or done: {}@{}",
+                "dispatch of a unit not fetched, or done: {}@{}.{}",
                 p,
-                r.offset.0
+                o,
+                i
             );
-            if let Some(lane) = self.lane(p, r.offset.0) {
+            match self.kind(o) {
+                Kind::Envelope(n) => {
+                    prop_assert_eq!(r.envelope.map(|e| e.count), Some(n));
+                    prop_assert_eq!(&r.key, &event_key(p, o, i).map(Bytes::from));
+                    prop_assert_eq!(&r.value, &Some(event_value(o, i)));
+                }
+                Kind::Plain | Kind::Malformed => prop_assert_eq!(r.envelope, None),
+            }
+            if let Some(lane) = self.lane(p, o, i) {
                 let held = self.jobs.values().any(|j| j.lanes.contains(&lane));
                 prop_assert!(!held, "lane {} already has a job", lane);
                 let last = self
                     .lane_last
-                    .insert((lane.clone(), part.generation), r.offset.0);
+                    .insert((lane.clone(), part.generation), (o, i));
                 prop_assert!(
-                    last.is_none_or(|l| l < r.offset.0),
-                    "lane {} out of order: {:?} then {}",
+                    last.is_none_or(|l| l < (o, i)),
+                    "lane {} out of order: {:?} then {:?}",
                     lane,
                     last,
-                    r.offset.0
+                    (o, i)
                 );
                 lanes.push(lane);
             }
-            recs.push((tp(p), r.offset.0, part.generation));
+            recs.push((tp(p), o, i, part.generation));
         }
         self.jobs.insert(
             id,
@@ -428,7 +550,7 @@ impl Sim {
                 records: recs,
                 lanes,
                 running: true,
-                dead_letter: false,
+                dead_letter: malformed,
             },
         );
         Ok(())
@@ -437,13 +559,14 @@ impl Sim {
     /// Nothing below `offset` in the current generation is undone; metadata names done ones.
     fn check_commit(&self, p: i32, offset: i64, metadata: &str) -> Result<(), TestCaseError> {
         let part = &self.parts[p as usize];
-        for (o, done) in part.fetched.range(..offset) {
+        for (o, units) in part.fetched.range(..offset) {
             prop_assert!(
-                *done,
-                "commit {} of partition {} passes undone record {}",
+                units.iter().all(|d| *d),
+                "commit {} of partition {} passes undone record {} (units done: {:?})",
                 offset,
                 p,
-                o
+                o,
+                units
             );
         }
         let map = codec::decode(offset, metadata)
@@ -451,7 +574,7 @@ impl Sim {
         for o in map.base..map.end {
             if map.is_completed(o) {
                 let ok = match part.fetched.get(&o) {
-                    Some(done) => *done,
+                    Some(units) => units.iter().all(|d| *d),
                     // Never fetched in this assignment: done in an earlier one, or a gap.
                     None => part.completed_at_assign.contains(&o) || o % 7 == 0,
                 };
@@ -478,11 +601,16 @@ impl Sim {
             held,
             self.max_records
         );
-        // In a job (running or waiting), or fetched and not yet in a job.
-        let in_jobs: BTreeSet<(i32, i64, u64)> = self
+        // In a job (running or waiting), or fetched and not yet in a job (buffered, or still
+        // in an envelope waiting to be unpacked).
+        let in_jobs: BTreeSet<(i32, i64, u32, u64)> = self
             .jobs
             .values()
-            .flat_map(|j| j.records.iter().map(|(t, o, g)| (t.partition, *o, *g)))
+            .flat_map(|j| {
+                j.records
+                    .iter()
+                    .map(|(t, o, i, g)| (t.partition, *o, *i, *g))
+            })
             .collect();
         let mut expect = 0;
         for (p, part) in self.parts.iter().enumerate() {
@@ -490,28 +618,42 @@ impl Sim {
             if !part.assigned || self.stopped {
                 continue;
             }
-            for (o, done) in &part.fetched {
-                let in_job = in_jobs.contains(&(p as i32, *o, part.generation));
-                if !done && !in_job && !revoking {
-                    expect += 1; // buffered
+            for (o, units) in &part.fetched {
+                for (i, done) in units.iter().enumerate() {
+                    let in_job = in_jobs.contains(&(p as i32, *o, i as u32, part.generation));
+                    if !done && !in_job && !revoking {
+                        expect += 1; // buffered
+                    }
                 }
             }
         }
         let job_records: usize = self.jobs.values().map(|j| j.records.len()).sum();
         if !self.stopped {
-            prop_assert_eq!(held, expect + job_records, "held records");
+            prop_assert_eq!(
+                held + self.engine.backlog_units(),
+                expect + job_records,
+                "held units (held {}, backlogged {})",
+                held,
+                self.engine.backlog_units()
+            );
         }
         Ok(())
     }
 }
 
+/// A dispatched record's unit: its offset, and its index in its envelope (0 for a record).
+fn unit_of(r: &ConsumedRecord) -> (i64, u32) {
+    (r.offset.0, r.envelope.map_or(0, |e| e.index))
+}
+
 fn run(
     order: ProcessingOrder,
+    packed: bool,
     max_concurrency: usize,
     max_records: usize,
     ops: &[Op],
 ) -> Result<(), TestCaseError> {
-    let mut sim = Sim::new(order, max_concurrency, max_records);
+    let mut sim = Sim::new(order, packed, max_concurrency, max_records);
     for p in 0..PARTITIONS {
         sim.apply(&Op::Assign { partition: p });
     }
@@ -579,16 +721,31 @@ proptest! {
 
     #[test]
     fn key_order(c in 1usize..5, m in 3usize..30, ops in prop::collection::vec(op(), 0..200)) {
-        run(ProcessingOrder::Key, c, m, &ops)?;
+        run(ProcessingOrder::Key, false, c, m, &ops)?;
     }
 
     #[test]
     fn partition_order(c in 1usize..5, m in 3usize..30, ops in prop::collection::vec(op(), 0..200)) {
-        run(ProcessingOrder::Partition, c, m, &ops)?;
+        run(ProcessingOrder::Partition, false, c, m, &ops)?;
     }
 
     #[test]
     fn unordered(c in 1usize..5, m in 3usize..30, ops in prop::collection::vec(op(), 0..200)) {
-        run(ProcessingOrder::Unordered, c, m, &ops)?;
+        run(ProcessingOrder::Unordered, false, c, m, &ops)?;
+    }
+
+    #[test]
+    fn key_order_packed(c in 1usize..5, m in 3usize..30, ops in prop::collection::vec(op(), 0..200)) {
+        run(ProcessingOrder::Key, true, c, m, &ops)?;
+    }
+
+    #[test]
+    fn partition_order_packed(c in 1usize..5, m in 3usize..30, ops in prop::collection::vec(op(), 0..200)) {
+        run(ProcessingOrder::Partition, true, c, m, &ops)?;
+    }
+
+    #[test]
+    fn unordered_packed(c in 1usize..5, m in 3usize..30, ops in prop::collection::vec(op(), 0..200)) {
+        run(ProcessingOrder::Unordered, true, c, m, &ops)?;
     }
 }

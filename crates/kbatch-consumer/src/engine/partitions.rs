@@ -1,10 +1,12 @@
 //! Assigned partitions: assignment from committed metadata, fetched records, revocation,
 //! back-pressure.
 
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use kbatch_core::{CommitReason, CommitRequest, CommittedOffset, ConsumedRecord, TopicPartition};
 
+use super::unpack::Unpacking;
 use super::{Action, Engine, JobState, PendingRevoke};
 use crate::codec::{self, DecodeError};
 use crate::config::MetadataPolicy;
@@ -27,9 +29,25 @@ pub(super) struct Part {
     /// The metadata passed 75 % of the limit: take no new records until it falls below 50 %.
     pub(super) metadata_pressure: bool,
     pub(super) metadata_len: usize,
+    /// Fetched records not yet in the scheduler: envelopes waiting to be unpacked, and the
+    /// records behind them (which must not overtake their events).
+    pub(super) backlog: VecDeque<ConsumedRecord>,
+    /// The envelope whose events are being released.
+    pub(super) unpacking: Option<Unpacking>,
+    /// Envelopes (by offset) with events not done yet, and how many.
+    pub(super) open_envelopes: HashMap<i64, u32>,
 }
 
 impl Part {
+    pub(super) fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty() || self.unpacking.is_some()
+    }
+
+    /// Backlogged records (an envelope not started counts as one) and events not released.
+    pub(super) fn backlog_len(&self) -> usize {
+        self.backlog.len() + self.unpacking.as_ref().map_or(0, Unpacking::remaining)
+    }
+
     pub(super) fn update_metadata_pressure(&mut self, limit: usize) {
         // A few dozen incomplete offsets cannot approach the limit: skip the encoding then.
         self.metadata_len = if self.tracker.incomplete_count() < 48 {
@@ -87,6 +105,9 @@ impl Engine {
             budget_paused: false,
             metadata_pressure: false,
             metadata_len: 0,
+            backlog: VecDeque::new(),
+            unpacking: None,
+            open_envelopes: HashMap::new(),
         };
         tracing::debug!(tp = %c.tp, committed = ?c.offset, "assigned");
         self.parts.insert(c.tp, part);
@@ -102,6 +123,7 @@ impl Engine {
         for r in records {
             self.fetched_one(r);
         }
+        self.release_backlogs();
         self.apply_pressure();
     }
 
@@ -110,11 +132,14 @@ impl Engine {
             return; // not tracked: the next owner reads it again
         }
         let tp = r.topic_partition();
+        let packed = self.is_packed(&r);
         let Some(part) = self.parts.get_mut(&tp) else {
             return; // revoked meanwhile
         };
         match part.tracker.seen(r.offset.0) {
             Seen::Skip => self.counters.skipped_completed += 1,
+            // Envelopes are released as the budget allows; a record behind one waits for it.
+            Seen::Process if packed || part.has_backlog() => self.push_backlog(tp, r),
             Seen::Process => {
                 let size = r.size();
                 part.held += 1;
@@ -157,6 +182,7 @@ impl Engine {
             let dropped = self.scheduler.remove_partition(tp);
             self.unhold(&dropped);
             self.drop_waiting(tp);
+            self.drop_backlog(tp);
         }
         if lost {
             for tp in &partitions {
@@ -275,7 +301,8 @@ impl Engine {
                 // those stops growth while the others keep flowing.
                 p.budget_paused = over && (p.held >= share_r || p.held_bytes >= share_b);
             }
-            let want = global || over || p.metadata_pressure || p.budget_paused;
+            // A backlog is released as the budget frees: fetching more would only grow it.
+            let want = global || over || p.metadata_pressure || p.budget_paused || p.has_backlog();
             if want && !p.paused {
                 pause.push(tp.clone());
                 p.paused = true;
