@@ -1,12 +1,8 @@
 //! `kbatch bench`: end-to-end benchmarks against a real broker, with the peers run side by
 //! side in one process run.
 
+mod adaptive;
 mod consumer;
-#[allow(
-    dead_code,
-    reason = "the bench reports draw their charts with it next (issue 10); until then only its \
-              tests call it"
-)]
 mod plot;
 mod producer;
 mod recovery;
@@ -26,6 +22,10 @@ pub(crate) enum Bench {
     /// Restart-to-first-record of a parallel consumer killed with SIGKILL, for the classic
     /// protocol, static membership and KIP-848's consumer protocol.
     Recovery(recovery::Args),
+    /// kbatch-adaptive's AdaptiveProducer vs kbatch's Producer at fixed lingers: latency
+    /// (p50/p99/p99.9/max from each event's scheduled time) and throughput against offered
+    /// rate, and packed events/s against a BULK envelope baseline; rotated rounds.
+    Adaptive(adaptive::Args),
 }
 
 pub(crate) async fn run(b: Bench) -> anyhow::Result<()> {
@@ -33,6 +33,7 @@ pub(crate) async fn run(b: Bench) -> anyhow::Result<()> {
         Bench::Producer(a) => producer::run(a).await,
         Bench::Consumer(a) => consumer::run(a).await,
         Bench::Recovery(a) => recovery::run(a).await,
+        Bench::Adaptive(a) => adaptive::run(a).await,
     }
 }
 
