@@ -16,8 +16,8 @@
 #![allow(clippy::unwrap_used, reason = "a bench fails by panicking")]
 
 use std::hint::black_box;
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -63,7 +63,8 @@ fn run<E: Send + 'static>(threads: usize, n: u64, make: fn(u64) -> E, order: boo
                 for i in 0..count {
                     let mut e = make(i);
                     // Ordered: the hint is the key's, as the producer gives it.
-                    let hint = order.then(|| u64::from(crc32fast::hash(&(i % 10_000).to_le_bytes())));
+                    let hint =
+                        order.then(|| u64::from(crc32fast::hash(&(i % 10_000).to_le_bytes())));
                     loop {
                         match q.try_push(hint, e) {
                             Ok(()) => break,

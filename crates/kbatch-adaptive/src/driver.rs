@@ -9,6 +9,7 @@
 //! ```
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,6 +19,7 @@ use kbatch_core::envelope::{EnvelopeWriter, envelope_header};
 use kbatch_core::{Classify, ErrorClass, Record, Topic};
 use kbatch_producer::Producer;
 use rand::Rng;
+use rustc_hash::FxHasher;
 use tokio_util::task::TaskTracker;
 
 use crate::batcher::{Batcher, Flushed};
@@ -96,8 +98,9 @@ pub(crate) struct Driver {
     epoch_batches: u64,
     epoch_batched_events: u64,
     batcher: Batcher<BatchKey, Pending>,
-    partitions: HashMap<Topic, i32>,
-    sticky: HashMap<Topic, i32>,
+    /// Looked up once per packed event.
+    partitions: HashMap<Topic, i32, BuildHasherDefault<FxHasher>>,
+    sticky: HashMap<Topic, i32, BuildHasherDefault<FxHasher>>,
     key_hash: KeyHash,
     persistence: Persistence,
     last_persist: Instant,
@@ -148,8 +151,8 @@ impl Driver {
             epoch_batches: 0,
             epoch_batched_events: 0,
             batcher: Batcher::new(choice.settings, config.max_batch_bytes),
-            partitions: HashMap::new(),
-            sticky: HashMap::new(),
+            partitions: HashMap::default(),
+            sticky: HashMap::default(),
             key_hash,
             persistence,
             last_persist: now,
@@ -218,7 +221,7 @@ impl Driver {
                 Err((message, class)) => {
                     let topic = p.record.topic.to_string();
                     shared.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    let _ = p.reply.send(Err(AdaptiveError::Metadata {
+                    p.reply.send(Err(AdaptiveError::Metadata {
                         topic,
                         message,
                         class,
@@ -402,7 +405,7 @@ impl Driver {
                 Ok(fut) => waiting.push((fut, arrived, reply)),
                 Err(e) => {
                     shared.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    let _ = reply.send(Err(AdaptiveError::Produce(e)));
+                    reply.send(Err(AdaptiveError::Produce(e)));
                 }
             }
         }
@@ -415,11 +418,15 @@ impl Driver {
             let mut latencies = Vec::with_capacity(waiting.len());
             let (mut ok, mut failed) = (0u64, 0u64);
             for (fut, arrived, reply) in waiting {
-                match fut.await {
+                let r = fut.await;
+                // One clock read per acknowledgement that made us wait; the ones already
+                // there share it.
+                let now = Instant::now();
+                match r {
                     Ok(d) => {
                         ok += 1;
-                        latencies.push(arrived.elapsed());
-                        let _ = reply.send(Ok(EventDelivered {
+                        latencies.push(now.saturating_duration_since(arrived));
+                        reply.send(Ok(EventDelivered {
                             partition: d.partition,
                             offset: d.offset,
                             index: None,
@@ -427,7 +434,7 @@ impl Driver {
                     }
                     Err(e) => {
                         failed += 1;
-                        let _ = reply.send(Err(AdaptiveError::Produce(e)));
+                        reply.send(Err(AdaptiveError::Produce(e)));
                     }
                 }
             }
@@ -467,7 +474,7 @@ impl Driver {
         let events = u32::try_from(items.len()).unwrap_or(u32::MAX);
         let fail_all = |items: Vec<Pending>, class: ErrorClass, message: String| {
             for (i, p) in items.into_iter().enumerate() {
-                let _ = p.reply.send(Err(AdaptiveError::Envelope {
+                p.reply.send(Err(AdaptiveError::Envelope {
                     topic: topic.to_string(),
                     partition,
                     events,
@@ -495,9 +502,10 @@ impl Driver {
                         Ok(d) => {
                             let mut latencies = Vec::with_capacity(items.len());
                             let n = items.len() as u64;
+                            let now = Instant::now();
                             for (i, p) in items.into_iter().enumerate() {
-                                latencies.push(p.arrived.elapsed());
-                                let _ = p.reply.send(Ok(EventDelivered {
+                                latencies.push(now.saturating_duration_since(p.arrived));
+                                p.reply.send(Ok(EventDelivered {
                                     partition: d.partition,
                                     offset: d.offset,
                                     index: Some(i as u32),
@@ -509,7 +517,7 @@ impl Driver {
                             let n = items.len() as u64;
                             let (class, message) = (e.class(), e.to_string());
                             for (i, p) in items.into_iter().enumerate() {
-                                let _ = p.reply.send(Err(AdaptiveError::Envelope {
+                                p.reply.send(Err(AdaptiveError::Envelope {
                                     topic: topic.to_string(),
                                     partition,
                                     events,

@@ -38,7 +38,24 @@ pub(crate) struct Pending {
     pub(crate) arrived: Instant,
     /// The most this event may wait in a batch.
     pub(crate) budget: Duration,
-    pub(crate) reply: oneshot::Sender<Result<EventDelivered, AdaptiveError>>,
+    pub(crate) reply: Reply,
+}
+
+/// Where an event's outcome goes: its future, or nowhere for a detached send (whose
+/// failures are counted in [`AdaptiveStats::failed`] and logged at debug level).
+#[derive(Debug)]
+pub(crate) struct Reply(Option<oneshot::Sender<Result<EventDelivered, AdaptiveError>>>);
+
+impl Reply {
+    pub(crate) fn send(self, r: Result<EventDelivered, AdaptiveError>) {
+        match (self.0, r) {
+            (Some(tx), r) => {
+                let _ = tx.send(r);
+            }
+            (None, Err(e)) => tracing::debug!("detached event failed: {e}"),
+            (None, Ok(_)) => {}
+        }
+    }
 }
 
 /// Resolves when the event is acknowledged, or with the error that failed it (handing the
@@ -201,16 +218,44 @@ impl AdaptiveProducer {
 
     fn pending(&self, record: Record, budget: Option<Duration>) -> (Pending, EventFuture) {
         let (reply, rx) = oneshot::channel();
-        let budget = budget.map_or(self.shared.budget_cap, |b| b.min(self.shared.budget_cap));
         (
-            Pending {
-                record,
-                arrived: Instant::now(),
-                budget,
-                reply,
-            },
+            self.detached(record, budget, Reply(Some(reply))),
             EventFuture { rx },
         )
+    }
+
+    fn detached(&self, record: Record, budget: Option<Duration>, reply: Reply) -> Pending {
+        let budget = budget.map_or(self.shared.budget_cap, |b| b.min(self.shared.budget_cap));
+        Pending {
+            record,
+            arrived: Instant::now(),
+            budget,
+            reply,
+        }
+    }
+
+    /// Hands `record` in without a future, waiting while the intake is full: for
+    /// fire-and-forget callers that need no per-event answer (it saves the future's
+    /// allocation and its hand-over). A later failure is counted in
+    /// [`stats().failed`](Self::stats) and logged at debug level, nothing more.
+    ///
+    /// # Cancellation
+    /// As [`send`](Self::send).
+    pub async fn send_detached(&self, record: Record) -> Result<(), AdaptiveError> {
+        let hint = order_hint(&record);
+        let p = self.detached(record, None, Reply(None));
+        match self.shared.intake.push(hint, p).await {
+            Ok(()) => {
+                self.shared
+                    .counters
+                    .submitted
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(p) => Err(AdaptiveError::Closed {
+                record: Some(Box::new(p.record)),
+            }),
+        }
     }
 
     /// Hands `record` in, waiting while the intake is full, and returns its future. Fails at

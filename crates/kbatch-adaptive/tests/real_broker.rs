@@ -331,3 +331,26 @@ async fn a_short_budget_per_send_overrides_a_long_linger() {
     let r = p.close().await;
     assert_eq!(r.stats.delivered, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn detached_events_are_delivered_and_counted_without_futures() {
+    const N: u64 = 5_000;
+    let topic = unique_name("adaptive-detached");
+    create_topic(&topic, 4).await;
+    let p = AdaptiveProducer::start(config(Shape::Packed)).unwrap();
+    for i in 0..N {
+        p.send_detached(event(&topic, i)).await.unwrap();
+    }
+    // A detached event to a partition that does not exist fails alone, counted.
+    p.send_detached(event(&topic, N).with_partition(99))
+        .await
+        .unwrap();
+    let r = p.close().await;
+    assert_eq!(
+        (r.stats.submitted, r.stats.delivered, r.stats.failed),
+        (N + 1, N, 1)
+    );
+    let got =
+        tokio::task::block_in_place(|| consume_all(&topic, Isolation::ReadCommitted, None, IDLE));
+    assert_once_in_key_order(&events(&got), N);
+}
