@@ -1,4 +1,7 @@
-//! `kbatch consume`: print the records of a topic.
+//! `kbatch consume`: print the records of a topic. A packed envelope (a record with the
+//! `kbatch-envelope` header) is printed as its events, one per line, each with its place in
+//! the envelope (`OFFSET#INDEX` in text, `envelope_index` / `envelope_count` in JSON); one
+//! that does not decode is printed as the record it is, with a warning naming the problem.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -7,7 +10,8 @@ use clap::{Args as ClapArgs, ValueEnum};
 use kbatch_client::{
     AutoOffsetReset, ConsumerConfig, GroupProtocol, KafkaConsumer, OffsetCommit, StartOffset,
 };
-use kbatch_core::{ConsumedRecord, TopicPartition};
+use kbatch_core::envelope::{self, Event};
+use kbatch_core::{ConsumedRecord, EnvelopePosition, TopicPartition};
 
 use crate::cluster::Target;
 
@@ -22,7 +26,8 @@ enum From {
 enum Format {
     /// The value only, one per line.
     Value,
-    /// partition, offset, key and value, tab-separated.
+    /// partition, offset (`OFFSET#INDEX` for an event of an envelope), key and value,
+    /// tab-separated.
     Text,
     /// One JSON object per line.
     Json,
@@ -43,7 +48,8 @@ pub(crate) struct Args {
     /// Where to start (without a group; with a group, where to start lacking a commit).
     #[arg(long, value_enum, default_value_t = From::Beginning)]
     from: From,
-    /// Stop after this many records.
+    /// Stop after this many records (an envelope is one record, however many events it
+    /// prints).
     #[arg(long)]
     count: Option<u64>,
     /// Stop after this many seconds without a record.
@@ -165,6 +171,7 @@ fn consume_loop(a: &Args, config: &ConsumerConfig) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut printed = 0u64;
+    let mut events = 0u64;
     let mut last = Instant::now();
     let mut batch = Vec::with_capacity(1000);
     loop {
@@ -185,7 +192,7 @@ fn consume_loop(a: &Args, config: &ConsumerConfig) -> anyhow::Result<()> {
         }
         last = Instant::now();
         for r in &batch {
-            print_record(&mut out, r, a.format)?;
+            events += print_unpacked(&mut out, r, a.format)?;
         }
         printed += batch.len() as u64;
         metrics::counter!("kbatch_cli_records_consumed_total").increment(batch.len() as u64);
@@ -195,8 +202,52 @@ fn consume_loop(a: &Args, config: &ConsumerConfig) -> anyhow::Result<()> {
         }
     }
     out.flush()?;
-    eprintln!("consumed {printed} records");
+    if events == printed {
+        eprintln!("consumed {printed} records");
+    } else {
+        eprintln!("consumed {printed} records ({events} printed, envelopes unpacked)");
+    }
     Ok(())
+}
+
+/// Prints `r`, or the events of the envelope it is, one per line; returns the lines printed.
+fn print_unpacked(out: &mut impl Write, r: &ConsumedRecord, f: Format) -> std::io::Result<u64> {
+    if !envelope::is_envelope(&r.headers) {
+        print_record(out, r, f)?;
+        return Ok(1);
+    }
+    let value = r.value.clone().unwrap_or_default();
+    let events = match envelope::decode(&value) {
+        Ok(events) => events,
+        Err(e) => {
+            eprintln!(
+                "warning: partition {} offset {}: {e}; printed as the record it is",
+                r.partition, r.offset
+            );
+            print_record(out, r, f)?;
+            return Ok(1);
+        }
+    };
+    // `decode` returns at most u32::MAX events: the count field is a u32.
+    let count = u32::try_from(events.len()).unwrap_or(u32::MAX);
+    for (index, e) in (0..count).zip(events) {
+        let Event {
+            key,
+            value,
+            headers,
+            timestamp,
+        } = e;
+        let event = ConsumedRecord {
+            key,
+            value,
+            headers,
+            timestamp: timestamp.or(r.timestamp),
+            envelope: Some(EnvelopePosition { index, count }),
+            ..r.clone()
+        };
+        print_record(out, &event, f)?;
+    }
+    Ok(u64::from(count))
 }
 
 /// The offset after the last printed record of each partition in `batch`.
@@ -220,19 +271,26 @@ fn print_record(out: &mut impl Write, r: &ConsumedRecord, f: Format) -> std::io:
         Format::Value => writeln!(out, "{}", text(r.value.as_ref()).unwrap_or_default()),
         Format::Text => writeln!(
             out,
-            "{}\t{}\t{}\t{}",
+            "{}\t{}{}\t{}\t{}",
             r.partition,
             r.offset,
+            r.envelope
+                .map(|p| format!("#{}", p.index))
+                .unwrap_or_default(),
             text(r.key.as_ref()).unwrap_or_else(|| "null".into()),
             text(r.value.as_ref()).unwrap_or_else(|| "null".into())
         ),
         Format::Json => {
-            let v = serde_json::json!({
+            let mut v = serde_json::json!({
                 "topic": &*r.topic, "partition": r.partition, "offset": r.offset.0,
                 "key": text(r.key.as_ref()), "value": text(r.value.as_ref()),
                 "timestamp": r.timestamp.map(|t| t.0),
                 "headers": r.headers.iter().map(|h| (h.key.clone(), text(h.value.as_ref()))).collect::<Vec<_>>(),
             });
+            if let Some(p) = r.envelope {
+                v["envelope_index"] = p.index.into();
+                v["envelope_count"] = p.count.into();
+            }
             writeln!(out, "{v}")
         }
     }
@@ -297,4 +355,95 @@ async fn parallel(a: &Args, kafka: ConsumerConfig) -> anyhow::Result<()> {
         report.processed, report.left_unprocessed
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use kbatch_core::envelope::{encode, envelope_header};
+    use kbatch_core::{Offset, Timestamp};
+
+    use super::*;
+
+    fn record(value: Bytes, envelope: bool) -> ConsumedRecord {
+        ConsumedRecord {
+            topic: "t".into(),
+            partition: 2,
+            offset: Offset(7),
+            key: None,
+            value: Some(value),
+            headers: if envelope {
+                vec![envelope_header()]
+            } else {
+                Vec::new()
+            },
+            timestamp: Some(Timestamp(5)),
+            envelope: None,
+        }
+    }
+
+    fn printed(r: &ConsumedRecord, f: Format) -> (u64, String) {
+        let mut out = Vec::new();
+        let n = print_unpacked(&mut out, r, f).unwrap();
+        (n, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn an_envelope_is_printed_as_its_events_with_their_index() {
+        let events: Vec<Event> = (0..3)
+            .map(|i| Event {
+                key: (i != 1).then(|| Bytes::from(format!("k{i}"))),
+                value: Some(Bytes::from(format!("v{i}"))),
+                headers: Vec::new(),
+                timestamp: (i == 2).then_some(Timestamp(9)),
+            })
+            .collect();
+        let r = record(encode(&events), true);
+        assert_eq!(
+            printed(&r, Format::Text),
+            (
+                3,
+                "2\t7#0\tk0\tv0\n2\t7#1\tnull\tv1\n2\t7#2\tk2\tv2\n".into()
+            )
+        );
+        let (_, json) = printed(&r, Format::Json);
+        let lines: Vec<serde_json::Value> = json
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        for (i, v) in lines.iter().enumerate() {
+            assert_eq!(
+                (
+                    v["offset"].as_i64(),
+                    v["envelope_index"].as_u64(),
+                    v["envelope_count"].as_u64()
+                ),
+                (Some(7), Some(i as u64), Some(3)),
+                "{v}"
+            );
+        }
+        assert_eq!(
+            (
+                lines[0]["timestamp"].as_i64(),
+                lines[2]["timestamp"].as_i64()
+            ),
+            (Some(5), Some(9)),
+            "the envelope's timestamp unless the event has its own"
+        );
+    }
+
+    #[test]
+    fn a_plain_or_malformed_record_is_printed_as_it_is() {
+        let plain = record(Bytes::from_static(b"hello"), false);
+        assert_eq!(
+            printed(&plain, Format::Text),
+            (1, "2\t7\tnull\thello\n".into())
+        );
+        let (_, json) = printed(&plain, Format::Json);
+        assert!(!json.contains("envelope_index"), "{json}");
+        let bad = record(Bytes::from_static(b"KBEV\x01\x00\x00\x00\x00\x01"), true);
+        let (n, text) = printed(&bad, Format::Value);
+        assert_eq!((n, text.lines().count()), (1, 1));
+    }
 }

@@ -11,6 +11,10 @@
 //!  settled as sending goes on; when the window is full, the oldest is awaited
 //! ```
 //!
+//! With `--packed N`, generated records are events packed N to a record, in the packed
+//! microbatch envelope format (`kbatch_core::envelope`, the `kbatch-envelope` header), each
+//! event keyed as a generated record would be; the envelope record itself has no key.
+//!
 //! Records are fired without waiting for their acknowledgement: no round trip per record.
 //! A record the producer refuses (too large, say) fails alone and the others are still sent;
 //! only a closed producer stops the run. The summary counts every record; any failure makes
@@ -24,6 +28,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Args as ClapArgs;
 use kbatch_client::Compression;
+use kbatch_core::envelope::{EnvelopeWriter, envelope_header};
 use kbatch_core::{Classify, Record, Topic};
 use kbatch_producer::{Delivered, DeliveryFuture, ProduceError, Producer, ProducerConfig};
 
@@ -52,6 +57,10 @@ pub(crate) struct Args {
     /// Distinct keys of generated records (0: no key).
     #[arg(long, default_value_t = 1024)]
     keys: u64,
+    /// Pack the generated records N to a Kafka record, as events of a packed envelope
+    /// (`--generate` then counts events; the last envelope may hold fewer).
+    #[arg(long, value_name = "N", requires = "generate", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    packed: Option<u32>,
     /// Split each stdin line at the first SEP into key and value.
     #[arg(long, value_name = "SEP")]
     key_separator: Option<String>,
@@ -74,7 +83,15 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
     let topic: Topic = a.topic.as_str().into();
     let read = match a.generate {
         Some(count) => {
-            generate(&mut sender, topic, count, a.size, a.keys).await;
+            let shape = Generated {
+                count,
+                size: a.size,
+                keys: a.keys,
+            };
+            match a.packed {
+                Some(per) => generate_packed(&mut sender, topic, &shape, per).await,
+                None => generate(&mut sender, topic, &shape).await,
+            }
             Ok(())
         }
         None => from_stdin(&mut sender, topic, a.key_separator).await,
@@ -97,24 +114,63 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `count` records of `size` bytes, keyed `key-{i % keys}` (no key when `keys` is 0).
-async fn generate(sender: &mut Sender, topic: Topic, count: u64, size: usize, keys: u64) {
-    let value = Bytes::from(vec![b'x'; size]);
-    // Up to this many keys are made once and shared; more are formatted per record.
+/// What `--generate` makes: `count` records of `size` bytes, keyed `key-{i % keys}` (no key
+/// when `keys` is 0).
+struct Generated {
+    count: u64,
+    size: usize,
+    keys: u64,
+}
+
+impl Generated {
+    /// Up to this many keys are made once and shared; more are formatted per record.
     const SHARED_KEYS: u64 = 1 << 16;
-    let shared: Vec<Bytes> = (0..keys.min(count))
-        .take_while(|_| keys <= SHARED_KEYS)
-        .map(|k| Bytes::from(format!("key-{k}")))
-        .collect();
-    for i in 0..count {
-        let mut r = Record::new(topic.clone(), value.clone());
-        if keys > 0 {
-            let k = i % keys;
-            r.key = Some(match shared.get(k as usize) {
-                Some(key) => key.clone(),
-                None => Bytes::from(format!("key-{k}")),
-            });
+
+    fn shared_keys(&self) -> Vec<Bytes> {
+        (0..self.keys.min(self.count))
+            .take_while(|_| self.keys <= Self::SHARED_KEYS)
+            .map(|k| Bytes::from(format!("key-{k}")))
+            .collect()
+    }
+
+    /// The key of record `i`.
+    fn key(&self, shared: &[Bytes], i: u64) -> Option<Bytes> {
+        if self.keys == 0 {
+            return None;
         }
+        let k = i % self.keys;
+        Some(match shared.get(k as usize) {
+            Some(key) => key.clone(),
+            None => Bytes::from(format!("key-{k}")),
+        })
+    }
+}
+
+async fn generate(sender: &mut Sender, topic: Topic, g: &Generated) {
+    let value = Bytes::from(vec![b'x'; g.size]);
+    let shared = g.shared_keys();
+    for i in 0..g.count {
+        let mut r = Record::new(topic.clone(), value.clone());
+        r.key = g.key(&shared, i);
+        if !sender.send(r).await {
+            return;
+        }
+    }
+}
+
+/// The generated records as events, `per` to an envelope record.
+async fn generate_packed(sender: &mut Sender, topic: Topic, g: &Generated, per: u32) {
+    let value = vec![b'x'; g.size];
+    let shared = g.shared_keys();
+    let mut i = 0;
+    while i < g.count {
+        let mut w = EnvelopeWriter::with_capacity(per as usize * (g.size + 16));
+        for _ in 0..per.min(u32::try_from(g.count - i).unwrap_or(u32::MAX)) {
+            w.push(g.key(&shared, i).as_deref(), Some(&value), &[], None);
+            i += 1;
+        }
+        let mut r = Record::new(topic.clone(), w.finish());
+        r.headers.push(envelope_header());
         if !sender.send(r).await {
             return;
         }

@@ -248,6 +248,50 @@ fn stdin_lines_produced_are_consumed_back_with_keys() {
     assert_eq!(got.len(), 500, "no duplicates");
 }
 
+#[test]
+fn packed_generation_is_consumed_back_as_events_with_their_place() {
+    let topic = unique_name("cli-packed");
+    let out = kbatch()
+        .args(["produce", "--brokers", brokers(), "--topic", &topic])
+        .args([
+            "--generate",
+            "25",
+            "--packed",
+            "10",
+            "--keys",
+            "3",
+            "--size",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("produced 3 of 3 records"),
+        "three envelopes: {err}"
+    );
+    let out = kbatch()
+        .args(["consume", "--brokers", brokers(), "--topic", &topic])
+        .args(["--count", "3", "--idle-exit", "10", "--format", "text"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("consumed 3 records (25 printed, envelopes unpacked)"),
+        "{err}"
+    );
+    let rows: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let want: Vec<String> = (0..25)
+        .map(|i| format!("0\t{}#{}\tkey-{}\txxxx", i / 10, i % 10, i % 3))
+        .collect();
+    assert_eq!(rows, want, "every event, in order, keyed as generated");
+}
+
 /// Runs `kbatch produce --generate` into a new topic of 2 partitions, then reads it all back as
 /// (partition, offset, key, value) text rows.
 fn generate_and_read_back(records: u64, keys: u64) -> Vec<(usize, u64, String, String)> {

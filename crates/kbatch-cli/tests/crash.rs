@@ -13,7 +13,10 @@
 //!   a crash, without waiting for the session timeout (45 s);
 //! - with KIP-848's consumer protocol, a crashed static member's id stays taken until the
 //!   broker's session timeout: a restart with it is refused with a clear error, and a dynamic
-//!   member takes the partitions over once the session expires.
+//!   member takes the partitions over once the session expires;
+//! - over packed envelopes ([`packed`]), killed in the middle of envelopes: no event lost, each
+//!   key's events in order per run, and no event of an envelope the group had committed as
+//!   done is processed again.
 
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 
@@ -25,6 +28,9 @@ use std::time::{Duration, Instant};
 
 use kbatch_testkit::{brokers, unique_name};
 use rand::{Rng as _, SeedableRng as _};
+
+#[path = "crash/packed.rs"]
+mod packed;
 
 const CONCURRENCY: usize = 64;
 /// The consumer's default commit interval.
@@ -81,8 +87,9 @@ impl Drop for Group {
 
 /// The consumer under test, in a process group of its own.
 fn start(topic: &str, group: &str, ledger: &Path, extra: &[&str], log: &Path) -> Group {
+    // The envelope index is empty for a plain record.
     let cmd = format!(
-        "echo \"$KBATCH_PARTITION $KBATCH_OFFSET $KBATCH_KEY\" >> {}",
+        "echo \"$KBATCH_PARTITION $KBATCH_OFFSET $KBATCH_KEY $KBATCH_ENVELOPE_INDEX\" >> {}",
         ledger.display()
     );
     let err = std::fs::OpenOptions::new()

@@ -6,7 +6,13 @@ use tokio::io::AsyncWriteExt;
 
 /// Runs the command for one record.
 pub(crate) async fn exec(cmd: String, r: ConsumedRecord) -> Result<(), HandlerError> {
-    let mut child = tokio::process::Command::new("sh")
+    let mut command = tokio::process::Command::new("sh");
+    if let Some(pos) = r.envelope {
+        command
+            .env("KBATCH_ENVELOPE_INDEX", pos.index.to_string())
+            .env("KBATCH_ENVELOPE_COUNT", pos.count.to_string());
+    }
+    let mut child = command
         .arg("-c")
         .arg(&cmd)
         .env("KBATCH_TOPIC", &*r.topic)
@@ -38,12 +44,21 @@ pub(crate) async fn exec(cmd: String, r: ConsumedRecord) -> Result<(), HandlerEr
     match status.code() {
         Some(0) => Ok(()),
         Some(65) => Err(HandlerError::permanent(format!(
-            "{cmd:?} exited 65 (data error) for offset {}",
-            r.offset
+            "{cmd:?} exited 65 (data error) for offset {}{}",
+            r.offset,
+            envelope_place(&r)
         ))),
         other => Err(HandlerError::retriable(format!(
-            "{cmd:?} exited {other:?} for offset {}",
-            r.offset
+            "{cmd:?} exited {other:?} for offset {}{}",
+            r.offset,
+            envelope_place(&r)
         ))),
     }
+}
+
+/// ", event I of N" for an event of an envelope, else nothing.
+fn envelope_place(r: &ConsumedRecord) -> String {
+    r.envelope
+        .map(|p| format!(", event {} of {}", p.index, p.count))
+        .unwrap_or_default()
 }

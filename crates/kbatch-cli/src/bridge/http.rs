@@ -8,7 +8,8 @@
 //!
 //! The request carries the value as its body (empty for a tombstone) with
 //! `Content-Type: application/octet-stream`, and the headers `X-Kafka-Topic`,
-//! `X-Kafka-Partition`, `X-Kafka-Offset` and the key:
+//! `X-Kafka-Partition`, `X-Kafka-Offset` (for an event of a packed envelope, the envelope's,
+//! with `X-Kafka-Envelope-Index` and `X-Kafka-Envelope-Count` naming its place) and the key:
 //! - `X-Kafka-Key: KEY` when every byte of the key is printable ASCII (space to `~`) and it
 //!   neither starts nor ends with a space, so that it arrives unchanged;
 //! - otherwise (UTF-8 beyond ASCII, control characters, binary) `X-Kafka-Key-Base64`, the key
@@ -49,6 +50,8 @@ const MAX_DRAINED_BODY: usize = 1 << 20;
 const X_KAFKA_TOPIC: HeaderName = HeaderName::from_static("x-kafka-topic");
 const X_KAFKA_PARTITION: HeaderName = HeaderName::from_static("x-kafka-partition");
 const X_KAFKA_OFFSET: HeaderName = HeaderName::from_static("x-kafka-offset");
+const X_KAFKA_ENVELOPE_INDEX: HeaderName = HeaderName::from_static("x-kafka-envelope-index");
+const X_KAFKA_ENVELOPE_COUNT: HeaderName = HeaderName::from_static("x-kafka-envelope-count");
 const X_KAFKA_KEY: HeaderName = HeaderName::from_static("x-kafka-key");
 const X_KAFKA_KEY_BASE64: HeaderName = HeaderName::from_static("x-kafka-key-base64");
 
@@ -69,6 +72,34 @@ pub(crate) fn parse_http_url(s: &str) -> Result<Url, String> {
         return Err(format!("{s:?}: no host"));
     }
     Ok(url)
+}
+
+/// The request's headers for `r`: content type, origin, the event's place in its envelope,
+/// the key.
+fn request_headers(r: &ConsumedRecord) -> Result<HeaderMap, HandlerError> {
+    let mut headers = HeaderMap::with_capacity(7);
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    let topic = HeaderValue::from_str(&r.topic).map_err(|_| {
+        HandlerError::permanent(format!(
+            "topic name {:?} cannot be sent in a header",
+            r.topic
+        ))
+    })?;
+    headers.insert(X_KAFKA_TOPIC, topic);
+    headers.insert(X_KAFKA_PARTITION, HeaderValue::from(r.partition));
+    headers.insert(X_KAFKA_OFFSET, HeaderValue::from(r.offset.0));
+    if let Some(pos) = r.envelope {
+        headers.insert(X_KAFKA_ENVELOPE_INDEX, HeaderValue::from(pos.index));
+        headers.insert(X_KAFKA_ENVELOPE_COUNT, HeaderValue::from(pos.count));
+    }
+    if let Some(key) = &r.key {
+        let (name, value) = key_header(key);
+        headers.insert(name, value);
+    }
+    Ok(headers)
 }
 
 /// What a response status means for the record.
@@ -148,24 +179,7 @@ impl HttpBridge {
                 r.key_for_display()
             )
         };
-        let mut headers = HeaderMap::with_capacity(5);
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        let topic = HeaderValue::from_str(&r.topic).map_err(|_| {
-            HandlerError::permanent(format!(
-                "topic name {:?} cannot be sent in a header",
-                r.topic
-            ))
-        })?;
-        headers.insert(X_KAFKA_TOPIC, topic);
-        headers.insert(X_KAFKA_PARTITION, HeaderValue::from(r.partition));
-        headers.insert(X_KAFKA_OFFSET, HeaderValue::from(r.offset.0));
-        if let Some(key) = &r.key {
-            let (name, value) = key_header(key);
-            headers.insert(name, value);
-        }
+        let headers = request_headers(&r)?;
         let sent = self
             .client
             .post(self.url.clone())

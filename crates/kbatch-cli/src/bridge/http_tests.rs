@@ -113,6 +113,32 @@ fn keys_go_verbatim_when_they_survive_a_header_else_base64() {
 }
 
 #[test]
+fn an_event_names_its_envelope_offset_and_its_place_in_it() {
+    let names = |r: &ConsumedRecord| {
+        let h = request_headers(r).unwrap();
+        let get = |n: &str| h.get(n).map(|v| v.to_str().unwrap().to_owned());
+        (
+            get("x-kafka-offset"),
+            get("x-kafka-envelope-index"),
+            get("x-kafka-envelope-count"),
+        )
+    };
+    let plain = record(Some(b"k"));
+    assert_eq!(names(&plain), (Some("42".into()), None, None));
+    let event = ConsumedRecord {
+        envelope: Some(kbatch_core::EnvelopePosition {
+            index: 3,
+            count: 10,
+        }),
+        ..plain
+    };
+    assert_eq!(
+        names(&event),
+        (Some("42".into()), Some("3".into()), Some("10".into()))
+    );
+}
+
+#[test]
 fn retry_after_reads_seconds_and_dates() {
     let now = httpdate::parse_http_date("Sun, 30 Nov 2025 10:00:00 GMT").unwrap();
     let at = |v: &'static str| {

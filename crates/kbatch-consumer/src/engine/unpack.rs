@@ -173,14 +173,14 @@ impl Engine {
                     Ok(events) => events,
                     Err(e) => return Step::Malformed(r, e, epoch),
                 };
-                self.counters.envelopes_unpacked += 1;
                 let offset = r.offset.0;
+                if part.open_envelopes.contains_key(&offset) {
+                    return Step::Released; // fetched twice in one assignment: already under way
+                }
+                self.counters.envelopes_unpacked += 1;
                 if events.is_empty() {
                     part.tracker.completed(offset);
                     return Step::Released;
-                }
-                if part.open_envelopes.contains_key(&offset) {
-                    return Step::Released; // fetched twice in one assignment: already under way
                 }
                 // `decode` never returns more than u32::MAX events: the count field is a u32.
                 let count = u32::try_from(events.len()).unwrap_or(u32::MAX);
