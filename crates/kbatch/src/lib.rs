@@ -68,7 +68,7 @@ pub mod consumer {
     pub use kbatch_consumer::*;
 }
 
-/// Adaptive microbatching: [`AdaptiveProducer`](adaptive::AdaptiveProducer) picks batch
+/// Adaptive microbatching: [`AdaptiveProducer`] picks batch
 /// size and linger from the load and a latency budget, learns them, remembers them in SQLite,
 /// and can pack a microbatch into one Kafka record.
 pub mod adaptive {
