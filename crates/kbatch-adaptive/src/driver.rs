@@ -116,7 +116,10 @@ impl Driver {
         now: Instant,
     ) -> Self {
         let seed = config.seed.unwrap_or_else(|| rand::rng().random());
-        let mut learner = Learner::new(config.levels.clone(), config.learner.clone(), seed);
+        let mut learner_config = config.learner.clone();
+        // Per-event records are batched by the client itself: start without intake linger.
+        learner_config.linger_from_zero |= config.shape == Shape::PerEvent;
+        let mut learner = Learner::new(config.levels.clone(), learner_config, seed);
         learner.restore(&persistence.learned);
         let controller = Controller::new(
             config.levels.clone(),

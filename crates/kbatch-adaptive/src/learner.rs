@@ -34,6 +34,11 @@ pub struct LearnerConfig {
     pub min_improvement: f64,
     /// The largest N ever chosen. Default 10,000.
     pub max_batch_events: u32,
+    /// Start every level with no linger (T = 0) instead of half its budget. The adaptive
+    /// producer sets it for per-event delivery: there the client batches whatever is queued
+    /// on its own, so lingering in the intake only adds latency unless it buys throughput —
+    /// which exploration finds out (doubling T from 0 tries 1/64 of the budget).
+    pub linger_from_zero: bool,
 }
 
 impl Default for LearnerConfig {
@@ -44,6 +49,7 @@ impl Default for LearnerConfig {
             regression_drop: 0.1,
             min_improvement: 0.02,
             max_batch_events: 10_000,
+            linger_from_zero: false,
         }
     }
 }
@@ -160,7 +166,17 @@ impl Learner {
             .levels()
             .iter()
             .map(|l| LevelState {
-                best: bootstrap(l, table.upper_rate(l.id), config.max_batch_events),
+                best: {
+                    let b = bootstrap(l, table.upper_rate(l.id), config.max_batch_events);
+                    if config.linger_from_zero {
+                        BatchSettings {
+                            linger: Duration::ZERO,
+                            ..b
+                        }
+                    } else {
+                        b
+                    }
+                },
                 best_score: None,
                 best_p99: Duration::ZERO,
                 expected: None,
@@ -231,6 +247,7 @@ impl Learner {
                 explored: false,
             };
         }
+        let up = grow(best.linger, self.table.get(level).budget);
         let candidate = loop {
             let (n, t) = (best.max_events, best.linger);
             let c = match self.rng.random_range(0..6u8) {
@@ -244,7 +261,7 @@ impl Learner {
                 },
                 2 => BatchSettings {
                     max_events: n,
-                    linger: t * 2,
+                    linger: up,
                 },
                 3 => BatchSettings {
                     max_events: n,
@@ -252,7 +269,7 @@ impl Learner {
                 },
                 4 => BatchSettings {
                     max_events: n.saturating_mul(2),
-                    linger: t * 2,
+                    linger: up,
                 },
                 _ => BatchSettings {
                     max_events: n / 2,
@@ -274,7 +291,8 @@ impl Learner {
 
     fn neighbours_all_clamp(&self, level: LevelId, best: BatchSettings) -> bool {
         let (n, t) = (best.max_events, best.linger);
-        [(n.saturating_mul(2), t), (n / 2, t), (n, t * 2), (n, t / 2)]
+        let up = grow(t, self.table.get(level).budget);
+        [(n.saturating_mul(2), t), (n / 2, t), (n, up), (n, t / 2)]
             .into_iter()
             .all(|(max_events, linger)| {
                 self.clamp(level, BatchSettings { max_events, linger }) == best
@@ -364,6 +382,11 @@ fn score(stats: &EpochStats, budget: Duration) -> f64 {
     }
 }
 
+/// T doubled; from zero, the smallest step worth trying: 1/64 of the budget.
+fn grow(t: Duration, budget: Duration) -> Duration {
+    if t.is_zero() { budget / 64 } else { t * 2 }
+}
+
 /// The starting point for a level: linger half its budget (the other half is for the trip
 /// to the broker), N what the band's top rate brings in during that linger.
 pub fn bootstrap(level: &Level, upper_rate: Option<f64>, cap: u32) -> BatchSettings {
@@ -411,6 +434,25 @@ mod tests {
         for (lv, (_, t_us)) in t.levels().iter().zip(&got) {
             assert!(Duration::from_micros(*t_us) <= lv.budget);
         }
+    }
+
+    #[test]
+    fn from_zero_linger_exploration_tries_a_positive_one_within_the_budget() {
+        let config = LearnerConfig {
+            linger_from_zero: true,
+            explore_share: 1.0,
+            ..LearnerConfig::default()
+        };
+        let mut l = Learner::new(LevelTable::default(), config, 5);
+        let lv = LevelId(6);
+        assert_eq!(l.best(lv).linger, Duration::ZERO);
+        assert_eq!(l.best(lv).max_events, 10_000, "N still from the band");
+        let tried: Vec<Duration> = (0..50).map(|_| l.choose(lv).settings.linger).collect();
+        assert!(
+            tried.contains(&(Duration::from_millis(500) / 64)),
+            "{tried:?}"
+        );
+        assert!(tried.iter().all(|t| *t <= Duration::from_millis(500)));
     }
 
     #[test]
