@@ -40,8 +40,7 @@ pub enum CalibrationSetting {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct AdaptiveConfig {
-    /// The underlying producer. Its linger is set to [`AdaptiveConfig::client_linger`]: the
-    /// intake does the lingering.
+    /// The underlying producer. Its linger is set to 0: the intake does the lingering.
     pub producer: ProducerConfig,
     /// Per-event records or packed envelopes. Default per-event.
     pub shape: Shape,
@@ -168,16 +167,6 @@ impl AdaptiveConfig {
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self
-    }
-
-    /// The underlying client's linger: the smallest budget of any level (L1's 1 ms by
-    /// default), or the producer's budget if smaller. It lets the client put what arrives
-    /// together into one request instead of one request per flush, at a cost no level's
-    /// budget can notice; every event's batching wait is shortened by it, so the two
-    /// together stay within the budget.
-    pub fn client_linger(&self) -> Duration {
-        let lowest = self.levels.levels()[0].budget;
-        self.budget.map_or(lowest, |b| b.min(lowest))
     }
 
     /// Checks every field, naming the first that is wrong.

@@ -106,8 +106,6 @@ pub(crate) struct Driver {
     last_persist: Instant,
     completions: TaskTracker,
     metrics: Metrics,
-    /// The client lingers this long after a flush: batches wait that much less.
-    client_linger: Duration,
 }
 
 impl Driver {
@@ -116,7 +114,6 @@ impl Driver {
         producer: Producer,
         persistence: Persistence,
         now: Instant,
-        client_linger: Duration,
     ) -> Self {
         let seed = config.seed.unwrap_or_else(|| rand::rng().random());
         let mut learner_config = config.learner.clone();
@@ -164,7 +161,6 @@ impl Driver {
             last_persist: now,
             completions: TaskTracker::new(),
             metrics: Metrics::new(&config.profile),
-            client_linger,
         }
     }
 
@@ -244,7 +240,7 @@ impl Driver {
             } else {
                 0
             };
-        let (arrived, budget) = (p.arrived, p.budget.saturating_sub(self.client_linger));
+        let (arrived, budget) = (p.arrived, p.budget);
         if let Some(f) = self.batcher.push(key, p, bytes, arrived, budget) {
             self.flush(shared, f).await;
         }
@@ -376,7 +372,7 @@ impl Driver {
         let over = f
             .items
             .iter()
-            .filter(|p| now.duration_since(p.arrived) > p.budget.saturating_sub(self.client_linger))
+            .filter(|p| now.duration_since(p.arrived) > p.budget)
             .count() as u64;
         if over > 0 {
             shared

@@ -194,13 +194,12 @@ impl AdaptiveProducer {
     pub fn start(config: AdaptiveConfig) -> Result<Self, AdaptiveError> {
         config.validate()?;
         let mut producer_config = config.producer.clone();
-        // The intake lingers; the client only gathers what arrives together.
-        let client_linger = config.client_linger();
-        producer_config.kafka.linger = client_linger;
+        // The intake lingers; the client sends each flush at once.
+        producer_config.kafka.linger = Duration::ZERO;
         let producer = Producer::new(producer_config)?;
         let persistence = Persistence::open(&config.calibration, &config.profile);
         let now = Instant::now();
-        let driver = Driver::new(&config, producer, persistence, now, client_linger);
+        let driver = Driver::new(&config, producer, persistence, now);
         let (level, settings) = driver.decision();
         let shared = Arc::new(Shared {
             intake: Intake::new(config.intake_capacity, intake_shards()),

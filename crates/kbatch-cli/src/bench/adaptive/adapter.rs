@@ -23,11 +23,10 @@ pub(super) fn config(producer: ProducerConfig, shape: Shape) -> AdaptiveConfig {
 }
 
 /// What `AdaptiveProducer::start` does to the client settings it is given: the intake
-/// lingers, the client only gathers what arrives together (`AdaptiveConfig::client_linger`).
-/// Taken from the crate so the settings check and the BULK baseline see the client the
-/// adaptive contenders really run.
+/// lingers, so the client sends each flush at once. Mirrored here so the settings check and
+/// the BULK baseline see the client the adaptive contenders really run.
 pub(super) fn client_linger() -> Duration {
-    AdaptiveConfig::new(ProducerConfig::default()).client_linger()
+    Duration::ZERO
 }
 
 type ToAck = fn(Result<EventDelivered, AdaptiveError>) -> Result<Ack, String>;

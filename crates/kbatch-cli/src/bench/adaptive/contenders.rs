@@ -141,8 +141,7 @@ pub(super) struct Settings {
     /// kbatch's own bounds (records, bytes) for every `Producer`, the adaptive one's included.
     pub(super) pending: (usize, usize),
     /// The batch limits of the client under the adaptive contenders and under BULK (its
-    /// linger is `AdaptiveConfig::client_linger`, 1 ms: the adaptive producer sets it so, and
-    /// BULK runs the same client).
+    /// linger is 0: the adaptive producer sets it so, and BULK runs the same client).
     pub(super) inner: BatchLimits,
 }
 

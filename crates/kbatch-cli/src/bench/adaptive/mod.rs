@@ -98,9 +98,8 @@ pub(crate) struct Args {
           default_values = ["0:1000:131072", "5:10000:1048576", "100:100000:1048576"])]
     statics: Vec<StaticBatching>,
     /// Batch limits of the client under the adaptive contenders, and of BULK's, which runs
-    /// the same client (BATCH_RECORDS:BATCH_BYTES; kbatch's defaults). Its linger is the
-    /// smallest level budget (1 ms): AdaptiveProducer::start sets it so, its intake does the
-    /// lingering.
+    /// the same client (BATCH_RECORDS:BATCH_BYTES; kbatch's defaults). Its linger is 0:
+    /// AdaptiveProducer::start sets it so, its intake does the lingering.
     #[arg(long, default_value = "10000:1048576")]
     inner_batch: BatchLimits,
     /// Events per envelope of the BULK baseline.
