@@ -31,7 +31,29 @@ use crate::levels::{BatchSettings, LevelId};
 use crate::metrics::Metrics;
 use crate::partitioner::KeyHash;
 use crate::persist::Persistence;
-use crate::producer::{AdaptiveCloseReport, AdaptiveStats, EventDelivered, Pending, Shared};
+use crate::producer::{AdaptiveCloseReport, EventDelivered, Pending, Shared};
+
+/// Fails every event of an envelope that failed as a whole, handing each its own record.
+fn fail_envelope(
+    items: Vec<Pending>,
+    topic: &Topic,
+    partition: i32,
+    class: ErrorClass,
+    message: &str,
+) {
+    let events = u32::try_from(items.len()).unwrap_or(u32::MAX);
+    for (i, p) in items.into_iter().enumerate() {
+        p.reply.send(Err(AdaptiveError::Envelope {
+            topic: topic.to_string(),
+            partition,
+            events,
+            index: i as u32,
+            class,
+            message: message.to_owned(),
+            record: Box::new(p.record),
+        }));
+    }
+}
 
 /// Timers fire up to about a millisecond late: batches due within this are cut now, early
 /// rather than late, so the budget holds.
@@ -474,27 +496,13 @@ impl Driver {
             headers: vec![envelope_header()],
             timestamp: None,
         };
-        let events = u32::try_from(items.len()).unwrap_or(u32::MAX);
-        let fail_all = |items: Vec<Pending>, class: ErrorClass, message: String| {
-            for (i, p) in items.into_iter().enumerate() {
-                p.reply.send(Err(AdaptiveError::Envelope {
-                    topic: topic.to_string(),
-                    partition,
-                    events,
-                    index: i as u32,
-                    class,
-                    message: message.clone(),
-                    record: Box::new(p.record),
-                }));
-            }
-        };
         match self.producer.send(envelope).await {
             Err(e) => {
                 shared
                     .counters
                     .failed
                     .fetch_add(items.len() as u64, Ordering::Relaxed);
-                fail_all(items, e.class(), e.to_string());
+                fail_envelope(items, &topic, partition, e.class(), &e.to_string());
             }
             Ok(fut) => {
                 shared.counters.records.fetch_add(1, Ordering::Relaxed);
@@ -518,18 +526,7 @@ impl Driver {
                         }
                         Err(e) => {
                             let n = items.len() as u64;
-                            let (class, message) = (e.class(), e.to_string());
-                            for (i, p) in items.into_iter().enumerate() {
-                                p.reply.send(Err(AdaptiveError::Envelope {
-                                    topic: topic.to_string(),
-                                    partition,
-                                    events,
-                                    index: i as u32,
-                                    class,
-                                    message: message.clone(),
-                                    record: Box::new(p.record),
-                                }));
-                            }
+                            fail_envelope(items, &topic, partition, e.class(), &e.to_string());
                             shared.acknowledged(0, n, &[]);
                         }
                     }
@@ -555,20 +552,8 @@ impl Driver {
             .saturating_sub(failed_before);
         let learned = self.learner.learned();
         let calibration_warning = self.persistence.save_now(learned.clone()).await;
-        let c = &shared.counters;
         AdaptiveCloseReport {
-            stats: AdaptiveStats {
-                submitted: c.submitted.load(Ordering::Relaxed),
-                delivered: c.delivered.load(Ordering::Relaxed),
-                failed: c.failed.load(Ordering::Relaxed),
-                batches: c.batches.load(Ordering::Relaxed),
-                records: c.records.load(Ordering::Relaxed),
-                budget_overruns: c.budget_overruns.load(Ordering::Relaxed),
-                regressions: c.regressions.load(Ordering::Relaxed),
-                level_changes: c.level_changes.load(Ordering::Relaxed),
-                level: Some(self.controller.level()),
-                settings: Some(self.choice.settings),
-            },
+            stats: shared.stats(),
             learned,
             failed_at_close,
             calibration_warning,

@@ -138,6 +138,27 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Counters and the decision in force.
+    pub(crate) fn stats(&self) -> AdaptiveStats {
+        let c = &self.counters;
+        let (level, settings) = *self
+            .decision
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        AdaptiveStats {
+            submitted: c.submitted.load(Ordering::Relaxed),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            records: c.records.load(Ordering::Relaxed),
+            budget_overruns: c.budget_overruns.load(Ordering::Relaxed),
+            regressions: c.regressions.load(Ordering::Relaxed),
+            level_changes: c.level_changes.load(Ordering::Relaxed),
+            level: Some(level),
+            settings: Some(settings),
+        }
+    }
+
     /// Counts acknowledgements of one batch and adds their latencies to the epoch (one lock
     /// per batch, not per event).
     pub(crate) fn acknowledged(&self, delivered: u64, failed: u64, latencies: &[Duration]) {
@@ -342,20 +363,7 @@ impl AdaptiveProducer {
 
     /// Counters and the current decision.
     pub fn stats(&self) -> AdaptiveStats {
-        let c = &self.shared.counters;
-        let (level, settings) = self.decision();
-        AdaptiveStats {
-            submitted: c.submitted.load(Ordering::Relaxed),
-            delivered: c.delivered.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            batches: c.batches.load(Ordering::Relaxed),
-            records: c.records.load(Ordering::Relaxed),
-            budget_overruns: c.budget_overruns.load(Ordering::Relaxed),
-            regressions: c.regressions.load(Ordering::Relaxed),
-            level_changes: c.level_changes.load(Ordering::Relaxed),
-            level: Some(level),
-            settings: Some(settings),
-        }
+        self.shared.stats()
     }
 
     /// Stops taking events, sends everything held, waits for every acknowledgement (within

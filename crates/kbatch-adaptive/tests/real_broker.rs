@@ -81,6 +81,20 @@ fn assert_once_in_key_order(ev: &Placed, n: u64) {
     assert_eq!(missing, 0, "{missing} events lost");
 }
 
+/// Each event's future reported the partition, offset and envelope index it was read at.
+fn assert_futures_said_where(ev: &Placed, delivered: &[kbatch_adaptive::EventDelivered]) {
+    for (p, v) in ev {
+        for (_, s, off, idx) in v {
+            let d = delivered[*s as usize];
+            assert_eq!(
+                (d.partition, d.offset.0, d.index),
+                (*p, *off, *idx),
+                "event {s}"
+            );
+        }
+    }
+}
+
 async fn run(
     shape: Shape,
     topic: &str,
@@ -134,16 +148,7 @@ async fn per_event_every_event_is_its_own_record_once_in_key_order() {
     });
     let ev = events(&got);
     assert_once_in_key_order(&ev, N);
-    for (p, v) in &ev {
-        for (_, s, off, idx) in v {
-            let d = delivered[*s as usize];
-            assert_eq!(
-                (d.partition, d.offset.0, d.index),
-                (*p, *off, *idx),
-                "event {s}"
-            );
-        }
-    }
+    assert_futures_said_where(&ev, &delivered);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -166,16 +171,7 @@ async fn packed_events_travel_in_envelopes_on_their_keys_partition() {
     );
     let ev = events(&got);
     assert_once_in_key_order(&ev, N);
-    for (p, v) in &ev {
-        for (_, s, off, idx) in v {
-            let d = delivered[*s as usize];
-            assert_eq!(
-                (d.partition, d.offset.0, d.index),
-                (*p, *off, *idx),
-                "event {s}"
-            );
-        }
-    }
+    assert_futures_said_where(&ev, &delivered);
     // The same keys sent as plain records by the plain producer land where packing put them.
     let plain = Producer::new(ProducerConfig::default().with_kafka(producer_config())).unwrap();
     let other = unique_name("adaptive-plain");
