@@ -37,6 +37,27 @@ pub(crate) async fn run(b: Bench) -> anyhow::Result<()> {
     }
 }
 
+/// Least, median and most of a set of values: what every bench reports per contender over
+/// its rounds.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub(crate) struct Spread {
+    pub(crate) min: f64,
+    pub(crate) median: f64,
+    pub(crate) max: f64,
+}
+
+impl Spread {
+    /// Of the finite values in `v`; `None` when there are none.
+    pub(crate) fn of(v: &[f64]) -> Option<Self> {
+        let finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+        Some(Self {
+            min: finite.iter().copied().reduce(f64::min)?,
+            median: median(&finite)?,
+            max: finite.iter().copied().reduce(f64::max)?,
+        })
+    }
+}
+
 /// The median of `v` (mean of the middle two for an even count).
 pub(crate) fn median(v: &[f64]) -> Option<f64> {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();

@@ -10,7 +10,8 @@ use serde::Serialize;
 use super::contenders::Outcome;
 use super::criterion::IntakeFigure;
 use super::verdict::Verdict;
-use crate::bench::{median, plot};
+pub(super) use crate::bench::Spread;
+use crate::bench::plot;
 
 /// One run of one contender under one load.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -114,24 +115,7 @@ impl Run {
     }
 }
 
-/// Least, median and most of a set of values.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub(super) struct Spread {
-    pub(super) min: f64,
-    pub(super) median: f64,
-    pub(super) max: f64,
-}
-
 impl Spread {
-    pub(super) fn of(v: &[f64]) -> Option<Self> {
-        let finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-        Some(Self {
-            min: finite.iter().copied().reduce(f64::min)?,
-            median: median(&finite)?,
-            max: finite.iter().copied().reduce(f64::max)?,
-        })
-    }
-
     fn show(self, prec: usize) -> String {
         format!(
             "{:.p$}/{:.p$}/{:.p$}",

@@ -8,7 +8,7 @@ use kbatch_client::KafkaProducerConfig;
 use serde::Serialize;
 
 use super::contenders::Entrant;
-use crate::bench::median;
+use crate::bench::Spread;
 
 /// One run of one contender.
 #[derive(Clone, Debug, Serialize)]
@@ -24,25 +24,6 @@ pub(super) struct Run {
     /// process, from before the client is made until it is closed (for the Rust contenders
     /// that process is the bench itself, idle runtime and admin threads included).
     pub(super) cpu_us_per_record: Option<f64>,
-}
-
-/// Least, median and most of a set of values.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub(super) struct Spread {
-    pub(super) min: f64,
-    pub(super) median: f64,
-    pub(super) max: f64,
-}
-
-impl Spread {
-    fn of(v: &[f64]) -> Option<Self> {
-        let finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-        Some(Self {
-            min: finite.iter().copied().reduce(f64::min)?,
-            median: median(&finite)?,
-            max: finite.iter().copied().reduce(f64::max)?,
-        })
-    }
 }
 
 #[derive(Debug, Serialize)]
