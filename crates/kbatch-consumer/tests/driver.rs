@@ -9,13 +9,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kbatch_client::ConsumerConfig;
 use kbatch_consumer::{
     ExponentialBackoff, FailureKind, Handler, HandlerError, HandlerResult, ParallelConfig,
-    ParallelConsumer, ProcessingOrder, Running, ShutdownMode,
+    ParallelConsumer, ProcessingOrder, ShutdownMode,
 };
 use kbatch_core::{CommitReason, ConsumedRecord, Offset, TopicPartition};
-use kbatch_testkit::memory::{MemoryBroker, MemorySink, MemorySource};
+use kbatch_testkit::memory::MemoryBroker;
+
+mod in_memory;
+
+use in_memory::{Seams, fast_retries, until, within};
 
 const TOPIC: &str = "events";
 
@@ -35,46 +38,11 @@ fn broker(partitions: i32, per_partition: usize) -> MemoryBroker {
 }
 
 fn config(order: ProcessingOrder) -> ParallelConfig {
-    let mut c = ParallelConfig::new(ConsumerConfig::default().with_group("memory"), [TOPIC])
-        .with_ordering(order)
-        .with_concurrency(16);
-    c.commit_interval = Duration::from_millis(20);
-    c
-}
-
-fn fast_retries() -> ExponentialBackoff {
-    ExponentialBackoff::new(Duration::from_millis(5), Duration::from_millis(20)).with_jitter(0.0)
-}
-
-struct Seams {
-    broker: MemoryBroker,
-    source: Arc<MemorySource>,
-    sink: Arc<MemorySink>,
+    in_memory::config(TOPIC, "memory", order)
 }
 
 fn seams(b: &MemoryBroker) -> Seams {
-    Seams {
-        broker: b.clone(),
-        source: Arc::new(MemorySource::new(b)),
-        sink: Arc::new(MemorySink::new(b)),
-    }
-}
-
-impl Seams {
-    fn start(&self, cfg: ParallelConfig, handler: impl Handler) -> Running {
-        ParallelConsumer::builder(cfg)
-            .source(self.source.clone(), self.sink.clone())
-            .retry_policy(fast_retries())
-            .with_handler(handler)
-            .start()
-            .unwrap()
-    }
-
-    fn committed(&self, p: i32) -> Option<i64> {
-        self.broker
-            .committed(&TopicPartition::new(TOPIC, p))
-            .map(|c| c.0.0)
-    }
+    Seams::new(b, TOPIC)
 }
 
 /// Records every record handled, in order.
@@ -104,22 +72,6 @@ impl Handler for Recorder {
         self.ledger.push(&r);
         Ok(())
     }
-}
-
-async fn within<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
-
-/// Waits until `cond` holds, looking every few milliseconds; fails after `secs` naming `what`.
-async fn until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    within(secs, what, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,14 +12,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use kbatch_client::ConsumerConfig;
 use kbatch_consumer::{
-    ExponentialBackoff, FailureKind, HandlerError, HandlerResult, ParallelConfig, ParallelConsumer,
-    ProcessingOrder, Running, ShutdownMode,
+    FailureKind, HandlerError, HandlerResult, ParallelConfig, ProcessingOrder, Running,
+    ShutdownMode,
 };
 use kbatch_core::envelope::{self, Event};
 use kbatch_core::{ConsumedRecord, Header, Record, Timestamp, TopicPartition};
-use kbatch_testkit::memory::{MemoryBroker, MemorySink, MemorySource};
+use kbatch_testkit::memory::MemoryBroker;
+
+mod in_memory;
+
+use in_memory::{Seams, until, within};
 
 const TOPIC: &str = "packed";
 
@@ -57,41 +60,11 @@ fn malformed_record() -> Record {
 }
 
 fn config(order: ProcessingOrder) -> ParallelConfig {
-    let mut c = ParallelConfig::new(ConsumerConfig::default().with_group("packed"), [TOPIC])
-        .with_ordering(order)
-        .with_concurrency(16);
-    c.commit_interval = Duration::from_millis(20);
-    c
+    in_memory::config(TOPIC, "packed", order)
 }
 
-fn fast_retries() -> ExponentialBackoff {
-    ExponentialBackoff::new(Duration::from_millis(5), Duration::from_millis(20)).with_jitter(0.0)
-}
-
-struct Seams {
-    broker: MemoryBroker,
-    source: Arc<MemorySource>,
-    sink: Arc<MemorySink>,
-}
-
-impl Seams {
-    fn new(broker: &MemoryBroker) -> Self {
-        Self {
-            broker: broker.clone(),
-            source: Arc::new(MemorySource::new(broker)),
-            sink: Arc::new(MemorySink::new(broker)),
-        }
-    }
-
-    fn builder(&self, cfg: ParallelConfig) -> kbatch_consumer::Builder {
-        ParallelConsumer::builder(cfg)
-            .source(self.source.clone(), self.sink.clone())
-            .retry_policy(fast_retries())
-    }
-
-    fn committed(&self, p: i32) -> Option<i64> {
-        self.broker.committed(&tp(p)).map(|c| c.0.0)
-    }
+fn seams(b: &MemoryBroker) -> Seams {
+    Seams::new(b, TOPIC)
 }
 
 fn broker(partitions: i32) -> MemoryBroker {
@@ -126,21 +99,6 @@ impl Calls {
     }
 }
 
-async fn within<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
-
-async fn until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    within(secs, what, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
-}
-
 async fn drain(running: Running) -> kbatch_consumer::ConsumerStats {
     within(10, "idle", running.until_idle()).await;
     let stats = running.stats();
@@ -168,7 +126,7 @@ async fn events_of_different_keys_run_concurrently_and_each_key_in_order() {
         envelope_record(&events).with_timestamp(Timestamp(77)),
     );
     b.produce(&tp(0), Some("k0"), "after");
-    let s = Seams::new(&b);
+    let s = seams(&b);
     let calls = Calls::default();
     let active: Arc<Mutex<HashMap<Bytes, usize>>> = Arc::default();
     let overlaps: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -284,7 +242,7 @@ async fn an_envelopes_offset_is_committed_only_after_its_last_event() {
     let events: Vec<Event> = (0..5).map(|i| event(&format!("e{i}"), i)).collect();
     b.produce_record(&tp(0), envelope_record(&events));
     b.produce(&tp(0), Some("b"), "last");
-    let s = Seams::new(&b);
+    let s = seams(&b);
     let calls = Calls::default();
     let release = Arc::new(AtomicBool::new(false));
     let running = s
@@ -358,7 +316,7 @@ async fn a_failing_event_is_retried_and_dead_lettered_alone() {
     let events: Vec<Event> = (0..10).map(|i| event(&format!("k{}", i % 3), i)).collect();
     b.produce_record(&tp(0), envelope_record(&events));
     b.produce(&tp(0), Some("k1"), "after");
-    let s = Seams::new(&b);
+    let s = seams(&b);
     let mut cfg = config(ProcessingOrder::Key);
     cfg.max_attempts = Some(3);
     let attempts: Arc<Mutex<BTreeMap<Unit, u32>>> = Arc::default();
@@ -421,7 +379,7 @@ async fn a_malformed_envelope_fails_alone_and_the_others_go_on() {
         b.produce_record(&tp(0), malformed_record());
         b.produce_record(&tp(0), envelope_record(&[event("a", 3), event("c", 4)]));
         b.produce(&tp(0), Some("a"), "plain");
-        let s = Seams::new(&b);
+        let s = seams(&b);
         let calls = Calls::default();
         let builder = s.builder(config(ProcessingOrder::Key));
         let (builder, dead) = if with_dead_letters {
@@ -485,7 +443,7 @@ async fn an_envelope_larger_than_the_budget_is_held_a_budget_at_a_time() {
             b.produce(&tp(p), Some("k1"), "between");
         }
     }
-    let s = Seams::new(&b);
+    let s = seams(&b);
     let mut cfg = config(ProcessingOrder::Unordered);
     cfg.max_records = 50;
     cfg.max_concurrency = 4;
@@ -550,7 +508,7 @@ async fn every_handler_shape_gets_one_record_per_event() {
         let events: Vec<Event> = (0..20).map(|i| event(&format!("k{}", i % 4), i)).collect();
         b.produce_record(&tp(0), envelope_record(&events));
         b.produce(&tp(0), Some("k0"), "plain");
-        let s = Seams::new(&b);
+        let s = seams(&b);
         let calls = Calls::default();
         let builder = s.builder(config(ProcessingOrder::Key));
         let builder = match shape {
@@ -605,7 +563,7 @@ async fn with_unpacking_off_the_handler_gets_the_envelope_record() {
     let b = broker(1);
     let events: Vec<Event> = (0..5).map(|i| event("k", i)).collect();
     b.produce_record(&tp(0), envelope_record(&events));
-    let s = Seams::new(&b);
+    let s = seams(&b);
     let calls = Calls::default();
     let running = s
         .builder(config(ProcessingOrder::Key).with_unpack_envelopes(false))
@@ -648,7 +606,7 @@ async fn a_restart_redoes_an_unfinished_envelope_whole_and_never_a_finished_one(
     b.produce(&tp(0), Some("c"), "plain");
 
     // Run 1: event 2 of the second envelope never finishes; the shutdown gives up on it.
-    let s = Seams::new(&b);
+    let s = seams(&b);
     let mut cfg = config(ProcessingOrder::Key);
     cfg.shutdown_timeout = Duration::from_millis(200);
     let first = Calls::default();
@@ -680,7 +638,7 @@ async fn a_restart_redoes_an_unfinished_envelope_whole_and_never_a_finished_one(
     // Run 2, a new consumer of the same group: the unfinished envelope again, all of it (its
     // events done in run 1 too: the commit is per envelope), nothing of the first envelope,
     // nor the record after it that the metadata marks done.
-    let s = Seams::new(&b);
+    let s = seams(&b);
     let second = Calls::default();
     let running = s
         .builder(config(ProcessingOrder::Key))
