@@ -193,6 +193,16 @@ impl Controller {
 mod tests {
     use super::*;
 
+    /// A controller with the default table and settings, starting at `initial`.
+    fn defaults(initial: LevelId, t0: Instant) -> Controller {
+        Controller::new(
+            LevelTable::default(),
+            ControllerConfig::default(),
+            initial,
+            t0,
+        )
+    }
+
     /// Feeds `rate` events/s for `secs` in 10 ms steps; returns every level change with the
     /// time it happened (seconds after `t0`).
     fn run(c: &mut Controller, t0: Instant, from: f64, secs: f64, rate: f64) -> Vec<(f64, u8)> {
@@ -229,12 +239,7 @@ mod tests {
             (8_000_000.0, 10),
         ] {
             let t0 = Instant::now();
-            let mut c = Controller::new(
-                LevelTable::default(),
-                ControllerConfig::default(),
-                LevelTable::DEFAULT_LEVEL,
-                t0,
-            );
+            let mut c = defaults(LevelTable::DEFAULT_LEVEL, t0);
             run(&mut c, t0, 0.0, 30.0, rate);
             assert_eq!(c.level(), LevelId(level), "rate {rate}");
         }
@@ -243,12 +248,7 @@ mod tests {
     #[test]
     fn a_burst_steps_up_within_the_short_window() {
         let t0 = Instant::now();
-        let mut c = Controller::new(
-            LevelTable::default(),
-            ControllerConfig::default(),
-            LevelId(1),
-            t0,
-        );
+        let mut c = defaults(LevelId(1), t0);
         assert!(run(&mut c, t0, 0.0, 20.0, 5.0).is_empty());
         // 20 s quiet at 5/s, then a burst of 100k/s: L7 within the 1 s short window.
         let changes = run(&mut c, t0, 20.0, 3.0, 100_000.0);
@@ -268,12 +268,7 @@ mod tests {
     fn a_steady_rate_at_a_band_edge_does_not_flap() {
         // 10,000/s is L6's floor; arrivals jitter ±10 % around it every 10 ms.
         let t0 = Instant::now();
-        let mut c = Controller::new(
-            LevelTable::default(),
-            ControllerConfig::default(),
-            LevelTable::DEFAULT_LEVEL,
-            t0,
-        );
+        let mut c = defaults(LevelTable::DEFAULT_LEVEL, t0);
         let step = Duration::from_millis(10);
         let mut changes = Vec::new();
         for i in 0..6_000u32 {
@@ -290,12 +285,7 @@ mod tests {
     #[test]
     fn stepping_down_waits_for_the_hysteresis_margin_and_the_long_window() {
         let t0 = Instant::now();
-        let mut c = Controller::new(
-            LevelTable::default(),
-            ControllerConfig::default(),
-            LevelTable::DEFAULT_LEVEL,
-            t0,
-        );
+        let mut c = defaults(LevelTable::DEFAULT_LEVEL, t0);
         run(&mut c, t0, 0.0, 15.0, 20_000.0);
         assert_eq!(c.level(), LevelId(6));
         // 9,000/s is below L6's 10,000 floor but within 20 %: stays.
@@ -310,12 +300,7 @@ mod tests {
     #[test]
     fn silence_after_load_goes_back_to_the_lowest_level() {
         let t0 = Instant::now();
-        let mut c = Controller::new(
-            LevelTable::default(),
-            ControllerConfig::default(),
-            LevelTable::DEFAULT_LEVEL,
-            t0,
-        );
+        let mut c = defaults(LevelTable::DEFAULT_LEVEL, t0);
         run(&mut c, t0, 0.0, 5.0, 50_000.0);
         assert_eq!(c.level(), LevelId(7));
         run(&mut c, t0, 5.0, 60.0, 0.0);
