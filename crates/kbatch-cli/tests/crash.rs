@@ -175,16 +175,20 @@ fn committed_done(group: &str, topic: &str, partitions: i32) -> HashSet<(i32, i6
 /// Fills a topic with `n` records of `keys` keys on `partitions` partitions.
 fn filled_topic(prefix: &str, partitions: u32, n: u64, keys: u64) -> String {
     let topic = unique_name(prefix);
+    produce_generated(&topic, partitions, n, keys, &[]);
+    topic
+}
+
+/// `kbatch produce --generate n` of `keys` keys and 20-byte values into `topic` (made with
+/// `partitions` partitions if new), with `extra` arguments; panics with its stderr on failure.
+fn produce_generated(topic: &str, partitions: u32, n: u64, keys: u64, extra: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_kbatch"))
         .env_remove("KBATCH_BROKERS")
-        .args(["produce", "--brokers", brokers(), "--topic", &topic])
-        .args([
-            "--partitions",
-            &partitions.to_string(),
-            "--generate",
-            &n.to_string(),
-        ])
+        .args(["produce", "--brokers", brokers(), "--topic", topic])
+        .args(["--partitions", &partitions.to_string()])
+        .args(["--generate", &n.to_string()])
         .args(["--keys", &keys.to_string(), "--size", "20"])
+        .args(extra)
         .output()
         .unwrap();
     assert!(
@@ -192,7 +196,6 @@ fn filled_topic(prefix: &str, partitions: u32, n: u64, keys: u64) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    topic
 }
 
 /// Ledger length over time, sampled by the test: what finished shortly before a kill.

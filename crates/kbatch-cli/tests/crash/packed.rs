@@ -20,15 +20,16 @@
 //!   committed), so the redo path is exercised, not just the offset commit.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kbatch_client::Isolation;
 use kbatch_core::envelope;
-use kbatch_testkit::{brokers, unique_name};
+use kbatch_testkit::unique_name;
 use rand::{Rng as _, SeedableRng as _};
 
-use super::{Ledger, Timeline, committed_done, first_record_after, kill_group, start};
+use super::{
+    Ledger, Timeline, committed_done, first_record_after, kill_group, produce_generated, start,
+};
 
 const PARTITIONS: i32 = 4;
 /// (events, events per envelope, keys) per `kbatch produce` run, in order.
@@ -59,20 +60,13 @@ fn event_lines(ledger: &Ledger) -> Vec<(EventId, String)> {
 fn packed_topic() -> String {
     let topic = unique_name("crash-packed");
     for (events, per, keys) in BATCHES {
-        let out = Command::new(env!("CARGO_BIN_EXE_kbatch"))
-            .env_remove("KBATCH_BROKERS")
-            .args(["produce", "--brokers", brokers(), "--topic", &topic])
-            .args(["--partitions", &PARTITIONS.to_string()])
-            .args(["--generate", &events.to_string()])
-            .args(["--packed", &per.to_string()])
-            .args(["--keys", &keys.to_string(), "--size", "20"])
-            .args(["--compression", "lz4"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let per = per.to_string();
+        produce_generated(
+            &topic,
+            PARTITIONS as u32,
+            events,
+            keys,
+            &["--packed", &per, "--compression", "lz4"],
         );
     }
     topic
