@@ -241,7 +241,7 @@ impl Driver {
     async fn admit(&mut self, shared: &Arc<Shared>, p: Pending) {
         let key = match self.shape {
             Shape::PerEvent => BatchKey::All,
-            Shape::Packed => match self.partition_of(&p.record).await {
+            Shape::Packed => match self.partition_of(&p.record, p.key_crc).await {
                 Ok(part) => BatchKey::Partition(Arc::clone(&p.record.topic), part),
                 Err((message, class)) => {
                     let topic = p.record.topic.to_string();
@@ -270,7 +270,11 @@ impl Driver {
 
     /// The partition a packed event goes to: its explicit one, its key's, or the topic's
     /// current sticky partition.
-    async fn partition_of(&mut self, r: &Record) -> Result<i32, (String, ErrorClass)> {
+    async fn partition_of(
+        &mut self,
+        r: &Record,
+        key_crc: Option<u32>,
+    ) -> Result<i32, (String, ErrorClass)> {
         let n = match self.partitions.get(&r.topic) {
             Some(n) => *n,
             None => {
@@ -283,7 +287,7 @@ impl Driver {
                 n
             }
         };
-        Ok(match (r.partition, &r.key) {
+        Ok(match (r.partition, r.key.as_deref().zip(key_crc)) {
             (Some(p), _) if (0..n).contains(&p) => p,
             (Some(p), _) => {
                 return Err((
@@ -294,7 +298,7 @@ impl Driver {
                     ErrorClass::Permanent,
                 ));
             }
-            (None, Some(k)) => self.key_hash.partition(k, n),
+            (None, Some((k, crc))) => self.key_hash.partition_with_crc(k, crc, n),
             (None, None) => *self
                 .sticky
                 .entry(Arc::clone(&r.topic))

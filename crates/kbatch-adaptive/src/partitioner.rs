@@ -24,9 +24,14 @@ impl KeyHash {
 
     /// The partition of `key` among `partitions` (> 0).
     pub fn partition(self, key: &[u8], partitions: i32) -> i32 {
+        self.partition_with_crc(key, crc32fast::hash(key), partitions)
+    }
+
+    /// As [`partition`](Self::partition), given the key's CRC-32 already taken.
+    pub(crate) fn partition_with_crc(self, key: &[u8], crc: u32, partitions: i32) -> i32 {
         let n = partitions.max(1) as u32;
         let h = match self {
-            KeyHash::Crc32 => crc32fast::hash(key),
+            KeyHash::Crc32 => crc,
             KeyHash::Murmur2 => murmur2(key) & 0x7fff_ffff,
         };
         (h % n) as i32

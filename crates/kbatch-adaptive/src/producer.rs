@@ -38,6 +38,9 @@ pub(crate) struct Pending {
     pub(crate) arrived: Instant,
     /// The most this event may wait in a batch.
     pub(crate) budget: Duration,
+    /// CRC-32 of its key, taken once at hand-in: the intake's order hint and, packed, the
+    /// key's partition under librdkafka's default partitioner.
+    pub(crate) key_crc: Option<u32>,
     pub(crate) reply: Reply,
 }
 
@@ -248,6 +251,7 @@ impl AdaptiveProducer {
     fn detached(&self, record: Record, budget: Option<Duration>, reply: Reply) -> Pending {
         let budget = budget.map_or(self.shared.budget_cap, |b| b.min(self.shared.budget_cap));
         Pending {
+            key_crc: record.key.as_deref().map(crc32fast::hash),
             record,
             arrived: Instant::now(),
             budget,
@@ -255,16 +259,9 @@ impl AdaptiveProducer {
         }
     }
 
-    /// Hands `record` in without a future, waiting while the intake is full: for
-    /// fire-and-forget callers that need no per-event answer (it saves the future's
-    /// allocation and its hand-over). A later failure is counted in
-    /// [`stats().failed`](Self::stats) and logged at debug level, nothing more.
-    ///
-    /// # Cancellation
-    /// As [`send`](Self::send).
-    pub async fn send_detached(&self, record: Record) -> Result<(), AdaptiveError> {
-        let hint = order_hint(&record);
-        let p = self.detached(record, None, Reply(None));
+    /// Puts `p` into the intake, waiting while it is full; hands the record back once closed.
+    async fn hand_in(&self, p: Pending) -> Result<(), AdaptiveError> {
+        let hint = order_hint(&p);
         match self.shared.intake.push(hint, p).await {
             Ok(()) => {
                 self.shared
@@ -277,6 +274,17 @@ impl AdaptiveProducer {
                 record: Some(Box::new(p.record)),
             }),
         }
+    }
+
+    /// Hands `record` in without a future, waiting while the intake is full: for
+    /// fire-and-forget callers that need no per-event answer (it saves the future's
+    /// allocation and its hand-over). A later failure is counted in
+    /// [`stats().failed`](Self::stats) and logged at debug level, nothing more.
+    ///
+    /// # Cancellation
+    /// As [`send`](Self::send).
+    pub async fn send_detached(&self, record: Record) -> Result<(), AdaptiveError> {
+        self.hand_in(self.detached(record, None, Reply(None))).await
     }
 
     /// Hands `record` in, waiting while the intake is full, and returns its future. Fails at
@@ -306,20 +314,8 @@ impl AdaptiveProducer {
         record: Record,
         budget: Option<Duration>,
     ) -> Result<EventFuture, AdaptiveError> {
-        let hint = order_hint(&record);
         let (p, f) = self.pending(record, budget);
-        match self.shared.intake.push(hint, p).await {
-            Ok(()) => {
-                self.shared
-                    .counters
-                    .submitted
-                    .fetch_add(1, Ordering::Relaxed);
-                Ok(f)
-            }
-            Err(p) => Err(AdaptiveError::Closed {
-                record: Some(Box::new(p.record)),
-            }),
-        }
+        self.hand_in(p).await.map(|()| f)
     }
 
     /// Hands `record` in without waiting: a full intake hands it back as `Full`.
@@ -328,9 +324,8 @@ impl AdaptiveProducer {
         reason = "the record comes back by value: no allocation on the back-pressure path"
     )]
     pub fn try_send(&self, record: Record) -> Result<EventFuture, TrySendError> {
-        let hint = order_hint(&record);
         let (p, f) = self.pending(record, None);
-        match self.shared.intake.try_push(hint, p) {
+        match self.shared.intake.try_push(order_hint(&p), p) {
             Ok(()) => {
                 self.shared
                     .counters
@@ -394,11 +389,12 @@ impl AdaptiveProducer {
 
 /// Events that must keep their order share a hint: the same explicit partition, else the
 /// same key. Others may go to any intake shard.
-fn order_hint(record: &Record) -> Option<u64> {
-    match (record.partition, &record.key) {
-        (Some(p), _) => Some(u64::from(crc32fast::hash(record.topic.as_bytes())) ^ p as u64),
-        (None, Some(k)) => Some(u64::from(crc32fast::hash(k))),
-        (None, None) => None,
+fn order_hint(p: &Pending) -> Option<u64> {
+    match (p.record.partition, p.key_crc) {
+        (Some(part), _) => {
+            Some(u64::from(crc32fast::hash(p.record.topic.as_bytes())) ^ part as u64)
+        }
+        (None, crc) => crc.map(u64::from),
     }
 }
 
