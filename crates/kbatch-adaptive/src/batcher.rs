@@ -47,6 +47,8 @@ pub enum FlushCause {
     Deadline,
     /// Asked for (close, flush, a settings change).
     Forced,
+    /// The pipeline to the broker had room: nothing gained by waiting longer.
+    PipelineFree,
 }
 
 #[derive(Debug)]
@@ -166,9 +168,18 @@ impl<K: Hash + Eq + Clone, E> Batcher<K, E> {
 
     /// Cuts every batch.
     pub fn drain(&mut self) -> Vec<Flushed<K, E>> {
+        self.cut_all(FlushCause::Forced)
+    }
+
+    /// Cuts every batch because the pipeline has room for them.
+    pub fn pipeline_free(&mut self) -> Vec<Flushed<K, E>> {
+        self.cut_all(FlushCause::PipelineFree)
+    }
+
+    fn cut_all(&mut self, cause: FlushCause) -> Vec<Flushed<K, E>> {
         let keys: Vec<K> = self.open.keys().cloned().collect();
         keys.into_iter()
-            .filter_map(|k| self.take(&k, FlushCause::Forced))
+            .filter_map(|k| self.take(&k, cause))
             .collect()
     }
 

@@ -70,6 +70,12 @@ pub struct AdaptiveConfig {
     pub profile: String,
     /// Seed for exploration draws; `None` draws one.
     pub seed: Option<u64>,
+    /// Per-event: how many flushed microbatches may await their acknowledgements before the
+    /// next waits (up to its N and T) for one to come back. A microbatch goes at once while
+    /// fewer are out, so at low rates events are not held, and at high rates each batch holds
+    /// what arrived during a round trip. 0 turns this off: batches go at N or T only.
+    /// Default 1.
+    pub flushes_in_flight: usize,
 }
 
 impl AdaptiveConfig {
@@ -89,6 +95,7 @@ impl AdaptiveConfig {
             calibration: CalibrationSetting::Default,
             profile: "default".to_owned(),
             seed: None,
+            flushes_in_flight: 2,
         }
     }
 
@@ -162,6 +169,13 @@ impl AdaptiveConfig {
         self
     }
 
+    /// Sets how many per-event microbatches may await acknowledgement at once (0: off).
+    #[must_use]
+    pub fn with_flushes_in_flight(mut self, flushes: usize) -> Self {
+        self.flushes_in_flight = flushes;
+        self
+    }
+
     /// Sets the exploration seed.
     #[must_use]
     pub fn with_seed(mut self, seed: u64) -> Self {
@@ -175,6 +189,7 @@ impl AdaptiveConfig {
         let max_record = self.producer.kafka.max_record_bytes;
         ConfigError::check_range("max_batch_bytes", self.max_batch_bytes, 1_024, max_record)?;
         ConfigError::check_range("intake_capacity", self.intake_capacity, 1, 10_000_000)?;
+        ConfigError::check_range("flushes_in_flight", self.flushes_in_flight, 0, 1_000)?;
         ConfigError::check_range(
             "epoch",
             self.epoch,

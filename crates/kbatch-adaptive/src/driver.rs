@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
@@ -20,6 +20,7 @@ use kbatch_core::{Classify, ErrorClass, Record, Topic};
 use kbatch_producer::Producer;
 use rand::Rng;
 use rustc_hash::FxHasher;
+use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use crate::batcher::{Batcher, Flushed};
@@ -68,6 +69,30 @@ const PASS: usize = 4_096;
 const PERSIST_EVERY: Duration = Duration::from_secs(10);
 /// Per-event bytes an envelope adds beyond key, value and headers (lengths, flags, time).
 const ENVELOPE_OVERHEAD: usize = 24;
+
+/// Flushes handed to the client whose acknowledgements are not all back yet.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    count: AtomicUsize,
+    /// Told when one comes back.
+    returned: Notify,
+}
+
+impl InFlight {
+    fn load(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Counts one more out; returns how many are out now.
+    fn start(&self) -> usize {
+        self.count.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    fn finish(&self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.returned.notify_one();
+    }
+}
 
 /// Which batch an event joins.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -127,6 +152,9 @@ pub(crate) struct Driver {
     persistence: Persistence,
     last_persist: Instant,
     completions: TaskTracker,
+    /// Per-event flushes not yet acknowledged, and how many may be.
+    in_flight: Arc<InFlight>,
+    max_in_flight: usize,
     metrics: Metrics,
 }
 
@@ -140,7 +168,8 @@ impl Driver {
         let seed = config.seed.unwrap_or_else(|| rand::rng().random());
         let mut learner_config = config.learner.clone();
         // Per-event records are batched by the client itself: start without intake linger.
-        learner_config.linger_from_zero |= config.shape == Shape::PerEvent;
+        learner_config.linger_from_zero |=
+            config.shape == Shape::PerEvent && config.flushes_in_flight == 0;
         let mut learner = Learner::new(config.levels.clone(), learner_config, seed);
         learner.restore(&persistence.learned);
         let controller = Controller::new(
@@ -182,6 +211,12 @@ impl Driver {
             persistence,
             last_persist: now,
             completions: TaskTracker::new(),
+            in_flight: Arc::default(),
+            max_in_flight: if config.shape == Shape::PerEvent {
+                config.flushes_in_flight
+            } else {
+                0
+            },
             metrics: Metrics::new(&config.profile),
         }
     }
@@ -217,6 +252,11 @@ impl Driver {
             for f in self.batcher.expired(now + TIMER_SLACK) {
                 self.flush(&shared, f).await;
             }
+            if self.pipeline_has_room() {
+                for f in self.batcher.pipeline_free() {
+                    self.flush(&shared, f).await;
+                }
+            }
             if taken == PASS {
                 continue;
             }
@@ -228,13 +268,26 @@ impl Driver {
                 if let Some(d) = self.batcher.next_deadline() {
                     wake = wake.min(d.checked_sub(TIMER_SLACK).unwrap_or(d));
                 }
+                let held = !self.batcher.is_empty() && self.max_in_flight > 0;
+                let in_flight = Arc::clone(&self.in_flight);
                 tokio::select! {
                     () = shared.intake.wait_for_items() => {}
                     () = tokio::time::sleep_until(wake.into()) => {}
+                    () = in_flight.returned.notified(), if held => {}
                 }
             }
         }
         self.finish(&shared).await
+    }
+
+    /// True when batches may go before their deadline: fewer flushes than allowed await their
+    /// acknowledgements, so waiting longer would only add latency. While the pipeline is
+    /// full, events gather (up to N and T) and go together when a flush comes back: the
+    /// batch grows with the rate and the broker's round trip, without exploring for it.
+    fn pipeline_has_room(&self) -> bool {
+        self.max_in_flight > 0
+            && !self.batcher.is_empty()
+            && self.in_flight.load() < self.max_in_flight
     }
 
     /// Puts an event into its batch; sends the batch when it filled.
@@ -443,6 +496,12 @@ impl Driver {
             .records
             .fetch_add(waiting.len() as u64, Ordering::Relaxed);
         let shared = Arc::clone(shared);
+        let in_flight = Arc::clone(&self.in_flight);
+        let out = in_flight.start() as u64;
+        shared
+            .counters
+            .peak_flushes_in_flight
+            .fetch_max(out, Ordering::Relaxed);
         self.completions.spawn(async move {
             let mut latencies = Vec::with_capacity(waiting.len());
             let (mut ok, mut failed) = (0u64, 0u64);
@@ -468,6 +527,7 @@ impl Driver {
                 }
             }
             shared.acknowledged(ok, failed, &latencies);
+            in_flight.finish();
         });
     }
 

@@ -35,9 +35,10 @@ pub struct LearnerConfig {
     /// The largest N ever chosen. Default 10,000.
     pub max_batch_events: u32,
     /// Start every level with no linger (T = 0) instead of half its budget. The adaptive
-    /// producer sets it for per-event delivery: there the client batches whatever is queued
-    /// on its own, so lingering in the intake only adds latency unless it buys throughput —
-    /// which exploration finds out (doubling T from 0 tries 1/64 of the budget).
+    /// producer sets it for per-event delivery without a pipeline bound
+    /// (`flushes_in_flight` 0): there the client batches whatever is queued on its own, so
+    /// lingering in the intake only adds latency unless it buys throughput — which
+    /// exploration finds out (doubling T from 0 tries 1/64 of the budget).
     pub linger_from_zero: bool,
 }
 

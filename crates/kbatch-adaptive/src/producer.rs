@@ -97,6 +97,9 @@ pub struct AdaptiveStats {
     pub regressions: u64,
     /// Level changes.
     pub level_changes: u64,
+    /// Most per-event microbatches that awaited their acknowledgements at once
+    /// (see [`AdaptiveConfig::flushes_in_flight`](crate::AdaptiveConfig::flushes_in_flight)).
+    pub peak_flushes_in_flight: u64,
     /// The current level.
     pub level: Option<LevelId>,
     /// The settings in force.
@@ -126,6 +129,7 @@ pub(crate) struct Counters {
     pub(crate) budget_overruns: AtomicU64,
     pub(crate) regressions: AtomicU64,
     pub(crate) level_changes: AtomicU64,
+    pub(crate) peak_flushes_in_flight: AtomicU64,
 }
 
 /// State shared by the handles, the driver and the completion tasks.
@@ -157,6 +161,7 @@ impl Shared {
             budget_overruns: c.budget_overruns.load(Ordering::Relaxed),
             regressions: c.regressions.load(Ordering::Relaxed),
             level_changes: c.level_changes.load(Ordering::Relaxed),
+            peak_flushes_in_flight: c.peak_flushes_in_flight.load(Ordering::Relaxed),
             level: Some(level),
             settings: Some(settings),
         }

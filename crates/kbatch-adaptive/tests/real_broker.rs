@@ -329,6 +329,55 @@ async fn a_short_budget_per_send_overrides_a_long_linger() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn per_event_batches_go_at_once_while_the_pipeline_has_room() {
+    let topic = unique_name("adaptive-pipeline");
+    create_topic(&topic, 2).await;
+    // Pinned at L10 (linger 15 s): only the pipeline's room can send these events early.
+    let mut cfg = config(Shape::PerEvent)
+        .with_initial_level(LevelId(10))
+        .with_explore_share(0.0)
+        .with_flushes_in_flight(2);
+    cfg.controller.min_dwell = Duration::from_secs(3_600);
+    let p = AdaptiveProducer::start(cfg).unwrap();
+    assert!(
+        p.settings().linger >= Duration::from_secs(10),
+        "{}",
+        p.settings()
+    );
+    // One at a time: nothing is in flight when each arrives, so none waits for the linger.
+    // 5 s per event is a hang guard, not a speed claim.
+    for i in 0..5 {
+        let f = p.send(event(&topic, i)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), f)
+            .await
+            .expect("an event waited for the level's linger although nothing was in flight")
+            .unwrap();
+    }
+    // A burst: while flushes are out the rest gather, and each goes when one comes back.
+    let mut futures = Vec::new();
+    for i in 5..20_005 {
+        futures.push(p.send(event(&topic, i)).await.unwrap());
+    }
+    for f in futures {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("a burst event waited for the level's linger")
+            .unwrap();
+    }
+    let r = p.close().await;
+    assert_eq!(r.stats.delivered, 20_005);
+    // The burst filled the pipeline and never went beyond it.
+    assert_eq!(
+        r.stats.peak_flushes_in_flight, 2,
+        "flushes out at once (2 allowed): {:?}",
+        r.stats
+    );
+    let got =
+        tokio::task::block_in_place(|| consume_all(&topic, Isolation::ReadCommitted, None, IDLE));
+    assert_once_in_key_order(&events(&got), 20_005);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn detached_events_are_delivered_and_counted_without_futures() {
     const N: u64 = 5_000;
     let topic = unique_name("adaptive-detached");
