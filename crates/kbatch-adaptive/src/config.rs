@@ -70,11 +70,12 @@ pub struct AdaptiveConfig {
     pub profile: String,
     /// Seed for exploration draws; `None` draws one.
     pub seed: Option<u64>,
-    /// Per-event: how many flushed microbatches may await their acknowledgements before the
-    /// next waits (up to its N and T) for one to come back. A microbatch goes at once while
-    /// fewer are out, so at low rates events are not held, and at high rates each batch holds
-    /// what arrived during a round trip. 0 turns this off: batches go at N or T only.
-    /// Default 1.
+    /// How many flushed microbatches (packed: envelopes) may await their acknowledgements
+    /// before the next waits (up to its N and T) for one to come back. Batches go at once
+    /// while fewer are out, so at low rates events are not held and the last events of a
+    /// burst do not wait out the linger; at high rates each batch holds what arrived during a
+    /// round trip. 0 turns this off: batches go at N or T only. Default 2: one batch on the
+    /// wire while the next gathers.
     pub flushes_in_flight: usize,
 }
 
@@ -169,7 +170,7 @@ impl AdaptiveConfig {
         self
     }
 
-    /// Sets how many per-event microbatches may await acknowledgement at once (0: off).
+    /// Sets how many microbatches may await acknowledgement at once (0: off).
     #[must_use]
     pub fn with_flushes_in_flight(mut self, flushes: usize) -> Self {
         self.flushes_in_flight = flushes;

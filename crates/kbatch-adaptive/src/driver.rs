@@ -32,7 +32,8 @@ use crate::levels::{BatchSettings, LevelId};
 use crate::metrics::Metrics;
 use crate::partitioner::KeyHash;
 use crate::persist::Persistence;
-use crate::producer::{AdaptiveCloseReport, EventDelivered, Pending, Shared};
+use crate::producer::{AdaptiveCloseReport, Pending, Shared};
+use crate::reply::{EventDelivered, settle_all};
 
 /// Fails every event of an envelope that failed as a whole, handing each its own record.
 fn fail_envelope(
@@ -212,11 +213,7 @@ impl Driver {
             last_persist: now,
             completions: TaskTracker::new(),
             in_flight: Arc::default(),
-            max_in_flight: if config.shape == Shape::PerEvent {
-                config.flushes_in_flight
-            } else {
-                0
-            },
+            max_in_flight: config.flushes_in_flight,
             metrics: Metrics::new(&config.profile),
         }
     }
@@ -288,6 +285,17 @@ impl Driver {
         self.max_in_flight > 0
             && !self.batcher.is_empty()
             && self.in_flight.load() < self.max_in_flight
+    }
+
+    /// Counts a flush handed to the client; its completion task calls `finish` on what this
+    /// returns.
+    fn start_flight(&self, shared: &Shared) -> Arc<InFlight> {
+        let out = self.in_flight.start() as u64;
+        shared
+            .counters
+            .peak_flushes_in_flight
+            .fetch_max(out, Ordering::Relaxed);
+        Arc::clone(&self.in_flight)
     }
 
     /// Puts an event into its batch; sends the batch when it filled.
@@ -496,12 +504,7 @@ impl Driver {
             .records
             .fetch_add(waiting.len() as u64, Ordering::Relaxed);
         let shared = Arc::clone(shared);
-        let in_flight = Arc::clone(&self.in_flight);
-        let out = in_flight.start() as u64;
-        shared
-            .counters
-            .peak_flushes_in_flight
-            .fetch_max(out, Ordering::Relaxed);
+        let in_flight = self.start_flight(&shared);
         self.completions.spawn(async move {
             let mut latencies = Vec::with_capacity(waiting.len());
             let (mut ok, mut failed) = (0u64, 0u64);
@@ -572,20 +575,22 @@ impl Driver {
                 shared.counters.records.fetch_add(1, Ordering::Relaxed);
                 let shared = Arc::clone(shared);
                 let topic = Arc::clone(&topic);
+                let in_flight = self.start_flight(&shared);
                 self.completions.spawn(async move {
                     match fut.await {
                         Ok(d) => {
                             let mut latencies = Vec::with_capacity(items.len());
                             let n = items.len() as u64;
                             let now = Instant::now();
-                            for (i, p) in items.into_iter().enumerate() {
+                            settle_all(items.into_iter().enumerate().map(|(i, p)| {
                                 latencies.push(now.saturating_duration_since(p.arrived));
-                                p.reply.send(Ok(EventDelivered {
+                                let at = EventDelivered {
                                     partition: d.partition,
                                     offset: d.offset,
                                     index: Some(i as u32),
-                                }));
-                            }
+                                };
+                                (p.reply, Ok(at))
+                            }));
                             shared.acknowledged(n, 0, &latencies);
                         }
                         Err(e) => {
@@ -594,6 +599,7 @@ impl Driver {
                             shared.acknowledged(0, n, &[]);
                         }
                     }
+                    in_flight.finish();
                 });
             }
         }

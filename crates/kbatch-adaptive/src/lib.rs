@@ -52,6 +52,7 @@ mod metrics;
 mod partitioner;
 mod persist;
 mod producer;
+mod reply;
 
 pub use batcher::{Batcher, FlushCause, Flushed};
 pub use config::{AdaptiveConfig, CalibrationSetting, Shape};
@@ -61,6 +62,5 @@ pub use intake::{Intake, PushError};
 pub use learner::{Choice, EpochStats, Judged, Learned, Learner, LearnerConfig, Regression};
 pub use levels::{BatchSettings, Level, LevelId, LevelTable};
 pub use partitioner::KeyHash;
-pub use producer::{
-    AdaptiveCloseReport, AdaptiveProducer, AdaptiveStats, EventDelivered, EventFuture,
-};
+pub use producer::{AdaptiveCloseReport, AdaptiveProducer, AdaptiveStats};
+pub use reply::{EventDelivered, EventFuture, EventResult, ManyFuture};

@@ -1,15 +1,11 @@
 //! The adaptive producer's handle: hand events in, get a future per event.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use kbatch_core::{Offset, Record};
+use kbatch_core::Record;
 use kbatch_producer::Producer;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::AdaptiveConfig;
@@ -19,17 +15,8 @@ use crate::intake::{Intake, PushError};
 use crate::learner::Learned;
 use crate::levels::{BatchSettings, LevelId};
 use crate::persist::Persistence;
-
-/// Where an event was written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EventDelivered {
-    /// Partition of the Kafka record holding it.
-    pub partition: i32,
-    /// Offset of that record.
-    pub offset: Offset,
-    /// Its place in the envelope when packed; `None` when it is a record of its own.
-    pub index: Option<u32>,
-}
+pub(crate) use crate::reply::Reply;
+use crate::reply::{EventFuture, ManyFuture};
 
 /// An event waiting in the intake or a batch.
 #[derive(Debug)]
@@ -42,40 +29,6 @@ pub(crate) struct Pending {
     /// key's partition under librdkafka's default partitioner.
     pub(crate) key_crc: Option<u32>,
     pub(crate) reply: Reply,
-}
-
-/// Where an event's outcome goes: its future, or nowhere for a detached send (whose
-/// failures are counted in [`AdaptiveStats::failed`] and logged at debug level).
-#[derive(Debug)]
-pub(crate) struct Reply(Option<oneshot::Sender<Result<EventDelivered, AdaptiveError>>>);
-
-impl Reply {
-    pub(crate) fn send(self, r: Result<EventDelivered, AdaptiveError>) {
-        match (self.0, r) {
-            (Some(tx), r) => {
-                let _ = tx.send(r);
-            }
-            (None, Err(e)) => tracing::debug!("detached event failed: {e}"),
-            (None, Ok(_)) => {}
-        }
-    }
-}
-
-/// Resolves when the event is acknowledged, or with the error that failed it (handing the
-/// event back). Dropping it does not cancel the send.
-#[derive(Debug)]
-pub struct EventFuture {
-    rx: oneshot::Receiver<Result<EventDelivered, AdaptiveError>>,
-}
-
-impl Future for EventFuture {
-    type Output = Result<EventDelivered, AdaptiveError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(AdaptiveError::Closed { record: None })))
-    }
 }
 
 /// Counters and the current decision.
@@ -97,7 +50,7 @@ pub struct AdaptiveStats {
     pub regressions: u64,
     /// Level changes.
     pub level_changes: u64,
-    /// Most per-event microbatches that awaited their acknowledgements at once
+    /// Most microbatches (packed: envelopes) that awaited their acknowledgements at once
     /// (see [`AdaptiveConfig::flushes_in_flight`](crate::AdaptiveConfig::flushes_in_flight)).
     pub peak_flushes_in_flight: u64,
     /// The current level.
@@ -246,19 +199,22 @@ impl AdaptiveProducer {
     }
 
     fn pending(&self, record: Record, budget: Option<Duration>) -> (Pending, EventFuture) {
-        let (reply, rx) = oneshot::channel();
-        (
-            self.detached(record, budget, Reply(Some(reply))),
-            EventFuture { rx },
-        )
+        let (reply, f) = Reply::one();
+        (self.detached(record, budget, reply, Instant::now()), f)
     }
 
-    fn detached(&self, record: Record, budget: Option<Duration>, reply: Reply) -> Pending {
+    fn detached(
+        &self,
+        record: Record,
+        budget: Option<Duration>,
+        reply: Reply,
+        arrived: Instant,
+    ) -> Pending {
         let budget = budget.map_or(self.shared.budget_cap, |b| b.min(self.shared.budget_cap));
         Pending {
             key_crc: record.key.as_deref().map(crc32fast::hash),
             record,
-            arrived: Instant::now(),
+            arrived,
             budget,
             reply,
         }
@@ -289,7 +245,52 @@ impl AdaptiveProducer {
     /// # Cancellation
     /// As [`send`](Self::send).
     pub async fn send_detached(&self, record: Record) -> Result<(), AdaptiveError> {
-        self.hand_in(self.detached(record, None, Reply(None))).await
+        self.hand_in(self.detached(record, None, Reply::detached(), Instant::now()))
+            .await
+    }
+
+    /// Hands `records` in, in order, waiting while the intake is full, and returns one future
+    /// for all of them: it resolves when every event is settled, with one outcome per event
+    /// in the order given. For callers that produce in batches (a consumed batch, an HTTP
+    /// request, a file): it saves the future per event (an allocation and a cross-thread
+    /// wake-up each), which at hundreds of thousands of events a second is most of what an
+    /// event costs beyond its bytes. Events keep their order per key as with [`send`](Self::send).
+    /// Events refused because the producer closed meanwhile settle as `Closed`, each handing
+    /// its record back.
+    ///
+    /// # Cancellation
+    /// Dropping this future while it waits for room drops the records not yet handed in;
+    /// those handed in are sent.
+    pub async fn send_many(&self, records: Vec<Record>) -> ManyFuture {
+        let (replies, f) = Reply::many(records.len());
+        // One clock read for the call: the events arrive together.
+        let arrived = Instant::now();
+        let mut taken = 0u64;
+        let mut closed = false;
+        for (record, reply) in records.into_iter().zip(replies) {
+            let p = self.detached(record, None, reply, arrived);
+            if closed {
+                p.reply.send(Err(AdaptiveError::Closed {
+                    record: Some(Box::new(p.record)),
+                }));
+                continue;
+            }
+            let hint = order_hint(&p);
+            match self.shared.intake.push(hint, p).await {
+                Ok(()) => taken += 1,
+                Err(p) => {
+                    closed = true;
+                    p.reply.send(Err(AdaptiveError::Closed {
+                        record: Some(Box::new(p.record)),
+                    }));
+                }
+            }
+        }
+        self.shared
+            .counters
+            .submitted
+            .fetch_add(taken, Ordering::Relaxed);
+        f
     }
 
     /// Hands `record` in, waiting while the intake is full, and returns its future. Fails at

@@ -95,10 +95,20 @@ fn assert_futures_said_where(ev: &Placed, delivered: &[kbatch_adaptive::EventDel
     }
 }
 
+/// How the test hands events in.
+#[derive(Clone, Copy)]
+enum HandIn {
+    /// `send`, a future per event.
+    Each,
+    /// `send_many`, this many events per call.
+    Many(usize),
+}
+
 async fn run(
     shape: Shape,
     topic: &str,
     n: u64,
+    hand_in: HandIn,
 ) -> (AdaptiveProducer, Vec<kbatch_adaptive::EventDelivered>) {
     create_topic(topic, 4).await;
     let p = AdaptiveProducer::start(config(shape)).unwrap();
@@ -107,13 +117,32 @@ async fn run(
         .map(|t| {
             let (p, topic) = (p.clone(), topic.to_owned());
             tokio::spawn(async move {
-                let mut futs = Vec::new();
-                for i in (0..n).filter(|i| (i % KEYS) % 4 == t) {
-                    futs.push((i, p.send(event(&topic, i)).await.unwrap()));
-                }
+                let mine: Vec<u64> = (0..n).filter(|i| (i % KEYS) % 4 == t).collect();
                 let mut out = Vec::new();
-                for (i, f) in futs {
-                    out.push((i, f.await.unwrap()));
+                match hand_in {
+                    HandIn::Each => {
+                        let mut futs = Vec::new();
+                        for &i in &mine {
+                            futs.push((i, p.send(event(&topic, i)).await.unwrap()));
+                        }
+                        for (i, f) in futs {
+                            out.push((i, f.await.unwrap()));
+                        }
+                    }
+                    HandIn::Many(per) => {
+                        let mut futs = Vec::new();
+                        for chunk in mine.chunks(per) {
+                            let records = chunk.iter().map(|&i| event(&topic, i)).collect();
+                            futs.push((chunk.to_vec(), p.send_many(records).await));
+                        }
+                        for (ids, f) in futs {
+                            let results = f.await;
+                            assert_eq!(results.len(), ids.len(), "one outcome per event");
+                            for (i, r) in ids.into_iter().zip(results) {
+                                out.push((i, r.unwrap()));
+                            }
+                        }
+                    }
                 }
                 out
             })
@@ -132,7 +161,7 @@ async fn run(
 async fn per_event_every_event_is_its_own_record_once_in_key_order() {
     const N: u64 = 20_000;
     let topic = unique_name("adaptive-each");
-    let (p, delivered) = run(Shape::PerEvent, &topic, N).await;
+    let (p, delivered) = run(Shape::PerEvent, &topic, N, HandIn::Each).await;
     let report = p.close().await;
     assert_eq!(
         (
@@ -155,7 +184,7 @@ async fn per_event_every_event_is_its_own_record_once_in_key_order() {
 async fn packed_events_travel_in_envelopes_on_their_keys_partition() {
     const N: u64 = 20_000;
     let topic = unique_name("adaptive-packed");
-    let (p, delivered) = run(Shape::Packed, &topic, N).await;
+    let (p, delivered) = run(Shape::Packed, &topic, N, HandIn::Each).await;
     let report = p.close().await;
     assert_eq!((report.stats.delivered, report.stats.failed), (N, 0));
     assert!(
@@ -192,6 +221,50 @@ async fn packed_events_travel_in_envelopes_on_their_keys_partition() {
         assert_eq!(d.partition, p, "key {k}");
     }
     plain.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_many_settles_every_event_where_it_landed_in_both_shapes() {
+    const N: u64 = 20_000;
+    for shape in [Shape::Packed, Shape::PerEvent] {
+        let topic = unique_name("adaptive-many");
+        // 333 per call: calls end mid-envelope and mid-key-run.
+        let (p, delivered) = run(shape, &topic, N, HandIn::Many(333)).await;
+        let report = p.close().await;
+        assert_eq!(
+            (
+                report.stats.submitted,
+                report.stats.delivered,
+                report.stats.failed
+            ),
+            (N, N, 0),
+            "{shape:?}"
+        );
+        let got = tokio::task::block_in_place(|| {
+            consume_all(&topic, Isolation::ReadCommitted, None, IDLE)
+        });
+        let ev = events(&got);
+        assert_once_in_key_order(&ev, N);
+        assert_futures_said_where(&ev, &delivered);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_many_after_close_hands_every_record_back() {
+    let topic = unique_name("adaptive-many-closed");
+    create_topic(&topic, 1).await;
+    let p = AdaptiveProducer::start(config(Shape::Packed)).unwrap();
+    p.close().await;
+    let results = p
+        .send_many((0..3).map(|i| event(&topic, i)).collect())
+        .await
+        .await;
+    assert_eq!(results.len(), 3);
+    for (i, r) in results.into_iter().enumerate() {
+        let e = r.unwrap_err();
+        let back = e.into_record().expect("the record comes back");
+        assert_eq!(back, event(&topic, i as u64));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
