@@ -35,12 +35,37 @@ fn to_ack(r: Result<EventDelivered, AdaptiveError>) -> Result<Ack, String> {
     r.map(|d| Ack {
         partition: d.partition,
         offset: d.offset.0,
+        more: Vec::new(),
     })
     .map_err(|e| e.to_string())
 }
 
 /// Resolves when the event is acknowledged.
 pub(super) type EventFuture = Map<kbatch_adaptive::EventFuture, ToAck>;
+
+type ManyToAck = fn(Vec<Result<EventDelivered, AdaptiveError>>) -> Result<Ack, String>;
+
+/// A `send_many` call's outcomes as one acknowledgement: every distinct Kafka record its
+/// events landed in, or the first failure.
+fn many_to_ack(results: Vec<Result<EventDelivered, AdaptiveError>>) -> Result<Ack, String> {
+    let mut landed = Vec::with_capacity(results.len());
+    for r in results {
+        let d = r.map_err(|e| e.to_string())?;
+        landed.push((d.partition, d.offset.0));
+    }
+    landed.dedup();
+    let (partition, offset) = landed
+        .pop()
+        .ok_or_else(|| "send_many of no events".to_owned())?;
+    Ok(Ack {
+        partition,
+        offset,
+        more: landed,
+    })
+}
+
+/// Resolves when every event of a `send_many` call is acknowledged.
+pub(super) type ManyFuture = Map<kbatch_adaptive::ManyFuture, ManyToAck>;
 
 /// A running adaptive producer.
 pub(super) struct Adaptive {
@@ -58,6 +83,14 @@ impl Adaptive {
     /// Hands `record` over, waiting while the intake is full.
     pub(super) async fn send(&self, record: Record) -> anyhow::Result<EventFuture> {
         Ok(self.p.send(record).await?.map(to_ack as ToAck))
+    }
+
+    /// Hands `records` over in one call, waiting while the intake is full.
+    pub(super) async fn send_many(&self, records: Vec<Record>) -> ManyFuture {
+        self.p
+            .send_many(records)
+            .await
+            .map(many_to_ack as ManyToAck)
     }
 
     /// Its level and batch settings now, in words.

@@ -56,6 +56,10 @@ pub(super) enum Contender {
     /// N events serialized into one envelope per Kafka record by the sender, each envelope
     /// sent with kbatch's `Producer::send` and its future awaited.
     Bulk(u32),
+    /// kbatch-adaptive's `AdaptiveProducer`, packed, handed N events per
+    /// `AdaptiveProducer::send_many` call (as many as BULK's sender packs per send), awaiting
+    /// each call's future (an outcome per event).
+    PackedMany(u32),
 }
 
 impl Contender {
@@ -66,6 +70,7 @@ impl Contender {
             Contender::Adaptive(Shape::Packed) => "adaptive_packed".into(),
             Contender::Static(b) => format!("static_linger_{}ms", b.linger_ms),
             Contender::Bulk(n) => format!("bulk_envelope_{n}"),
+            Contender::PackedMany(n) => format!("adaptive_packed_many_{n}"),
         }
     }
 
@@ -85,6 +90,10 @@ impl Contender {
             Contender::Bulk(n) => {
                 format!("BULK: {n} events per envelope, one Producer::send per envelope")
             }
+            Contender::PackedMany(n) => format!(
+                "adaptive, packed, {n} events per send_many call (a result per event; crate \
+                 defaults, calibration off)"
+            ),
         }
     }
 }
@@ -186,11 +195,13 @@ impl Settings {
     pub(super) fn batching(&self, c: Contender) -> StaticBatching {
         match c {
             Contender::Static(b) => b,
-            Contender::Adaptive(_) | Contender::Bulk(_) => StaticBatching {
-                linger_ms: adapter::client_linger().as_millis() as u64,
-                batch_records: self.inner.batch_records,
-                batch_bytes: self.inner.batch_bytes,
-            },
+            Contender::Adaptive(_) | Contender::Bulk(_) | Contender::PackedMany(_) => {
+                StaticBatching {
+                    linger_ms: adapter::client_linger().as_millis() as u64,
+                    batch_records: self.inner.batch_records,
+                    batch_bytes: self.inner.batch_bytes,
+                }
+            }
         }
     }
 }
@@ -201,6 +212,7 @@ fn to_ack(r: Result<Delivered, ProduceError>) -> Result<Ack, String> {
     r.map(|d| Ack {
         partition: d.partition,
         offset: d.offset.0,
+        more: Vec::new(),
     })
     .map_err(|e| e.to_string())
 }
@@ -261,6 +273,28 @@ impl Target for AdaptiveEvents<'_> {
     }
     async fn send(&self, n: u64) -> anyhow::Result<Self::Fut> {
         self.p.send(self.data.record(&self.topic, n)).await
+    }
+}
+
+/// kbatch-adaptive's producer, `per` events per `send_many` call.
+struct AdaptiveMany<'a> {
+    p: &'a Adaptive,
+    topic: Topic,
+    data: &'a Data,
+    per: u32,
+}
+
+impl Target for AdaptiveMany<'_> {
+    type Fut = adapter::ManyFuture;
+    fn events_per_send(&self) -> u32 {
+        self.per
+    }
+    async fn send(&self, n: u64) -> anyhow::Result<Self::Fut> {
+        let first = n * u64::from(self.per);
+        let records = (first..first + u64::from(self.per))
+            .map(|i| self.data.record(&self.topic, i))
+            .collect();
+        Ok(self.p.send_many(records).await)
     }
 }
 
@@ -360,14 +394,31 @@ async fn run_on(
                 client_note: format!("{report:?}"),
             })
         }
-        Contender::Adaptive(shape) => {
-            let p = Adaptive::start(adapter::config(config, shape))?;
-            let a = AdaptiveEvents {
-                p: &p,
-                topic: t,
-                data,
+        Contender::Adaptive(_) | Contender::PackedMany(_) => {
+            let shape = match c {
+                Contender::Adaptive(shape) => shape,
+                _ => Shape::Packed,
             };
-            let m = load::drive(&a, plan).await;
+            let p = Adaptive::start(adapter::config(config, shape))?;
+            let m = match c {
+                Contender::PackedMany(per) => {
+                    let a = AdaptiveMany {
+                        p: &p,
+                        topic: t,
+                        data,
+                        per,
+                    };
+                    load::drive(&a, plan).await
+                }
+                _ => {
+                    let a = AdaptiveEvents {
+                        p: &p,
+                        topic: t,
+                        data,
+                    };
+                    load::drive(&a, plan).await
+                }
+            };
             let state = p.state();
             let report = p.close().await;
             m.map(|measured| Outcome {

@@ -24,11 +24,13 @@ use tokio::sync::{Semaphore, mpsc};
 // tokio's clock (std's outside tests), so the tests can run it paused.
 use tokio::time::Instant;
 
-/// Where one send's events landed: one Kafka record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where one send's events landed: one Kafka record, and any others (a `send_many` call's
+/// events land in several; empty otherwise, without allocating).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Ack {
     pub(super) partition: i32,
     pub(super) offset: i64,
+    pub(super) more: Vec<(i32, i64)>,
 }
 
 /// A contender as the load sees it.
@@ -359,12 +361,11 @@ impl Collected {
                     .saturating_record_n(u64::try_from(us).unwrap_or(u64::MAX).max(1), per.into());
                 self.acked += u64::from(per);
                 self.last_ack = Some(self.last_ack.map_or(now, |l| l.max(now)));
-                let e = self
-                    .offsets
-                    .entry(a.partition)
-                    .or_insert((a.offset, a.offset));
-                e.0 = e.0.min(a.offset);
-                e.1 = e.1.max(a.offset);
+                for (partition, offset) in std::iter::once((a.partition, a.offset)).chain(a.more) {
+                    let e = self.offsets.entry(partition).or_insert((offset, offset));
+                    e.0 = e.0.min(offset);
+                    e.1 = e.1.max(offset);
+                }
             }
             Err(e) => {
                 self.failed += u64::from(per);
@@ -412,6 +413,7 @@ mod tests {
                 Ok(Ack {
                     partition: (n % 2) as i32,
                     offset: (n / 2) as i64,
+                    more: Vec::new(),
                 })
             }))
         }
@@ -477,6 +479,7 @@ mod tests {
                 Ok(std::future::ready(Ok(Ack {
                     partition: 0,
                     offset: n as i64,
+                    more: Vec::new(),
                 })))
             }
         }

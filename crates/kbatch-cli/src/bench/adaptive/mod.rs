@@ -193,6 +193,7 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
         vec![
             Contender::Bulk(a.bulk_events),
             Contender::Adaptive(Shape::Packed),
+            Contender::PackedMany(a.bulk_events),
             Contender::Adaptive(Shape::PerEvent),
         ]
     } else {
@@ -322,14 +323,19 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
         &static_keys,
         false,
     );
-    adaptive_behind.extend(verdict::behind(
-        &runs,
-        "packed",
-        &["saturation".to_owned()],
-        &Contender::Adaptive(Shape::Packed).key(),
-        &[Contender::Bulk(a.bulk_events).key()],
-        true,
-    ));
+    for packed in [
+        Contender::Adaptive(Shape::Packed),
+        Contender::PackedMany(a.bulk_events),
+    ] {
+        adaptive_behind.extend(verdict::behind(
+            &runs,
+            "packed",
+            &["saturation".to_owned()],
+            &packed.key(),
+            &[Contender::Bulk(a.bulk_events).key()],
+            true,
+        ));
+    }
 
     let target_dir =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
