@@ -95,6 +95,30 @@ impl InFlight {
     }
 }
 
+/// A topic's partition count as the client told it.
+enum PartitionCount {
+    Known(i32),
+    /// The lookup failed: the topic's events fail with this until it is asked again.
+    Failed {
+        message: String,
+        class: ErrorClass,
+        at: Instant,
+    },
+}
+
+/// How long a failed partition-count lookup answers for its topic before it is asked again.
+const METADATA_RETRY: Duration = Duration::from_secs(1);
+
+/// What became of an event handed to the batcher.
+enum Admitted {
+    /// It waits in its batch (or failed and was answered).
+    Held,
+    /// It filled its batch: send this.
+    Full(Flushed<BatchKey, Pending>),
+    /// Its topic's partition count is not known yet: learn it, then admit again.
+    Unknown(Pending),
+}
+
 /// Which batch an event joins.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum BatchKey {
@@ -146,8 +170,9 @@ pub(crate) struct Driver {
     epoch_batches: u64,
     epoch_batched_events: u64,
     batcher: Batcher<BatchKey, Pending>,
-    /// Looked up once per packed event.
-    partitions: HashMap<Topic, i32, BuildHasherDefault<FxHasher>>,
+    /// Partition count per topic (or why it could not be had), looked up once per packed
+    /// event.
+    partitions: HashMap<Topic, PartitionCount, BuildHasherDefault<FxHasher>>,
     sticky: HashMap<Topic, i32, BuildHasherDefault<FxHasher>>,
     key_hash: KeyHash,
     persistence: Persistence,
@@ -234,7 +259,19 @@ impl Driver {
                 self.controller.record(taken as u64, now);
                 self.epoch_submitted += taken as u64;
                 for p in buf.drain(..) {
-                    self.admit(&shared, p).await;
+                    // Synchronous unless a topic's partition count is not known yet: an async
+                    // call per event moved each event through its future's state.
+                    match self.admit(&shared, p) {
+                        Admitted::Held => {}
+                        Admitted::Full(f) => self.flush(&shared, f).await,
+                        Admitted::Unknown(p) => {
+                            self.learn_partitions(&p.record.topic).await;
+                            match self.admit(&shared, p) {
+                                Admitted::Full(f) => self.flush(&shared, f).await,
+                                Admitted::Held | Admitted::Unknown(_) => {}
+                            }
+                        }
+                    }
                 }
             }
             if now >= next_tick {
@@ -298,13 +335,14 @@ impl Driver {
         Arc::clone(&self.in_flight)
     }
 
-    /// Puts an event into its batch; sends the batch when it filled.
-    async fn admit(&mut self, shared: &Arc<Shared>, p: Pending) {
+    /// Puts an event into its batch; returns the batch when it filled.
+    fn admit(&mut self, shared: &Shared, p: Pending) -> Admitted {
         let key = match self.shape {
             Shape::PerEvent => BatchKey::All,
-            Shape::Packed => match self.partition_of(&p.record, p.key_crc).await {
-                Ok(part) => BatchKey::Partition(Arc::clone(&p.record.topic), part),
-                Err((message, class)) => {
+            Shape::Packed => match self.partition_of(&p.record, p.key_crc) {
+                None => return Admitted::Unknown(p),
+                Some(Ok(part)) => BatchKey::Partition(Arc::clone(&p.record.topic), part),
+                Some(Err((message, class))) => {
                     let topic = p.record.topic.to_string();
                     shared.counters.failed.fetch_add(1, Ordering::Relaxed);
                     p.reply.send(Err(AdaptiveError::Metadata {
@@ -313,7 +351,7 @@ impl Driver {
                         class,
                         record: Box::new(p.record),
                     }));
-                    return;
+                    return Admitted::Held;
                 }
             },
         };
@@ -324,47 +362,62 @@ impl Driver {
                 0
             };
         let (arrived, budget) = (p.arrived, p.budget);
-        if let Some(f) = self.batcher.push(key, p, bytes, arrived, budget) {
-            self.flush(shared, f).await;
+        match self.batcher.push(key, p, bytes, arrived, budget) {
+            Some(f) => Admitted::Full(f),
+            None => Admitted::Held,
         }
     }
 
+    /// Asks the client for a topic's partition count. A failure is remembered for
+    /// [`METADATA_RETRY`], so the topic's events meanwhile fail (as metadata errors) instead
+    /// of each waiting for a lookup of its own.
+    async fn learn_partitions(&mut self, topic: &Topic) {
+        let n = match self
+            .producer
+            .partition_count(topic, Duration::from_secs(10))
+            .await
+        {
+            Ok(n) => PartitionCount::Known(n),
+            Err(e) => PartitionCount::Failed {
+                message: e.to_string(),
+                class: e.class(),
+                at: Instant::now(),
+            },
+        };
+        self.partitions.insert(Arc::clone(topic), n);
+    }
+
     /// The partition a packed event goes to: its explicit one, its key's, or the topic's
-    /// current sticky partition.
-    async fn partition_of(
+    /// current sticky partition; `None` while the topic's partition count is unknown.
+    fn partition_of(
         &mut self,
         r: &Record,
         key_crc: Option<u32>,
-    ) -> Result<i32, (String, ErrorClass)> {
-        let n = match self.partitions.get(&r.topic) {
-            Some(n) => *n,
-            None => {
-                let n = self
-                    .producer
-                    .partition_count(&r.topic, Duration::from_secs(10))
-                    .await
-                    .map_err(|e| (e.to_string(), e.class()))?;
-                self.partitions.insert(Arc::clone(&r.topic), n);
-                n
+    ) -> Option<Result<i32, (String, ErrorClass)>> {
+        let n = match self.partitions.get(&r.topic)? {
+            PartitionCount::Known(n) => *n,
+            PartitionCount::Failed { at, .. } if at.elapsed() >= METADATA_RETRY => return None,
+            PartitionCount::Failed { message, class, .. } => {
+                return Some(Err((message.clone(), *class)));
             }
         };
-        Ok(match (r.partition, r.key.as_deref().zip(key_crc)) {
+        Some(Ok(match (r.partition, r.key.as_deref().zip(key_crc)) {
             (Some(p), _) if (0..n).contains(&p) => p,
             (Some(p), _) => {
-                return Err((
+                return Some(Err((
                     format!(
                         "partition {p} does not exist: the topic has {n} (0..={})",
                         n - 1
                     ),
                     ErrorClass::Permanent,
-                ));
+                )));
             }
             (None, Some((k, crc))) => self.key_hash.partition_with_crc(k, crc, n),
             (None, None) => *self
                 .sticky
                 .entry(Arc::clone(&r.topic))
                 .or_insert_with(|| rand::rng().random_range(0..n)),
-        })
+        }))
     }
 
     /// Re-evaluates the level, and ends the epoch when it is due.
@@ -474,7 +527,10 @@ impl Driver {
             BatchKey::All => self.send_each(shared, f.items).await,
             BatchKey::Partition(topic, partition) => {
                 if self.sticky.get(&topic) == Some(&partition) {
-                    let n = self.partitions.get(&topic).copied().unwrap_or(1).max(1);
+                    let n = match self.partitions.get(&topic) {
+                        Some(PartitionCount::Known(n)) => (*n).max(1),
+                        _ => 1,
+                    };
                     self.sticky.insert(Arc::clone(&topic), (partition + 1) % n);
                 }
                 self.send_envelope(shared, topic, partition, f.items).await;

@@ -451,6 +451,28 @@ async fn per_event_batches_go_at_once_while_the_pipeline_has_room() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn packed_events_to_a_missing_topic_each_fail_with_their_record_back() {
+    const N: u64 = 50;
+    let topic = unique_name("adaptive-missing");
+    let p = AdaptiveProducer::start(config(Shape::Packed)).unwrap();
+    let results = p
+        .send_many((0..N).map(|i| event(&topic, i)).collect())
+        .await
+        .await;
+    assert_eq!(results.len() as u64, N);
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Err(kbatch_adaptive::AdaptiveError::Metadata { record, .. }) => {
+                assert_eq!(*record, event(&topic, i as u64));
+            }
+            other => panic!("event {i}: {other:?}"),
+        }
+    }
+    let r = p.close().await;
+    assert_eq!((r.stats.failed, r.stats.delivered), (N, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn detached_events_are_delivered_and_counted_without_futures() {
     const N: u64 = 5_000;
     let topic = unique_name("adaptive-detached");
