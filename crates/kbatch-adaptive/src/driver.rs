@@ -302,10 +302,14 @@ impl Driver {
                 if let Some(d) = self.batcher.next_deadline() {
                     wake = wake.min(d.checked_sub(TIMER_SLACK).unwrap_or(d));
                 }
+                // Events are held because the pipeline is full: more of them change nothing
+                // until a flush returns (or a deadline, or the tick that drains the intake),
+                // so new events do not wake the driver — at 100,000/s that was a wake-up per
+                // event, competing for the two cores with the client and the broker.
                 let held = !self.batcher.is_empty() && self.max_in_flight > 0;
                 let in_flight = Arc::clone(&self.in_flight);
                 tokio::select! {
-                    () = shared.intake.wait_for_items() => {}
+                    () = shared.intake.wait_for_items(), if !held => {}
                     () = tokio::time::sleep_until(wake.into()) => {}
                     () = in_flight.returned.notified(), if held => {}
                 }
