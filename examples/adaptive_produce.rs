@@ -52,6 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let producer = AdaptiveProducer::start(config)?;
 
     let mut futures = Vec::new();
+    let mut batches = Vec::new();
     let mut report = Instant::now();
     let mut seq = 0u64;
     for (phase, rate, secs) in [
@@ -65,10 +66,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         while start.elapsed().as_secs_f64() < secs {
             // Open loop: as many as the rate owes by now.
             let owed = (start.elapsed().as_secs_f64() * rate) as u64;
+            let click = |seq: u64| {
+                Record::new(topic.as_str(), format!("click {seq}"))
+                    .with_key(format!("user-{}", seq % 1_000))
+            };
+            if phase == "burst" {
+                // Many at once: one send_many call, one future for all of them.
+                let n = owed.saturating_sub(sent).min(1_000);
+                if n > 0 {
+                    let clicks = (seq..seq + n).map(click).collect();
+                    batches.push(producer.send_many(clicks).await);
+                    sent += n;
+                    seq += n;
+                }
+            }
             while sent < owed {
-                let click = Record::new(topic.as_str(), format!("click {seq}"))
-                    .with_key(format!("user-{}", seq % 1_000));
-                futures.push(producer.send(click).await?);
+                futures.push(producer.send(click(seq)).await?);
                 sent += 1;
                 seq += 1;
             }
@@ -77,6 +90,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 println!("  level {} with {}", producer.level(), producer.settings());
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    for b in batches {
+        for outcome in b.await {
+            outcome?;
         }
     }
     let mut last = None;

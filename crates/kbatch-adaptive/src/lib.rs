@@ -1,7 +1,8 @@
 //! Adaptive microbatching over kbatch's batching producer.
 //!
 //! ```text
-//!  send(event) ──► intake (bounded) ──► batcher: flush at N events or T linger (≤ budget)
+//!  send(event) ──► intake (bounded) ──► batcher: flush at N events, T linger (≤ budget), or
+//!  send_many(events)                       │ at once while < 2 flushes await their acks
 //!                                          │ per-event: N records     │ packed: one envelope
 //!                                          ▼                          ▼ per partition
 //!  rate ──► controller ──► level (1..10) ──► learner picks (N, T) ──► Producer
@@ -16,6 +17,12 @@
 //!   epochs try a neighbour, the rest use the best; what scored better is kept
 //!   ([`Learner`]) and remembered in SQLite ([`calibration`]) across restarts.
 //! - **Budget**: no event waits in a batch longer than its budget ([`Batcher`]).
+//! - **Pipeline**: a batch goes at once while fewer than
+//!   [`AdaptiveConfig::flushes_in_flight`] await acknowledgement, so batches hold what
+//!   arrives during a round trip: small at low rates, large at high ones.
+//! - **Hand-in**: [`AdaptiveProducer::send`] (a future per event),
+//!   [`AdaptiveProducer::send_many`] (one future, an outcome per event),
+//!   [`AdaptiveProducer::send_detached`] (no answer).
 //! - **Shapes**: per-event records, or one envelope record per microbatch and partition
 //!   ([`Shape::Packed`]); kbatch's consumers unpack envelopes into events.
 //!
