@@ -369,14 +369,13 @@ async fn an_event_to_a_missing_partition_fails_alone_and_hands_the_event_back() 
     assert_eq!((r.stats.delivered, r.stats.failed), (1, 1));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_short_budget_per_send_overrides_a_long_linger() {
-    let topic = unique_name("adaptive-budget");
-    create_topic(&topic, 1).await;
-    // Pinned at L10: its bootstrap linger is 15 s, and the rate never moves it down in time.
-    let mut cfg = config(Shape::Packed)
+/// Started at L10 without exploration: its bootstrap linger (15 s) holds for the whole test,
+/// and the rate never moves the level down in time.
+fn start_pinned_at_l10(shape: Shape, flushes_in_flight: usize) -> AdaptiveProducer {
+    let mut cfg = config(shape)
         .with_initial_level(LevelId(10))
-        .with_explore_share(0.0);
+        .with_explore_share(0.0)
+        .with_flushes_in_flight(flushes_in_flight);
     cfg.controller.min_dwell = Duration::from_secs(3_600);
     let p = AdaptiveProducer::start(cfg).unwrap();
     assert!(
@@ -384,6 +383,16 @@ async fn a_short_budget_per_send_overrides_a_long_linger() {
         "{}",
         p.settings()
     );
+    p
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_short_budget_per_send_overrides_a_long_linger() {
+    let topic = unique_name("adaptive-budget");
+    create_topic(&topic, 1).await;
+    // Without the pipeline bound, which would send the lone event at once by itself: only
+    // the budget can.
+    let p = start_pinned_at_l10(Shape::Packed, 0);
     let started = std::time::Instant::now();
     let urgent = p
         .send_with_budget(event(&topic, 1), Duration::from_millis(10))
@@ -405,18 +414,8 @@ async fn a_short_budget_per_send_overrides_a_long_linger() {
 async fn per_event_batches_go_at_once_while_the_pipeline_has_room() {
     let topic = unique_name("adaptive-pipeline");
     create_topic(&topic, 2).await;
-    // Pinned at L10 (linger 15 s): only the pipeline's room can send these events early.
-    let mut cfg = config(Shape::PerEvent)
-        .with_initial_level(LevelId(10))
-        .with_explore_share(0.0)
-        .with_flushes_in_flight(2);
-    cfg.controller.min_dwell = Duration::from_secs(3_600);
-    let p = AdaptiveProducer::start(cfg).unwrap();
-    assert!(
-        p.settings().linger >= Duration::from_secs(10),
-        "{}",
-        p.settings()
-    );
+    // Only the pipeline's room can send these events before the 15 s linger.
+    let p = start_pinned_at_l10(Shape::PerEvent, 2);
     // One at a time: nothing is in flight when each arrives, so none waits for the linger.
     // 5 s per event is a hang guard, not a speed claim.
     for i in 0..5 {
