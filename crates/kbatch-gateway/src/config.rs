@@ -177,19 +177,19 @@ impl Default for GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// Reads a TOML file (fields as in the type docs) and validates it.
+    /// Reads a TOML file (fields as in the type docs; absent ones keep their default). Not
+    /// validated yet, so flags can still add keys: [`Gateway::bind`](crate::Gateway::bind)
+    /// validates, as does [`validate`](GatewayConfig::validate).
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigFile {
             path: path.to_owned(),
             why: source.to_string(),
         })?;
-        let config: Self = toml::from_str(&text).map_err(|e| Error::ConfigFile {
+        toml::from_str(&text).map_err(|e| Error::ConfigFile {
             path: path.to_owned(),
             why: e.to_string(),
-        })?;
-        config.validate()?;
-        Ok(config)
+        })
     }
 
     /// Sets the listen address.
