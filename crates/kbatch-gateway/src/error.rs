@@ -84,6 +84,9 @@ pub enum RequestError {
     /// The request is wrong in another way (400).
     #[error("{0}")]
     BadRequest(String),
+    /// The `Content-Type` is not one the route takes (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// The body is larger than allowed (413).
     #[error("request body larger than the limit of {limit} bytes: split it into smaller requests")]
     BodyTooLarge {
@@ -149,6 +152,7 @@ impl RequestError {
             RequestError::NotFound(_)
             | RequestError::UnknownTopic(_)
             | RequestError::UnknownPartition { .. } => StatusCode::NOT_FOUND,
+            RequestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RequestError::ProducerFull => StatusCode::TOO_MANY_REQUESTS,
             RequestError::Unavailable(_) | RequestError::NotAcknowledged(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -179,6 +183,7 @@ impl RequestError {
             RequestError::NotFound(_) => "not_found",
             RequestError::UnknownTopic(_) => "unknown_topic",
             RequestError::UnknownPartition { .. } => "unknown_partition",
+            RequestError::UnsupportedMediaType(_) => "unsupported_media_type",
             RequestError::ProducerFull => "producer_full",
             RequestError::Unavailable(_) => "broker_unavailable",
             RequestError::NotAcknowledged(_) => "not_acknowledged",

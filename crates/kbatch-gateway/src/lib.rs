@@ -12,6 +12,7 @@
 //! | Method and path | What it does |
 //! |---|---|
 //! | `POST /topics/{topic}/records` | Produce one JSON record, a JSON array of records, or NDJSON (`Content-Type: application/x-ndjson`); `?format=binary` for base64 keys and values |
+//! | `POST /topics/{topic}` | Confluent REST Proxy v2 produce (`application/vnd.kafka.json.v2+json` or `…binary.v2+json`, body `{"records":[…]}`), answered in its shape (`offsets` with `error_code`/`error`); see below |
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 when the broker answers a metadata request within 2 s, else 503 |
 //!
@@ -47,6 +48,18 @@
 //! | 429 | `producer_full` | the producer holds its bound of pending records or bytes; nothing waits: retry after `Retry-After: 1`. Records of the request handed in before it filled up are still awaited and reported |
 //! | 503 | `not_acknowledged` | per record: no acknowledgement within the request timeout (it may still be written: a retry can duplicate it) |
 //! | 503 | `broker_unavailable` | the broker did not answer the topic lookup in time, or failed the record with a retriable error |
+//!
+//! # REST Proxy v2
+//!
+//! Clients of Confluent's REST Proxy switch by changing the host: the same bodies, content
+//! types and response shape (`{"key_schema_id":null,"value_schema_id":null,"offsets":[{"partition":0,
+//! "offset":0,"error_code":null,"error":null}]}`, content type `application/vnd.kafka.v2+json`),
+//! also answered only after the broker's acknowledgement. JSON keys and values are stored as
+//! JSON text, as REST Proxy does; binary ones are base64. As in REST Proxy, a partly failed
+//! request is a 200 whose failed entries have `error_code` 1 (not retriable) or 2 (retriable);
+//! when all failed, the failure's status. Request-level errors are `{"error_code": …,
+//! "message": …}` with REST Proxy's codes (40101, 40301, 40401, 40402, 50002) or the HTTP
+//! status. Schema-registry formats (Avro, Protobuf, JSON Schema) are 415.
 //!
 //! # Security
 //!

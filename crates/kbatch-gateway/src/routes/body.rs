@@ -166,7 +166,7 @@ fn parse_ndjson(body: &[u8], max_records: usize) -> Result<Vec<WireRecord<'_>>, 
 }
 
 /// serde_json's error, with its position as fields and the message without it.
-fn json_error(e: serde_json::Error) -> RequestError {
+pub(super) fn json_error(e: serde_json::Error) -> RequestError {
     let full = e.to_string();
     let suffix = format!(" at line {} column {}", e.line(), e.column());
     let message = full.strip_suffix(&suffix).unwrap_or(&full).to_owned();
@@ -252,14 +252,14 @@ fn to_record(
     })
 }
 
-fn decode_base64(s: &str) -> Result<Bytes, base64::DecodeError> {
+pub(super) fn decode_base64(s: &str) -> Result<Bytes, base64::DecodeError> {
     base64::engine::general_purpose::STANDARD
         .decode(s)
         .map(Bytes::from)
 }
 
 /// Valid JSON text without the whitespace between tokens; strings are kept byte for byte.
-fn compact_json(json: &str) -> String {
+pub(super) fn compact_json(json: &str) -> String {
     let mut out = String::with_capacity(json.len());
     let (mut in_string, mut escaped) = (false, false);
     for c in json.chars() {

@@ -2,12 +2,14 @@
 //!
 //! ```text
 //!  request ─► TimeoutLayer (backstop: request_timeout + 5 s, 503) ─► DefaultBodyLimit
-//!          ─► /topics/{topic}/records (records.rs) | /healthz, /readyz (health.rs) | 404
+//!          ─► /topics/{topic}/records (records.rs) | /topics/{topic} (rest_proxy.rs, REST Proxy v2)
+//!           | /healthz, /readyz (health.rs) | 404
 //! ```
 
 mod body;
 mod health;
 mod records;
+mod rest_proxy;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,11 +32,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.max_body_bytes;
     Router::new()
         .route("/topics/{topic}/records", post(records::produce))
+        .route("/topics/{topic}", post(rest_proxy::produce_v2))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(|| async {
             RequestError::NotFound(
-                "no such route: POST /topics/{topic}/records, GET /healthz, GET /readyz".into(),
+                "no such route: POST /topics/{topic}/records, POST /topics/{topic} (REST Proxy v2), GET /healthz, GET /readyz".into(),
             )
         })
         .layer(DefaultBodyLimit::max(body_limit))

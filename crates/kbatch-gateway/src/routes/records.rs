@@ -13,8 +13,8 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kbatch_core::Topic;
-use kbatch_producer::{DeliveryFuture, TrySendError};
+use kbatch_core::{Record, Topic};
+use kbatch_producer::{Delivered, DeliveryFuture, TrySendError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -46,9 +46,9 @@ pub(crate) async fn produce(
     request: Request,
 ) -> Response {
     let deadline = Instant::now() + state.config.request_timeout;
-    match produce_inner(&state, topic, query, &headers, request, deadline).await {
-        Ok(r) | Err(r) => r,
-    }
+    produce_inner(&state, topic, query, &headers, request, deadline)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn produce_inner(
@@ -58,12 +58,9 @@ async fn produce_inner(
     headers: &HeaderMap,
     request: Request,
     deadline: Instant,
-) -> Result<Response, Response> {
+) -> Result<Response, RequestError> {
     // Credentials first: an unauthenticated client's body is never read.
-    let key = state
-        .auth
-        .authorize(headers, &topic)
-        .map_err(IntoResponse::into_response)?;
+    let key = state.auth.authorize(headers, &topic)?;
     let encoding = match query.map(|q| q.0.format) {
         Ok(None) => Encoding::Json,
         Ok(Some(f)) if f == "json" => Encoding::Json,
@@ -71,15 +68,13 @@ async fn produce_inner(
         Ok(Some(f)) => {
             return Err(RequestError::BadRequest(format!(
                 "format={f:?} is not supported: use format=json (default) or format=binary"
-            ))
-            .into_response());
+            )));
         }
         Err(e) => {
             return Err(RequestError::BadRequest(format!(
                 "{}; the only query parameter is format=json|binary",
                 e.body_text()
-            ))
-            .into_response());
+            )));
         }
     };
     let framing = match headers
@@ -89,16 +84,7 @@ async fn produce_inner(
         Some(ct) if ct.trim_start().starts_with("application/x-ndjson") => Framing::Ndjson,
         _ => Framing::Json,
     };
-    let body = Bytes::from_request(request, &()).await.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            RequestError::BodyTooLarge {
-                limit: state.config.max_body_bytes,
-            }
-        } else {
-            RequestError::BadRequest(format!("could not read the body: {}", e.body_text()))
-        }
-        .into_response()
-    })?;
+    let body = read_body(state, request).await?;
     let topic = Topic::from(topic);
     let records = parse_records(
         &topic,
@@ -106,16 +92,70 @@ async fn produce_inner(
         framing,
         encoding,
         state.config.max_records_per_request,
-    )
-    .map_err(IntoResponse::into_response)?;
+    )?;
+    let count = records.len();
+    let outcomes = produce_all(state, &topic, records, deadline).await?;
+    let mut results = Vec::with_capacity(count);
+    let mut first_failure: Option<&RequestError> = None;
+    let mut failed = 0usize;
+    let mut any_full = false;
+    for outcome in &outcomes {
+        results.push(match outcome {
+            Ok(d) => json!({"partition": d.partition, "offset": d.offset.0}),
+            Err(e) => {
+                failed += 1;
+                any_full |= matches!(e, RequestError::ProducerFull);
+                first_failure.get_or_insert(e);
+                json!({"error": e.body()})
+            }
+        });
+    }
+    tracing::debug!(topic = %topic, key = key.unwrap_or("-"), records = count, failed, "produce request answered");
+    let (status, body) = match first_failure {
+        None => (StatusCode::OK, json!({"results": results})),
+        Some(e) if failed == count => (e.status(), json!({"error": e.body(), "results": results})),
+        Some(_) => (StatusCode::MULTI_STATUS, json!({"results": results})),
+    };
+    let mut response = (status, axum::Json::<Value>(body)).into_response();
+    add_status_headers(status, &mut response);
+    if any_full && status == StatusCode::MULTI_STATUS {
+        // Some records were refused as full: tell the client when to retry those.
+        add_status_headers(StatusCode::TOO_MANY_REQUESTS, &mut response);
+    }
+    Ok(response)
+}
+
+/// The body, at most `max_body_bytes` (413 past it).
+pub(super) async fn read_body(state: &AppState, request: Request) -> Result<Bytes, RequestError> {
+    Bytes::from_request(request, &()).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            RequestError::BodyTooLarge {
+                limit: state.config.max_body_bytes,
+            }
+        } else {
+            RequestError::BadRequest(format!("could not read the body: {}", e.body_text()))
+        }
+    })
+}
+
+/// Hands every record to the producer and awaits each acknowledgement until `deadline`;
+/// one outcome per record, in order. Fails as a whole only when the topic is unknown or
+/// cannot be looked up.
+///
+/// # Cancellation
+/// Dropping the future (the client went away) drops the delivery futures, not the records:
+/// those handed in are still delivered; they are just not reported to anyone.
+pub(super) async fn produce_all(
+    state: &AppState,
+    topic: &Topic,
+    records: Vec<Record>,
+    deadline: Instant,
+) -> Result<Vec<Result<Delivered, RequestError>>, RequestError> {
     let partitions = state
         .topics
-        .partitions(&state.producer, &topic, deadline)
-        .await
-        .map_err(IntoResponse::into_response)?;
-
-    let count = records.len();
-    let mut outcomes = Vec::with_capacity(count);
+        .partitions(&state.producer, topic, deadline)
+        .await?;
+    let mut outcomes = Vec::with_capacity(records.len());
     let mut full = false;
     for record in records {
         let outcome = match record.partition {
@@ -139,44 +179,18 @@ async fn produce_inner(
         };
         outcomes.push(outcome);
     }
-
     // Every handed-in record is awaited, even after the deadline has passed for others: a
     // future already resolved still reports its offset.
-    let mut results = Vec::with_capacity(count);
-    let mut first_failure: Option<RequestError> = None;
-    let mut failed = 0usize;
-    let mut any_full = false;
+    let mut results = Vec::with_capacity(outcomes.len());
     for outcome in outcomes {
-        let result = match outcome {
+        results.push(match outcome {
             Outcome::Sent(f) => match tokio::time::timeout_at(deadline, f).await {
                 Ok(Ok(d)) => Ok(d),
                 Ok(Err(e)) => Err(RequestError::Produce(e)),
                 Err(_) => Err(RequestError::NotAcknowledged(state.config.request_timeout)),
             },
             Outcome::Failed(e) => Err(e),
-        };
-        results.push(match result {
-            Ok(d) => json!({"partition": d.partition, "offset": d.offset.0}),
-            Err(e) => {
-                failed += 1;
-                any_full |= matches!(e, RequestError::ProducerFull);
-                let v = json!({"error": e.body()});
-                first_failure.get_or_insert(e);
-                v
-            }
         });
     }
-    tracing::debug!(topic = %topic, key = key.unwrap_or("-"), records = count, failed, "produce request answered");
-    let (status, body) = match first_failure {
-        None => (StatusCode::OK, json!({"results": results})),
-        Some(e) if failed == count => (e.status(), json!({"error": e.body(), "results": results})),
-        Some(_) => (StatusCode::MULTI_STATUS, json!({"results": results})),
-    };
-    let mut response = (status, axum::Json::<Value>(body)).into_response();
-    add_status_headers(status, &mut response);
-    if any_full && status == StatusCode::MULTI_STATUS {
-        // Some records were refused as full: tell the client when to retry those.
-        add_status_headers(StatusCode::TOO_MANY_REQUESTS, &mut response);
-    }
-    Ok(response)
+    Ok(results)
 }
