@@ -8,6 +8,7 @@ mod calibration;
 mod cluster;
 mod consume;
 mod demo;
+mod gateway;
 mod produce;
 mod stats;
 
@@ -38,6 +39,8 @@ enum Command {
     Consume(consume::Args),
     /// Push records through produce and consume on embedded defaults and verify nothing is lost.
     Demo(demo::Args),
+    /// Serve the HTTP ingest gateway: records over HTTP into Kafka, answered once acknowledged.
+    Gateway(gateway::Args),
     /// End-to-end benchmarks against a real broker, peers side by side.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -70,6 +73,7 @@ fn main() -> anyhow::Result<()> {
             Command::Produce(a) => produce::run(a).await,
             Command::Consume(a) => consume::run(a).await,
             Command::Demo(a) => demo::run(a).await,
+            Command::Gateway(a) => gateway::run(a).await,
             Command::Bench(b) => bench::run(b).await,
             // SQLite is synchronous: off the runtime's workers.
             Command::Calibration(c) => tokio::task::spawn_blocking(move || calibration::run(c))

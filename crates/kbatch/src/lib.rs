@@ -75,6 +75,12 @@ pub mod adaptive {
     pub use kbatch_adaptive::*;
 }
 
+/// The HTTP ingest gateway: records over HTTP into Kafka, answered only once the broker
+/// acknowledged them ([`Gateway`](gateway::Gateway)).
+pub mod gateway {
+    pub use kbatch_gateway::*;
+}
+
 /// Kafka client settings, admin operations and the in-memory development broker.
 pub mod client {
     pub use kbatch_client::{

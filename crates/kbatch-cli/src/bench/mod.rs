@@ -3,6 +3,7 @@
 
 mod adaptive;
 mod consumer;
+mod gateway;
 mod plot;
 mod producer;
 mod recovery;
@@ -26,6 +27,10 @@ pub(crate) enum Bench {
     /// (p50/p99/p99.9/max from each event's scheduled time) and throughput against offered
     /// rate, and packed events/s against a BULK envelope baseline; rotated rounds.
     Adaptive(adaptive::Args),
+    /// The HTTP ingest gateway against the direct Producer in one run: NDJSON batches
+    /// (records/s), single-record requests at a concurrency (req/s, p50/p99) and at an offered
+    /// rate (latency from the schedule).
+    Gateway(gateway::Args),
 }
 
 pub(crate) async fn run(b: Bench) -> anyhow::Result<()> {
@@ -34,6 +39,7 @@ pub(crate) async fn run(b: Bench) -> anyhow::Result<()> {
         Bench::Consumer(a) => consumer::run(a).await,
         Bench::Recovery(a) => recovery::run(a).await,
         Bench::Adaptive(a) => adaptive::run(a).await,
+        Bench::Gateway(a) => gateway::run(a).await,
     }
 }
 

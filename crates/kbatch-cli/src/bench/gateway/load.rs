@@ -1,0 +1,312 @@
+//! The loads of `kbatch bench gateway`: the same records straight through kbatch's `Producer`,
+//! as NDJSON batches over HTTP, and as single-record requests (closed loop at a concurrency,
+//! open loop at a rate). Each returns what it measured; none knows about rounds or reports.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use kbatch_core::{Record, Topic};
+use kbatch_producer::Producer;
+use rand::{Rng as _, SeedableRng as _};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+/// What every contender sends: the same keys and JSON values in the same order.
+pub(super) struct Data {
+    keys: Vec<String>,
+    /// JSON string values (quotes included): the bytes the gateway writes for them.
+    values: Vec<String>,
+}
+
+/// Distinct values cycled through.
+const VALUE_POOL: usize = 1_024;
+
+impl Data {
+    pub(super) fn new(keys: u64, value_bytes: usize) -> Self {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x6761_7465);
+        Self {
+            keys: (0..keys).map(|k| format!("key-{k}")).collect(),
+            values: (0..VALUE_POOL)
+                .map(|_| {
+                    let s: String = (0..value_bytes.saturating_sub(2))
+                        .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
+                        .collect();
+                    format!("\"{s}\"")
+                })
+                .collect(),
+        }
+    }
+
+    fn key(&self, i: u64) -> &str {
+        &self.keys[(i % self.keys.len() as u64) as usize]
+    }
+
+    fn value(&self, i: u64) -> &str {
+        &self.values[(i % VALUE_POOL as u64) as usize]
+    }
+
+    /// Record `i` as the direct contender sends it: what the gateway writes for line `i`.
+    fn record(&self, topic: &Topic, i: u64) -> Record {
+        Record::new(Arc::clone(topic), Bytes::from(self.value(i).to_owned()))
+            .with_key(self.key(i).to_owned())
+    }
+
+    /// Record `i` as one JSON line.
+    fn json(&self, i: u64) -> String {
+        format!(r#"{{"key":"{}","value":{}}}"#, self.key(i), self.value(i))
+    }
+
+    /// Records `first..first + n` as an NDJSON body.
+    fn ndjson(&self, first: u64, n: u64) -> Bytes {
+        let mut body = String::with_capacity(n as usize * 140);
+        for i in first..first + n {
+            body.push_str(&self.json(i));
+            body.push('\n');
+        }
+        Bytes::from(body)
+    }
+}
+
+/// Records (or requests) per second, and request latency.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub(super) struct Measured {
+    /// Records acknowledged (direct: by the broker; HTTP: in 200 answers).
+    pub(super) records: u64,
+    /// HTTP requests answered 200 (0 for the direct contender).
+    pub(super) requests: u64,
+    /// Answers other than 200, and failed sends.
+    pub(super) failed: u64,
+    pub(super) first_failure: Option<String>,
+    /// First send to last acknowledgement, seconds.
+    pub(super) seconds: f64,
+    pub(super) records_per_s: f64,
+    pub(super) requests_per_s: f64,
+    /// Request latency, ms (HTTP only; open loop: from each request's scheduled time).
+    pub(super) p50_ms: Option<f64>,
+    pub(super) p99_ms: Option<f64>,
+    pub(super) max_ms: Option<f64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| unreachable!("valid bounds"))
+}
+
+impl Measured {
+    fn finish(mut self, span: Duration, h: Option<&Histogram<u64>>) -> Self {
+        self.seconds = span.as_secs_f64();
+        if self.seconds > 0.0 {
+            self.records_per_s = self.records as f64 / self.seconds;
+            self.requests_per_s = self.requests as f64 / self.seconds;
+        }
+        if let Some(h) = h.filter(|h| !h.is_empty()) {
+            self.p50_ms = Some(h.value_at_quantile(0.5) as f64 / 1e3);
+            self.p99_ms = Some(h.value_at_quantile(0.99) as f64 / 1e3);
+            self.max_ms = Some(h.max() as f64 / 1e3);
+        }
+        self
+    }
+}
+
+/// The direct contender: records sent with `Producer::send` for `seconds`, every future
+/// awaited; the producer's own bound holds the sender back.
+pub(super) async fn direct(p: &Producer, topic: &Topic, data: &Data, seconds: f64) -> Measured {
+    let start = Instant::now();
+    let until = start + Duration::from_secs_f64(seconds);
+    let mut futures = Vec::new();
+    let mut m = Measured::default();
+    let mut i = 0u64;
+    while Instant::now() < until {
+        match p.send(data.record(topic, i)).await {
+            Ok(f) => futures.push(f),
+            Err(e) => {
+                m.failed += 1;
+                m.first_failure.get_or_insert(e.to_string());
+            }
+        }
+        i += 1;
+    }
+    for f in futures {
+        match f.await {
+            Ok(_) => m.records += 1,
+            Err(e) => {
+                m.failed += 1;
+                m.first_failure.get_or_insert(e.to_string());
+            }
+        }
+    }
+    m.finish(start.elapsed(), None)
+}
+
+/// Where requests go and how they authenticate.
+#[derive(Clone)]
+pub(super) struct Endpoint {
+    pub(super) client: reqwest::Client,
+    /// `http://addr/topics/{topic}/records`.
+    pub(super) url: String,
+    pub(super) token: Arc<str>,
+}
+
+impl Endpoint {
+    /// Posts `body`; the records the 200 answer acknowledged, or why not.
+    async fn post(&self, body: Bytes, ndjson: bool, records: u64) -> Result<u64, String> {
+        let r = self
+            .client
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                if ndjson {
+                    "application/x-ndjson"
+                } else {
+                    "application/json"
+                },
+            )
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = r.status();
+        let text = r.text().await.map_err(|e| e.to_string())?;
+        if status != reqwest::StatusCode::OK {
+            return Err(format!(
+                "{status}: {}",
+                text.chars().take(300).collect::<String>()
+            ));
+        }
+        Ok(records)
+    }
+}
+
+type Shared = Arc<Mutex<(Measured, Histogram<u64>)>>;
+
+fn tally(shared: &Shared, r: Result<u64, String>, latency: Duration) {
+    let mut g = shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match r {
+        Ok(n) => {
+            g.0.records += n;
+            g.0.requests += 1;
+            let us = u64::try_from(latency.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            g.1.saturating_record(us);
+        }
+        Err(e) => {
+            g.0.failed += 1;
+            g.0.first_failure.get_or_insert(e);
+        }
+    }
+}
+
+/// `workers` connections each posting bodies of `per` records (1: a single JSON record,
+/// else NDJSON) back to back for `seconds`.
+pub(super) async fn closed_loop(
+    e: &Endpoint,
+    data: &Arc<Data>,
+    workers: usize,
+    per: u64,
+    seconds: f64,
+) -> Measured {
+    let shared: Shared = Arc::new(Mutex::new((Measured::default(), histogram())));
+    let start = Instant::now();
+    let until = start + Duration::from_secs_f64(seconds);
+    let tasks: Vec<_> = (0..workers as u64)
+        .map(|w| {
+            let (e, data, shared) = (e.clone(), Arc::clone(data), Arc::clone(&shared));
+            tokio::spawn(async move {
+                let mut n = w;
+                while Instant::now() < until {
+                    let first = n * per;
+                    let body = if per == 1 {
+                        Bytes::from(data.json(first))
+                    } else {
+                        data.ndjson(first, per)
+                    };
+                    let sent = Instant::now();
+                    let r = e.post(body, per > 1, per).await;
+                    tally(&shared, r, sent.elapsed());
+                    n += workers as u64;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let span = start.elapsed();
+    let (m, h) = std::mem::replace(
+        &mut *shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        (Measured::default(), histogram()),
+    );
+    m.finish(span, Some(&h))
+}
+
+/// Single-record requests at `rate` per second for `seconds`, request `i` due at
+/// `start + i / rate`; latency from the due time, so a late sender pays for it (at most
+/// `outstanding` requests in flight: beyond that the schedule waits, and that counts too).
+pub(super) async fn open_loop(
+    e: &Endpoint,
+    data: &Arc<Data>,
+    rate: f64,
+    seconds: f64,
+    outstanding: usize,
+) -> Measured {
+    let shared: Shared = Arc::new(Mutex::new((Measured::default(), histogram())));
+    let permits = Arc::new(Semaphore::new(outstanding));
+    let start = Instant::now();
+    let total = (rate * seconds).ceil() as u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due).await;
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            break;
+        };
+        let (e, shared) = (e.clone(), Arc::clone(&shared));
+        let body = Bytes::from(data.json(i));
+        tasks.spawn(async move {
+            let r = e.post(body, false, 1).await;
+            tally(&shared, r, due.elapsed());
+            drop(permit);
+        });
+        // Reap finished tasks as we go, so the set stays as small as what is in flight.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let span = start.elapsed();
+    let (m, h) = std::mem::replace(
+        &mut *shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        (Measured::default(), histogram()),
+    );
+    m.finish(span, Some(&h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ndjson_line_carries_what_the_direct_record_carries() {
+        let d = Data::new(10, 100);
+        let t: Topic = "t".into();
+        let line: serde_json::Value = serde_json::from_str(&d.json(3)).unwrap();
+        let r = d.record(&t, 3);
+        assert_eq!(
+            line["key"].as_str().unwrap().as_bytes(),
+            &r.key.unwrap()[..]
+        );
+        let value = r.value.unwrap();
+        // The gateway writes a JSON value as its compact text: the quoted string.
+        assert_eq!(line["value"].to_string().as_bytes(), &value[..]);
+        assert_eq!(value.len(), 100);
+        let body = d.ndjson(0, 5);
+        assert_eq!(body.iter().filter(|b| **b == b'\n').count(), 5);
+    }
+}

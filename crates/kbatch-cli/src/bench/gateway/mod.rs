@@ -1,0 +1,380 @@
+//! `kbatch bench gateway`: the HTTP ingest gateway against kbatch's `Producer` sending the same
+//! records directly, in one run, on a real broker.
+//!
+//! ```text
+//!  gateway: kbatch_gateway::Gateway on 127.0.0.1:0, its own tokio runtime, an API key
+//!           (authentication on, as deployed), the same ProducerConfig as the direct contender
+//!  round r = 1..R, order rotated:
+//!    direct   Producer::send for S s, every future awaited            ─► records/s
+//!    ndjson   W connections posting NDJSON bodies of B records         ─► records/s, p50/p99
+//!    single   C connections posting one JSON record each, back to back ─► req/s, p50/p99
+//!    open     one-record requests at RATE/s, latency from schedule     ─► p50/p99/max
+//!  ─► min / median / max per load; targets: ndjson ≥ 0.8 × direct, open p99 < 10 ms
+//! ```
+//!
+//! Every load writes to a topic of its own; a load generator in this process (reqwest over
+//! keep-alive HTTP/1.1 connections) shares the machine with the gateway and the broker.
+
+mod load;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args as ClapArgs;
+use kbatch_client::{Admin, ClientConfig, NewTopic};
+use kbatch_core::Topic;
+use kbatch_gateway::{ApiKey, Gateway, GatewayConfig};
+use kbatch_producer::{Producer, ProducerConfig};
+use rand::Rng as _;
+use tokio_util::sync::CancellationToken;
+
+use super::Spread;
+use load::{Data, Endpoint, Measured};
+
+/// Options of `kbatch bench gateway`.
+#[derive(ClapArgs, Debug)]
+pub(crate) struct Args {
+    /// Bootstrap servers of the (real) Kafka cluster to measure against.
+    #[arg(long, env = "KBATCH_BROKERS")]
+    brokers: String,
+    /// Measured rounds; each runs every load once, in a rotated order.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    rounds: u32,
+    /// Seconds of each load.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Connections of the single-record closed loop.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Offered single-record requests per second of the open loop.
+    #[arg(long, default_value_t = 10_000.0)]
+    rate: f64,
+    /// Records per NDJSON request.
+    #[arg(long, default_value_t = 1_000)]
+    batch: u64,
+    /// Connections posting NDJSON batches.
+    #[arg(long, default_value_t = 8)]
+    batch_concurrency: usize,
+    /// Value size in bytes (a JSON string, quotes included).
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Partitions of each load's topic.
+    #[arg(long, default_value_t = 8)]
+    partitions: i32,
+    /// Smoke test: 1 round of 0.5 s loads at 500 req/s. Not a measurement.
+    #[arg(long, conflicts_with_all = ["rounds", "seconds", "rate"])]
+    quick: bool,
+    /// Print one JSON object (configuration, every run, summaries, targets) on stdout as well.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The loads, in their base order (rotated by round).
+const LOADS: [&str; 4] = ["direct", "ndjson", "single", "open"];
+
+#[derive(serde::Serialize)]
+struct Run {
+    round: u32,
+    load: &'static str,
+    #[serde(flatten)]
+    measured: Measured,
+}
+
+pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
+    if a.quick {
+        (a.rounds, a.seconds, a.rate) = (1, 0.5, 500.0);
+    }
+    let client = ClientConfig::new(a.brokers.as_str()).with_client_id("kbatch-bench-gateway");
+    let producer_config = ProducerConfig::new(client.clone());
+    let admin = Admin::new(&client)?;
+    let token: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect();
+    let config = GatewayConfig::default()
+        .with_bind("127.0.0.1:0".parse()?)
+        .with_limits(64 << 20, a.batch.max(1) as usize)
+        .with_api_key(ApiKey::from_token(
+            "bench",
+            &token,
+            ["kbatch-bench-gateway-*"],
+        ));
+    let shutdown = CancellationToken::new();
+    let (addr, server) = start_gateway(config, producer_config.clone(), shutdown.clone())?;
+    let direct = Producer::new(producer_config)?;
+    let data = Arc::new(Data::new(a.keys, a.size));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(a.concurrency.max(a.batch_concurrency) * 2)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+
+    let mut runs = Vec::new();
+    for round in 1..=a.rounds {
+        for k in 0..LOADS.len() {
+            let load = LOADS[(k + round as usize - 1) % LOADS.len()];
+            let topic = format!(
+                "kbatch-bench-gateway-{load}-{:08x}",
+                crate::cluster::random_suffix()
+            );
+            admin
+                .create_topics(&[NewTopic::new(&topic, a.partitions)])
+                .await?;
+            let endpoint = Endpoint {
+                client: http.clone(),
+                url: format!("http://{addr}/topics/{topic}/records"),
+                token: token.as_str().into(),
+            };
+            let t: Topic = topic.as_str().into();
+            // The topic answers before it is counted against anyone (leaders, metadata).
+            load::closed_loop(&endpoint, &data, 1, 1, 0.0).await;
+            let m = match load {
+                "direct" => load::direct(&direct, &t, &data, a.seconds).await,
+                "ndjson" => {
+                    load::closed_loop(&endpoint, &data, a.batch_concurrency, a.batch, a.seconds)
+                        .await
+                }
+                "single" => load::closed_loop(&endpoint, &data, a.concurrency, 1, a.seconds).await,
+                _ => load::open_loop(&endpoint, &data, a.rate, a.seconds, 4_096).await,
+            };
+            let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
+            eprintln!(
+                "bench: round {round} {load}: {:.0} records/s, {:.0} req/s, p50 {} ms, p99 {} ms, max {} ms, {} failed{}",
+                m.records_per_s,
+                m.requests_per_s,
+                ms(m.p50_ms),
+                ms(m.p99_ms),
+                ms(m.max_ms),
+                m.failed,
+                m.first_failure
+                    .as_deref()
+                    .map(|f| format!(" (first: {f})"))
+                    .unwrap_or_default()
+            );
+            admin.delete_topics(&[&topic]).await?;
+            runs.push(Run {
+                round,
+                load,
+                measured: m,
+            });
+        }
+    }
+    direct.close().await;
+    shutdown.cancel();
+    let _ = server.join();
+
+    let report = Report::new(&a, &runs);
+    report.print(&a);
+    if a.json {
+        let out = serde_json::json!({
+            "config": {
+                "rounds": a.rounds, "seconds": a.seconds, "concurrency": a.concurrency,
+                "rate": a.rate, "batch": a.batch, "batch_concurrency": a.batch_concurrency,
+                "size": a.size, "keys": a.keys, "partitions": a.partitions,
+            },
+            "runs": runs,
+            "summaries": report.summaries,
+            "targets": report.targets,
+        });
+        #[allow(clippy::print_stdout, reason = "the report is this command's output")]
+        {
+            println!("{out}");
+        }
+    }
+    Ok(())
+}
+
+/// Binds the gateway and serves it on a runtime of its own, so the load generator's tasks
+/// do not queue behind the server's (or the reverse) on shared workers.
+fn start_gateway(
+    config: GatewayConfig,
+    producer: ProducerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(std::net::SocketAddr, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let handle = std::thread::Builder::new()
+        .name("bench-gateway".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(anyhow::Error::from(e)));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let bound = async {
+                    let p = Producer::new(producer)?;
+                    anyhow::Ok(Gateway::bind(config, p).await?)
+                }
+                .await;
+                match bound {
+                    Ok(g) => {
+                        let _ = tx.send(Ok(g.local_addr()));
+                        if let Err(e) = g.run(shutdown).await {
+                            eprintln!("bench: the gateway stopped with an error: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        })?;
+    let addr = rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the gateway thread ended before binding"))??;
+    Ok((addr, handle))
+}
+
+#[derive(serde::Serialize)]
+struct Summary {
+    load: &'static str,
+    records_per_s: Option<Spread>,
+    requests_per_s: Option<Spread>,
+    p50_ms: Option<Spread>,
+    p99_ms: Option<Spread>,
+    max_ms: Option<Spread>,
+    failed: u64,
+}
+
+#[derive(serde::Serialize)]
+struct Target {
+    target: String,
+    /// Per round, in round order.
+    values: Vec<f64>,
+    median: Option<f64>,
+    met: Option<bool>,
+}
+
+struct Report {
+    summaries: Vec<Summary>,
+    targets: Vec<Target>,
+}
+
+impl Report {
+    fn new(a: &Args, runs: &[Run]) -> Self {
+        let of = |load: &str, f: fn(&Measured) -> Option<f64>| -> Vec<f64> {
+            runs.iter()
+                .filter(|r| r.load == load)
+                .filter_map(|r| f(&r.measured))
+                .collect()
+        };
+        let summaries = LOADS
+            .iter()
+            .map(|&load| Summary {
+                load,
+                records_per_s: Spread::of(&of(load, |m| Some(m.records_per_s))),
+                requests_per_s: Spread::of(&of(load, |m| {
+                    (m.requests > 0).then_some(m.requests_per_s)
+                })),
+                p50_ms: Spread::of(&of(load, |m| m.p50_ms)),
+                p99_ms: Spread::of(&of(load, |m| m.p99_ms)),
+                max_ms: Spread::of(&of(load, |m| m.max_ms)),
+                failed: runs
+                    .iter()
+                    .filter(|r| r.load == load)
+                    .map(|r| r.measured.failed)
+                    .sum(),
+            })
+            .collect();
+        let ratios: Vec<f64> = (1..=a.rounds)
+            .filter_map(|round| {
+                let get = |load: &str| {
+                    runs.iter()
+                        .find(|r| r.round == round && r.load == load)
+                        .map(|r| r.measured.records_per_s)
+                };
+                Some(get("ndjson")? / get("direct")?.max(1e-9))
+            })
+            .collect();
+        let p99 = of("open", |m| m.p99_ms);
+        let target = |target: String, values: Vec<f64>, ok: fn(f64) -> bool| {
+            let median = super::median(&values);
+            Target {
+                met: median.map(ok),
+                target,
+                values,
+                median,
+            }
+        };
+        let targets = vec![
+            target(
+                format!(
+                    "NDJSON ({} records per request) records/s ≥ 0.8 × the direct Producer's",
+                    a.batch
+                ),
+                ratios,
+                |r| r >= 0.8,
+            ),
+            target(
+                format!("single-record p99 < 10 ms at {} req/s offered", a.rate),
+                p99,
+                |p| p < 10.0,
+            ),
+        ];
+        Self { summaries, targets }
+    }
+
+    fn print(&self, a: &Args) {
+        eprintln!(
+            "gateway benchmark: {} round(s) of {} s per load; {}-byte JSON values, {} keys, {} partitions; \
+             the gateway and the direct Producer use the same ProducerConfig (kbatch's defaults: acks=all, idempotent); \
+             authentication on (one API key, SHA-256, constant-time); HTTP/1.1 keep-alive from this process",
+            a.rounds, a.seconds, a.size, a.keys, a.partitions
+        );
+        eprintln!(
+            "  loads: direct = Producer::send, futures awaited; ndjson = {} connections × {} records per request; \
+             single = {} connections, one record per request, back to back; open = {} one-record requests/s, latency from the schedule",
+            a.batch_concurrency, a.batch, a.concurrency, a.rate
+        );
+        eprintln!(
+            "  {:<8} {:>30} {:>26} {:>22} {:>22} {:>22} {:>7}",
+            "load", "records/s", "requests/s", "p50 ms", "p99 ms", "max ms", "failed"
+        );
+        let f = |s: &Option<Spread>, prec: usize| {
+            s.map_or_else(
+                || "-".to_owned(),
+                |s| format!("{:.p$}/{:.p$}/{:.p$}", s.min, s.median, s.max, p = prec),
+            )
+        };
+        for s in &self.summaries {
+            eprintln!(
+                "  {:<8} {:>30} {:>26} {:>22} {:>22} {:>22} {:>7}",
+                s.load,
+                f(&s.records_per_s, 0),
+                f(&s.requests_per_s, 0),
+                f(&s.p50_ms, 2),
+                f(&s.p99_ms, 2),
+                f(&s.max_ms, 1),
+                s.failed
+            );
+        }
+        eprintln!("  targets (median over rounds; min / median / max):");
+        for t in &self.targets {
+            let verdict = match t.met {
+                Some(true) => "[MET]",
+                Some(false) => "[MISSED]",
+                None => "[NOT EVALUATED]",
+            };
+            eprintln!(
+                "    {verdict} {}: per round {}",
+                t.target,
+                t.values
+                    .iter()
+                    .map(|v| format!("{v:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            );
+        }
+        if a.rounds < 3 {
+            eprintln!("  NOTE: {} round(s) only: no meaningful spread", a.rounds);
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! `kbatch bench gateway --quick --json` end to end against the real broker: every load ran,
+//! had records acknowledged and none failed, HTTP loads report latency, and both targets were
+//! evaluated. A smoke test of the harness; the numbers themselves are not checked (speed
+//! targets are the bench's to report, never a test's).
+
+#![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+
+use std::process::Command;
+
+use kbatch_testkit::brokers;
+use serde_json::Value;
+
+#[test]
+fn quick_run_measures_every_load_through_the_gateway_and_direct() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kbatch"))
+        .args([
+            "bench",
+            "gateway",
+            "--quick",
+            "--json",
+            "--brokers",
+            brokers(),
+        ])
+        .env_remove("KBATCH_BROKERS")
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kbatch failed:\n{stderr}");
+    let j: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stderr}"));
+    let runs = j["runs"].as_array().unwrap();
+    for load in ["direct", "ndjson", "single", "open"] {
+        let hits: Vec<&Value> = runs.iter().filter(|r| r["load"] == load).collect();
+        assert_eq!(hits.len(), 1, "{load}: {} runs\n{stderr}", hits.len());
+        let r = hits[0];
+        assert!(
+            r["records"].as_u64().unwrap() > 0,
+            "{load}: nothing acknowledged: {r}"
+        );
+        assert_eq!(r["failed"], 0, "{load}: {r}");
+        if load == "direct" {
+            assert!(
+                r["p99_ms"].is_null(),
+                "the direct load has no request latency: {r}"
+            );
+        } else {
+            assert!(r["p99_ms"].as_f64().unwrap() > 0.0, "{load}: {r}");
+            assert!(r["requests"].as_u64().unwrap() > 0, "{load}: {r}");
+        }
+    }
+    let ndjson = runs.iter().find(|r| r["load"] == "ndjson").unwrap();
+    assert_eq!(
+        ndjson["records"].as_u64().unwrap(),
+        ndjson["requests"].as_u64().unwrap() * 1_000,
+        "1,000 records per NDJSON request: {ndjson}"
+    );
+    let targets = j["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2, "{targets:?}");
+    for t in targets {
+        assert!(t["met"].is_boolean(), "target not evaluated: {t}");
+    }
+}

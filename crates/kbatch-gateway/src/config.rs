@@ -1,0 +1,351 @@
+//! Gateway settings: where to listen, how much a request may carry, who may write where.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use kbatch_core::ConfigError;
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// Settings of the [`Gateway`](crate::Gateway).
+///
+/// Defaults: bind `127.0.0.1:8082` (loopback only: exposing the gateway is a decision),
+/// bodies up to 8 MiB, 10,000 records per request, 30 s per request, no API keys — which
+/// [`validate`](GatewayConfig::validate) refuses unless `insecure_no_auth` is set.
+///
+/// Loadable from TOML ([`GatewayConfig::from_toml_file`]); every field is optional there:
+///
+/// ```toml
+/// bind = "0.0.0.0:8082"
+/// max_body_bytes = 8388608
+/// max_records_per_request = 10000
+/// request_timeout_ms = 30000
+///
+/// [[api_keys]]
+/// name = "orders-service"
+/// # sha256 of the token, e.g. `printf %s "$TOKEN" | sha256sum`
+/// sha256_hex = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+/// topics = ["orders", "orders-*"]
+/// ```
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct GatewayConfig {
+    /// Address to listen on. Default `127.0.0.1:8082`.
+    pub bind: SocketAddr,
+    /// Largest request body in bytes, 1 KiB..=1 GiB. Default 8 MiB; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Most records in one request, 1..=1,000,000. Default 10,000; more get 413.
+    pub max_records_per_request: usize,
+    /// Time from a request's start to its answer, 100 ms..=1 h (TOML: `request_timeout_ms`).
+    /// Records the broker has not acknowledged by then are answered 503. Default 30 s.
+    #[serde(rename = "request_timeout_ms", with = "millis")]
+    pub request_timeout: Duration,
+    /// How long a topic's partition count (or its absence) is remembered, 0..=1 h
+    /// (TOML: `topic_cache_ttl_ms`). Default 5 s: a new topic is writable within that.
+    #[serde(rename = "topic_cache_ttl_ms", with = "millis")]
+    pub topic_cache_ttl: Duration,
+    /// Credentials allowed to write, with the topics each may write to.
+    pub api_keys: Vec<ApiKey>,
+    /// Accept requests without credentials. Required, and loudly logged, when `api_keys`
+    /// is empty. Internal topics (`__*`) stay unwritable.
+    pub insecure_no_auth: bool,
+}
+
+/// One credential: the SHA-256 of its token (never the token) and its topic patterns.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ApiKey {
+    /// A name for logs; never the token.
+    pub name: String,
+    /// Lower- or upper-case hex of the SHA-256 of the token (64 hex digits).
+    pub sha256_hex: String,
+    /// Topic patterns this key may write to; `*` matches any run of characters
+    /// (`orders-*`, `*`). A topic starting with `__` is refused whatever the pattern.
+    pub topics: Vec<String>,
+}
+
+impl ApiKey {
+    /// A key named `name` whose token hashes to `sha256_hex`, allowed `topics`.
+    pub fn new(
+        name: impl Into<String>,
+        sha256_hex: impl Into<String>,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            sha256_hex: sha256_hex.into(),
+            topics: topics.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// A key for a plain `token`: hashes it. For tests and tools; configs store the hash.
+    pub fn from_token(
+        name: impl Into<String>,
+        token: &str,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        Self::new(name, crate::auth::sha256_hex(token), topics)
+    }
+
+    /// Parses the CLI form `NAME:HEX:PATTERN[,PATTERN…]`.
+    pub fn parse_cli(s: &str) -> Result<Self, ConfigError> {
+        let mut parts = s.splitn(3, ':');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(name), Some(hex), Some(patterns)) if !name.is_empty() => {
+                let key = Self::new(name, hex, patterns.split(',').filter(|p| !p.is_empty()));
+                key.validate(0)?;
+                Ok(key)
+            }
+            _ => Err(ConfigError::new(
+                "api_key",
+                "(hidden)",
+                "NAME:SHA256HEX:PATTERN[,PATTERN…], e.g. orders:9f86…0a08:orders-*",
+            )),
+        }
+    }
+
+    fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        if self.name.is_empty() {
+            return Err(ConfigError::new(
+                format!("api_keys[{i}].name"),
+                "\"\"",
+                "a non-empty name",
+            ));
+        }
+        let ok = self.sha256_hex.len() == 64 && hex::decode(&self.sha256_hex).is_ok();
+        if !ok {
+            // The value is a hash, not the token, but a token pasted here by mistake must
+            // not end up in a log: only its length is shown.
+            return Err(ConfigError::new(
+                format!("api_keys[{i}] ({}).sha256_hex", self.name),
+                format!("({} characters, hidden)", self.sha256_hex.len()),
+                "64 hex digits: the SHA-256 of the token, not the token itself",
+            ));
+        }
+        if self.topics.is_empty() || self.topics.iter().any(String::is_empty) {
+            return Err(ConfigError::new(
+                format!("api_keys[{i}] ({}).topics", self.name),
+                format!("{:?}", self.topics),
+                "at least one non-empty topic pattern, e.g. [\"orders-*\"]",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("name", &self.name)
+            .field("sha256_hex", &"***")
+            .field("topics", &self.topics)
+            .finish()
+    }
+}
+
+impl fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("bind", &self.bind)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_records_per_request", &self.max_records_per_request)
+            .field("request_timeout", &self.request_timeout)
+            .field("topic_cache_ttl", &self.topic_cache_ttl)
+            .field("api_keys", &self.api_keys)
+            .field("insecure_no_auth", &self.insecure_no_auth)
+            .finish()
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8082)),
+            max_body_bytes: 8 << 20,
+            max_records_per_request: 10_000,
+            request_timeout: Duration::from_secs(30),
+            topic_cache_ttl: Duration::from_secs(5),
+            api_keys: Vec::new(),
+            insecure_no_auth: false,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Reads a TOML file (fields as in the type docs; absent ones keep their default). Not
+    /// validated yet, so flags can still add keys: [`Gateway::bind`](crate::Gateway::bind)
+    /// validates, as does [`validate`](GatewayConfig::validate).
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigFile {
+            path: path.to_owned(),
+            why: source.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| Error::ConfigFile {
+            path: path.to_owned(),
+            why: e.to_string(),
+        })
+    }
+
+    /// Sets the listen address.
+    #[must_use]
+    pub fn with_bind(mut self, bind: SocketAddr) -> Self {
+        self.bind = bind;
+        self
+    }
+
+    /// Sets the body and record-count limits.
+    #[must_use]
+    pub fn with_limits(mut self, max_body_bytes: usize, max_records_per_request: usize) -> Self {
+        self.max_body_bytes = max_body_bytes;
+        self.max_records_per_request = max_records_per_request;
+        self
+    }
+
+    /// Sets the request timeout.
+    #[must_use]
+    pub fn with_request_timeout(mut self, t: Duration) -> Self {
+        self.request_timeout = t;
+        self
+    }
+
+    /// Adds a credential.
+    #[must_use]
+    pub fn with_api_key(mut self, key: ApiKey) -> Self {
+        self.api_keys.push(key);
+        self
+    }
+
+    /// Accepts requests without credentials (see the field).
+    #[must_use]
+    pub fn with_insecure_no_auth(mut self, yes: bool) -> Self {
+        self.insecure_no_auth = yes;
+        self
+    }
+
+    /// Checks every field, naming the first wrong one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ConfigError::check_range("max_body_bytes", self.max_body_bytes, 1024, 1 << 30)?;
+        ConfigError::check_range(
+            "max_records_per_request",
+            self.max_records_per_request,
+            1,
+            1_000_000,
+        )?;
+        ConfigError::check_range(
+            "request_timeout",
+            self.request_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        )?;
+        ConfigError::check_range(
+            "topic_cache_ttl",
+            self.topic_cache_ttl,
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        )?;
+        for (i, k) in self.api_keys.iter().enumerate() {
+            k.validate(i)?;
+        }
+        if self.api_keys.is_empty() && !self.insecure_no_auth {
+            return Err(ConfigError::new(
+                "api_keys",
+                "[]",
+                "at least one API key, or insecure_no_auth = true to accept anyone on purpose",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Durations as whole milliseconds in TOML.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn defaults_refuse_to_start_without_keys_or_the_insecure_flag() {
+        let e = GatewayConfig::default().validate().unwrap_err();
+        assert_eq!(e.field, "api_keys");
+        GatewayConfig::default()
+            .with_insecure_no_auth(true)
+            .validate()
+            .unwrap();
+        let c = GatewayConfig::default().with_api_key(ApiKey::new("a", HASH, ["x"]));
+        c.validate().unwrap();
+        assert_eq!(c.bind.to_string(), "127.0.0.1:8082");
+    }
+
+    #[test]
+    fn invalid_fields_are_named_and_hashes_never_shown() {
+        let e = GatewayConfig::default()
+            .with_insecure_no_auth(true)
+            .with_limits(10, 5)
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "max_body_bytes");
+        let e = GatewayConfig::default()
+            .with_api_key(ApiKey::new("orders", "my-secret-token", ["o"]))
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "api_keys[0] (orders).sha256_hex");
+        assert!(!e.to_string().contains("my-secret-token"), "{e}");
+        let c = GatewayConfig::default().with_api_key(ApiKey::new("a", HASH, ["x"]));
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains(HASH) && dbg.contains("\"a\""), "{dbg}");
+    }
+
+    #[test]
+    fn loads_from_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gw.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "bind = \"0.0.0.0:9000\"\nrequest_timeout_ms = 2500\n\
+                 [[api_keys]]\nname = \"svc\"\nsha256_hex = \"{HASH}\"\ntopics = [\"orders-*\"]\n"
+            ),
+        )
+        .unwrap();
+        let c = GatewayConfig::from_toml_file(&path).unwrap();
+        assert_eq!(c.bind.port(), 9000);
+        assert_eq!(c.request_timeout, Duration::from_millis(2500));
+        assert_eq!(
+            c.max_body_bytes,
+            8 << 20,
+            "absent fields keep their default"
+        );
+        assert_eq!(c.api_keys[0].topics, ["orders-*"]);
+        std::fs::write(&path, "bind = \"0.0.0.0:9000\"\ntypo = 1\n").unwrap();
+        let e = GatewayConfig::from_toml_file(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("typo") && e.contains("gw.toml"), "{e}");
+    }
+
+    #[test]
+    fn cli_key_form_parses() {
+        let k = ApiKey::parse_cli(&format!("svc:{HASH}:orders,audit-*")).unwrap();
+        assert_eq!(k.name, "svc");
+        assert_eq!(k.topics, ["orders", "audit-*"]);
+        assert!(ApiKey::parse_cli("svc:abc").is_err());
+        assert!(ApiKey::parse_cli(&format!("svc:{HASH}:")).is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! kbatch's HTTP ingest gateway: events over HTTP into Kafka, answered only once the broker
+//! has acknowledged them (the producer's default `acks = all`, idempotent).
+//!
+//! ```text
+//!  client ──HTTP──► axum routes (tower-http timeout, body limit) ──auth──► parse body
+//!                                                                            │ records
+//!  200 / 207 / 4xx / 5xx  ◄── one result per record ◄── DeliveryFuture ◄── Producer::try_send
+//! ```
+//!
+//! # Routes
+//!
+//! | Method and path | What it does |
+//! |---|---|
+//! | `POST /topics/{topic}/records` | Produce one JSON record, a JSON array of records, or NDJSON (`Content-Type: application/x-ndjson`); `?format=binary` for base64 keys and values |
+//! | `POST /topics/{topic}` | Confluent REST Proxy v2 produce (`application/vnd.kafka.json.v2+json` or `…binary.v2+json`, body `{"records":[…]}`), answered in its shape (`offsets` with `error_code`/`error`); see below |
+//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /readyz` | 200 when the broker answers a metadata request within 2 s, else 503 |
+//!
+//! A record is `{"key": <string|null>, "value": <any JSON>, "headers": {"name": "value"},
+//! "partition": <int>, "timestamp": <ms since epoch>}`, every field optional. The value is
+//! sent as its compact JSON text; `null` or absent is a tombstone. With `?format=binary`, key
+//! and value are base64 strings of the bytes.
+//!
+//! # Answers
+//!
+//! The answer comes only after every record of the request was acknowledged by the broker,
+//! failed, or outlived the request timeout. `results` has one entry per record, in request
+//! order: `{"partition": p, "offset": o}`, or `{"error": {"code": "…", "message": "…"}}`.
+//!
+//! - **200** `{"results": [...]}`: every record is in Kafka.
+//! - **207** `{"results": [...]}`: some records are in Kafka, the others failed; each failed
+//!   entry carries its error in its place. Retry only those (with `Retry-After: 1` when some
+//!   were refused because the producer was full).
+//! - Every record failed: the status of the first failure, with `{"error": {...},
+//!   "results": [...]}`.
+//!
+//! Request-level errors are `{"error": {"code": "…", "message": "…"}}`:
+//!
+//! | Status | `code` | When |
+//! |---|---|---|
+//! | 400 | `malformed_json` | the body is not JSON / NDJSON; the message names line and column (for NDJSON, the body's line) |
+//! | 400 | `invalid_record`, `bad_request` | a record has a negative partition, bad base64, an unknown field…; an unknown `format` |
+//! | 401 | `unauthorized` | no valid `Authorization: Bearer <token>` or `X-API-Key: <token>` (with `WWW-Authenticate: Bearer`) |
+//! | 403 | `forbidden` | the topic matches none of the key's patterns, or starts with `__` (always) |
+//! | 404 | `unknown_topic` | the topic does not exist (asked of the broker, remembered for `topic_cache_ttl`) |
+//! | 404 | `unknown_partition` | per record: a partition the topic does not have |
+//! | 413 | `body_too_large`, `too_many_records` | over `max_body_bytes` or `max_records_per_request` |
+//! | 429 | `producer_full` | the producer holds its bound of pending records or bytes; nothing waits: retry after `Retry-After: 1`. Records of the request handed in before it filled up are still awaited and reported |
+//! | 503 | `not_acknowledged` | per record: no acknowledgement within the request timeout (it may still be written: a retry can duplicate it) |
+//! | 503 | `broker_unavailable` | the broker did not answer the topic lookup in time, or failed the record with a retriable error |
+//!
+//! # REST Proxy v2
+//!
+//! Clients of Confluent's REST Proxy switch by changing the host: the same bodies, content
+//! types and response shape (`{"key_schema_id":null,"value_schema_id":null,"offsets":[{"partition":0,
+//! "offset":0,"error_code":null,"error":null}]}`, content type `application/vnd.kafka.v2+json`),
+//! also answered only after the broker's acknowledgement. JSON keys and values are stored as
+//! JSON text, as REST Proxy does; binary ones are base64. As in REST Proxy, a partly failed
+//! request is a 200 whose failed entries have `error_code` 1 (not retriable) or 2 (retriable);
+//! when all failed, the failure's status. Request-level errors are `{"error_code": …,
+//! "message": …}` with REST Proxy's codes (40101, 40301, 40401, 40402, 50002) or the HTTP
+//! status. Schema-registry formats (Avro, Protobuf, JSON Schema) are 415.
+//!
+//! # Security
+//!
+//! The config stores the SHA-256 of each token, never the token; the presented token's hash is
+//! compared with every stored hash in constant time. Each key may write to its topic
+//! patterns (`*` matches any run of characters). Topics starting with `__` are never writable.
+//! Starting without keys needs `insecure_no_auth`, which is logged as a WARN at start-up.
+//!
+//! # Shutdown
+//!
+//! When the [`CancellationToken`](tokio_util::sync::CancellationToken) given to
+//! [`Gateway::run`] is cancelled, the server stops accepting connections, answers the requests
+//! in flight, then closes the producer.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use kbatch_gateway::{ApiKey, Gateway, GatewayConfig};
+//! use kbatch_producer::{Producer, ProducerConfig};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let producer = Producer::new(ProducerConfig::for_brokers("127.0.0.1:9092"))?;
+//! let config = GatewayConfig::default().with_api_key(ApiKey::new(
+//!     "orders-service",
+//!     "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", // sha256("test")
+//!     ["orders-*"],
+//! ));
+//! let shutdown = CancellationToken::new();
+//! let report = Gateway::serve(config, producer, shutdown.clone()).await?;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+mod auth;
+mod config;
+mod error;
+mod routes;
+mod server;
+mod topics;
+
+pub use auth::sha256_hex;
+pub use config::{ApiKey, GatewayConfig};
+pub use error::{Error, RequestError, Result};
+pub use server::Gateway;

@@ -1,0 +1,49 @@
+//! The HTTP routes and the layers around them.
+//!
+//! ```text
+//!  request ─► TimeoutLayer (backstop: request_timeout + 5 s, 503) ─► DefaultBodyLimit
+//!          ─► /topics/{topic}/records (records.rs) | /topics/{topic} (rest_proxy.rs, REST Proxy v2)
+//!           | /healthz, /readyz (health.rs) | 404
+//! ```
+
+mod body;
+mod health;
+mod records;
+mod rest_proxy;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use tower_http::timeout::TimeoutLayer;
+
+use crate::error::RequestError;
+use crate::server::AppState;
+
+/// Past the request timeout, the handler answers itself (503 per unacknowledged record); the
+/// layer only catches a request stuck elsewhere (a client trickling its body).
+const BACKSTOP_MARGIN: Duration = Duration::from_secs(5);
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let timeout = state.config.request_timeout + BACKSTOP_MARGIN;
+    let body_limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/topics/{topic}/records", post(records::produce))
+        .route("/topics/{topic}", post(rest_proxy::produce_v2))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async {
+            RequestError::NotFound(
+                "no such route: POST /topics/{topic}/records, POST /topics/{topic} (REST Proxy v2), GET /healthz, GET /readyz".into(),
+            )
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .with_state(state)
+}

@@ -1,0 +1,196 @@
+//! `POST /topics/{topic}/records`: records in, one answer per record once the broker has
+//! acknowledged them.
+//!
+//! ```text
+//!  auth ─► body (≤ max_body_bytes) ─► parse (≤ max_records_per_request) ─► partition count
+//!    (cached) ─► try_send each record (Full: this and the rest 429) ─► await every future
+//!    until the request deadline (later: 503) ─► 200 / 207 / the failure's status
+//! ```
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kbatch_core::{Record, Topic};
+use kbatch_producer::{Delivered, DeliveryFuture, TrySendError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::body::{Encoding, Framing, parse_records};
+use crate::error::{RequestError, add_status_headers};
+use crate::server::AppState;
+
+/// Query parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProduceQuery {
+    /// `json` (default) or `binary` (keys and values base64).
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// One record's fate while the request is answered.
+enum Outcome {
+    Sent(DeliveryFuture),
+    Failed(RequestError),
+}
+
+pub(crate) async fn produce(
+    State(state): State<Arc<AppState>>,
+    Path(topic): Path<String>,
+    query: Result<Query<ProduceQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
+    let deadline = Instant::now() + state.config.request_timeout;
+    produce_inner(&state, topic, query, &headers, request, deadline)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn produce_inner(
+    state: &AppState,
+    topic: String,
+    query: Result<Query<ProduceQuery>, axum::extract::rejection::QueryRejection>,
+    headers: &HeaderMap,
+    request: Request,
+    deadline: Instant,
+) -> Result<Response, RequestError> {
+    // Credentials first: an unauthenticated client's body is never read.
+    let key = state.auth.authorize(headers, &topic)?;
+    let encoding = match query.map(|q| q.0.format) {
+        Ok(None) => Encoding::Json,
+        Ok(Some(f)) if f == "json" => Encoding::Json,
+        Ok(Some(f)) if f == "binary" => Encoding::Binary,
+        Ok(Some(f)) => {
+            return Err(RequestError::BadRequest(format!(
+                "format={f:?} is not supported: use format=json (default) or format=binary"
+            )));
+        }
+        Err(e) => {
+            return Err(RequestError::BadRequest(format!(
+                "{}; the only query parameter is format=json|binary",
+                e.body_text()
+            )));
+        }
+    };
+    let framing = match headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(ct) if ct.trim_start().starts_with("application/x-ndjson") => Framing::Ndjson,
+        _ => Framing::Json,
+    };
+    let body = read_body(state, request).await?;
+    let topic = Topic::from(topic);
+    let records = parse_records(
+        &topic,
+        &body,
+        framing,
+        encoding,
+        state.config.max_records_per_request,
+    )?;
+    let count = records.len();
+    let outcomes = produce_all(state, &topic, records, deadline).await?;
+    let mut results = Vec::with_capacity(count);
+    let mut first_failure: Option<&RequestError> = None;
+    let mut failed = 0usize;
+    let mut any_full = false;
+    for outcome in &outcomes {
+        results.push(match outcome {
+            Ok(d) => json!({"partition": d.partition, "offset": d.offset.0}),
+            Err(e) => {
+                failed += 1;
+                any_full |= matches!(e, RequestError::ProducerFull);
+                first_failure.get_or_insert(e);
+                json!({"error": e.body()})
+            }
+        });
+    }
+    tracing::debug!(topic = %topic, key = key.unwrap_or("-"), records = count, failed, "produce request answered");
+    let (status, body) = match first_failure {
+        None => (StatusCode::OK, json!({"results": results})),
+        Some(e) if failed == count => (e.status(), json!({"error": e.body(), "results": results})),
+        Some(_) => (StatusCode::MULTI_STATUS, json!({"results": results})),
+    };
+    let mut response = (status, axum::Json::<Value>(body)).into_response();
+    add_status_headers(status, &mut response);
+    if any_full && status == StatusCode::MULTI_STATUS {
+        // Some records were refused as full: tell the client when to retry those.
+        add_status_headers(StatusCode::TOO_MANY_REQUESTS, &mut response);
+    }
+    Ok(response)
+}
+
+/// The body, at most `max_body_bytes` (413 past it).
+pub(super) async fn read_body(state: &AppState, request: Request) -> Result<Bytes, RequestError> {
+    Bytes::from_request(request, &()).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            RequestError::BodyTooLarge {
+                limit: state.config.max_body_bytes,
+            }
+        } else {
+            RequestError::BadRequest(format!("could not read the body: {}", e.body_text()))
+        }
+    })
+}
+
+/// Hands every record to the producer and awaits each acknowledgement until `deadline`;
+/// one outcome per record, in order. Fails as a whole only when the topic is unknown or
+/// cannot be looked up.
+///
+/// # Cancellation
+/// Dropping the future (the client went away) drops the delivery futures, not the records:
+/// those handed in are still delivered; they are just not reported to anyone.
+pub(super) async fn produce_all(
+    state: &AppState,
+    topic: &Topic,
+    records: Vec<Record>,
+    deadline: Instant,
+) -> Result<Vec<Result<Delivered, RequestError>>, RequestError> {
+    let partitions = state
+        .topics
+        .partitions(&state.producer, topic, deadline)
+        .await?;
+    let mut outcomes = Vec::with_capacity(records.len());
+    let mut full = false;
+    for record in records {
+        let outcome = match record.partition {
+            // Once the producer is full, later records are not handed in either: a record
+            // must not overtake an earlier one of its key that was refused.
+            _ if full => Outcome::Failed(RequestError::ProducerFull),
+            Some(p) if p >= partitions => Outcome::Failed(RequestError::UnknownPartition {
+                topic: topic.to_string(),
+                partition: p,
+                partitions,
+            }),
+            _ => match state.producer.try_send(record) {
+                Ok(f) => Outcome::Sent(f),
+                Err(TrySendError::Full(_)) => {
+                    full = true;
+                    Outcome::Failed(RequestError::ProducerFull)
+                }
+                Err(TrySendError::Failed(e)) => Outcome::Failed(RequestError::Produce(e)),
+                Err(e) => Outcome::Failed(RequestError::BadRequest(e.to_string())),
+            },
+        };
+        outcomes.push(outcome);
+    }
+    // Every handed-in record is awaited, even after the deadline has passed for others: a
+    // future already resolved still reports its offset.
+    let mut results = Vec::with_capacity(outcomes.len());
+    for outcome in outcomes {
+        results.push(match outcome {
+            Outcome::Sent(f) => match tokio::time::timeout_at(deadline, f).await {
+                Ok(Ok(d)) => Ok(d),
+                Ok(Err(e)) => Err(RequestError::Produce(e)),
+                Err(_) => Err(RequestError::NotAcknowledged(state.config.request_timeout)),
+            },
+            Outcome::Failed(e) => Err(e),
+        });
+    }
+    Ok(results)
+}
