@@ -27,7 +27,7 @@ pub(crate) struct Args {
     #[arg(long)]
     bind: Option<SocketAddr>,
     /// TOML config file (fields of `GatewayConfig`: bind, max_body_bytes,
-    /// max_records_per_request, request_timeout_ms, topic_cache_ttl_ms, [[api_keys]]).
+    /// max_records_per_request, request_timeout_ms, topic_cache_ttl_ms, `[[api_keys]]`).
     #[arg(long, value_name = "FILE.toml")]
     config: Option<PathBuf>,
     /// Accept requests without credentials (internal `__` topics stay closed). Logged loudly.
