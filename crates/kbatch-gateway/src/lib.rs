@@ -99,6 +99,37 @@ mod routes;
 mod server;
 mod topics;
 
+/// The body parsers, for fuzzing (`fuzz/fuzz_targets/gateway_body.rs`); not a stable API.
+#[cfg(feature = "unstable-fuzz")]
+pub mod fuzz {
+    use kbatch_core::Topic;
+
+    /// Parses a native produce body (`POST /topics/{topic}/records`): the records' count, or
+    /// the HTTP status its error would be answered with.
+    pub fn parse_native(body: &[u8], ndjson: bool, binary: bool) -> Result<usize, u16> {
+        use crate::routes::body::{Encoding, Framing, parse_records};
+        let framing = if ndjson {
+            Framing::Ndjson
+        } else {
+            Framing::Json
+        };
+        let encoding = if binary {
+            Encoding::Binary
+        } else {
+            Encoding::Json
+        };
+        parse_records(&Topic::from("fuzz"), body, framing, encoding, 10_000)
+            .map(|r| r.len())
+            .map_err(|e| e.status().as_u16())
+    }
+
+    /// Parses a REST Proxy v2 produce body (`POST /topics/{topic}`), JSON or binary embedded
+    /// format: the records' count, or the HTTP status of its error.
+    pub fn parse_rest_proxy_v2(body: &[u8], binary: bool) -> Result<usize, u16> {
+        crate::routes::rest_proxy::parse_v2_for_fuzz(body, binary)
+    }
+}
+
 pub use auth::sha256_hex;
 pub use config::{ApiKey, GatewayConfig};
 pub use error::{Error, RequestError, Result};

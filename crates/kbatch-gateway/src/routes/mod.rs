@@ -6,10 +6,10 @@
 //!           | /healthz, /readyz (health.rs) | 404
 //! ```
 
-mod body;
+pub(crate) mod body;
 mod health;
 mod records;
-mod rest_proxy;
+pub(crate) mod rest_proxy;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -167,6 +167,19 @@ fn v2_error_code(e: &RequestError) -> u32 {
     }
 }
 
+/// [`parse_v2`] for the fuzz target: the count, or the error's HTTP status.
+#[cfg(feature = "unstable-fuzz")]
+pub(crate) fn parse_v2_for_fuzz(body: &[u8], binary: bool) -> Result<usize, u16> {
+    let embedded = if binary {
+        Embedded::Binary
+    } else {
+        Embedded::Json
+    };
+    parse_v2(&Topic::from("fuzz"), body, embedded, 10_000)
+        .map(|r| r.len())
+        .map_err(|e| e.status().as_u16())
+}
+
 fn parse_v2(
     topic: &Topic,
     body: &[u8],
