@@ -48,6 +48,15 @@ pub struct GatewayConfig {
     /// (TOML: `topic_cache_ttl_ms`). Default 5 s: a new topic is writable within that.
     #[serde(rename = "topic_cache_ttl_ms", with = "millis")]
     pub topic_cache_ttl: Duration,
+    /// How long an `Idempotency-Key`'s answer is kept for retries, 1 s..=24 h (TOML:
+    /// `idempotency_window_ms`). Default 10 min.
+    #[serde(rename = "idempotency_window_ms", with = "millis")]
+    pub idempotency_window: Duration,
+    /// Most `Idempotency-Key` answers kept (and requests in flight), 1..=10,000,000. Default
+    /// 100,000; the oldest answers go first.
+    pub idempotency_max_entries: usize,
+    /// Most bytes of kept answers, 1 KiB..=16 GiB. Default 256 MiB.
+    pub idempotency_max_bytes: usize,
     /// Credentials allowed to write, with the topics each may write to.
     pub api_keys: Vec<ApiKey>,
     /// Accept requests without credentials. Required, and loudly logged, when `api_keys`
@@ -156,6 +165,9 @@ impl fmt::Debug for GatewayConfig {
             .field("max_records_per_request", &self.max_records_per_request)
             .field("request_timeout", &self.request_timeout)
             .field("topic_cache_ttl", &self.topic_cache_ttl)
+            .field("idempotency_window", &self.idempotency_window)
+            .field("idempotency_max_entries", &self.idempotency_max_entries)
+            .field("idempotency_max_bytes", &self.idempotency_max_bytes)
             .field("api_keys", &self.api_keys)
             .field("insecure_no_auth", &self.insecure_no_auth)
             .finish()
@@ -170,6 +182,9 @@ impl Default for GatewayConfig {
             max_records_per_request: 10_000,
             request_timeout: Duration::from_secs(30),
             topic_cache_ttl: Duration::from_secs(5),
+            idempotency_window: Duration::from_secs(600),
+            idempotency_max_entries: 100_000,
+            idempotency_max_bytes: 256 << 20,
             api_keys: Vec::new(),
             insecure_no_auth: false,
         }
@@ -214,6 +229,20 @@ impl GatewayConfig {
         self
     }
 
+    /// Sets how long and how many `Idempotency-Key` answers are kept.
+    #[must_use]
+    pub fn with_idempotency(
+        mut self,
+        window: Duration,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Self {
+        self.idempotency_window = window;
+        self.idempotency_max_entries = max_entries;
+        self.idempotency_max_bytes = max_bytes;
+        self
+    }
+
     /// Adds a credential.
     #[must_use]
     pub fn with_api_key(mut self, key: ApiKey) -> Self {
@@ -248,6 +277,24 @@ impl GatewayConfig {
             self.topic_cache_ttl,
             Duration::ZERO,
             Duration::from_secs(3600),
+        )?;
+        ConfigError::check_range(
+            "idempotency_window",
+            self.idempotency_window,
+            Duration::from_secs(1),
+            Duration::from_secs(24 * 3600),
+        )?;
+        ConfigError::check_range(
+            "idempotency_max_entries",
+            self.idempotency_max_entries,
+            1,
+            10_000_000,
+        )?;
+        ConfigError::check_range(
+            "idempotency_max_bytes",
+            self.idempotency_max_bytes,
+            1 << 10,
+            16 << 30,
         )?;
         for (i, k) in self.api_keys.iter().enumerate() {
             k.validate(i)?;

@@ -135,6 +135,18 @@ pub enum RequestError {
     /// The producer or broker failed the record.
     #[error("{0}")]
     Produce(ProduceError),
+    /// A request with the same `Idempotency-Key` is still being answered (409).
+    #[error("{0}")]
+    IdempotencyConflict(String),
+    /// The `Idempotency-Key` was used for a different request body (422).
+    #[error("{0}")]
+    IdempotencyReused(String),
+    /// The idempotency store holds as many requests in flight as it may (429).
+    #[error("too many requests with an Idempotency-Key in flight: retry after 1 s")]
+    IdempotencyStoreFull,
+    /// The gateway failed answering (500).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl RequestError {
@@ -153,7 +165,12 @@ impl RequestError {
             | RequestError::UnknownTopic(_)
             | RequestError::UnknownPartition { .. } => StatusCode::NOT_FOUND,
             RequestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            RequestError::ProducerFull => StatusCode::TOO_MANY_REQUESTS,
+            RequestError::ProducerFull | RequestError::IdempotencyStoreFull => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            RequestError::IdempotencyConflict(_) => StatusCode::CONFLICT,
+            RequestError::IdempotencyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            RequestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             RequestError::Unavailable(_) | RequestError::NotAcknowledged(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -185,6 +202,10 @@ impl RequestError {
             RequestError::UnknownPartition { .. } => "unknown_partition",
             RequestError::UnsupportedMediaType(_) => "unsupported_media_type",
             RequestError::ProducerFull => "producer_full",
+            RequestError::IdempotencyStoreFull => "idempotency_store_full",
+            RequestError::IdempotencyConflict(_) => "idempotency_key_in_flight",
+            RequestError::IdempotencyReused(_) => "idempotency_key_reused",
+            RequestError::Internal(_) => "internal",
             RequestError::Unavailable(_) => "broker_unavailable",
             RequestError::NotAcknowledged(_) => "not_acknowledged",
             RequestError::Produce(e) => match produce_code(e) {

@@ -61,6 +61,16 @@
 //! "message": …}` with REST Proxy's codes (40101, 40301, 40401, 40402, 50002) or the HTTP
 //! status. Schema-registry formats (Avro, Protobuf, JSON Schema) are 415.
 //!
+//! # Idempotency-Key
+//!
+//! A produce request with an `Idempotency-Key` header (1..=255 characters) that is retried by
+//! the same credentials to the same route within `idempotency_window` (default 10 min) gets
+//! the original answer again (`Idempotent-Replayed: true`) and produces nothing: the broker
+//! holds one copy. The same key with another body is 422 `idempotency_key_reused`; a retry
+//! while the first is still being answered is 409 `idempotency_key_in_flight`. Answers that
+//! leave the outcome open (408, 429, 5xx) are not kept, so a retry runs again. The store is
+//! bounded (`idempotency_max_entries`, `idempotency_max_bytes`).
+//!
 //! # Security
 //!
 //! The config stores the SHA-256 of each token, never the token; the presented token's hash is
@@ -95,6 +105,7 @@
 mod auth;
 mod config;
 mod error;
+mod idempotency;
 mod routes;
 mod server;
 mod topics;

@@ -18,6 +18,7 @@ pub(crate) struct AppState {
     pub(crate) producer: Producer,
     pub(crate) auth: Authorizer,
     pub(crate) topics: TopicCache,
+    pub(crate) idempotency: crate::idempotency::Store,
 }
 
 /// The HTTP ingest gateway: bound to its address, not yet serving. See the [crate docs](crate).
@@ -71,6 +72,11 @@ impl Gateway {
         let state = Arc::new(AppState {
             auth: Authorizer::new(&self.config),
             topics: TopicCache::new(self.config.topic_cache_ttl),
+            idempotency: crate::idempotency::Store::new(
+                self.config.idempotency_window,
+                self.config.idempotency_max_entries,
+                self.config.idempotency_max_bytes,
+            ),
             producer: self.producer.clone(),
             config: self.config,
         });

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  request ─► TimeoutLayer (backstop: request_timeout + 5 s, 503) ─► DefaultBodyLimit
-//!          ─► /topics/{topic}/records (records.rs) | /topics/{topic} (rest_proxy.rs, REST Proxy v2)
+//!          ─► Idempotency-Key (idempotency.rs) ─► /topics/{topic}/records (records.rs) | /topics/{topic} (rest_proxy.rs, REST Proxy v2)
 //!           | /healthz, /readyz (health.rs) | 404
 //! ```
 
@@ -40,6 +40,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 "no such route: POST /topics/{topic}/records, POST /topics/{topic} (REST Proxy v2), GET /healthz, GET /readyz".into(),
             )
         })
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            crate::idempotency::layer,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
