@@ -90,6 +90,12 @@ impl Authorizer {
         }
     }
 
+    /// True when the headers carry a valid key, or none is needed: whether the request may
+    /// have its body read at all.
+    pub(crate) fn authenticated(&self, headers: &HeaderMap) -> bool {
+        self.insecure_no_auth || presented_token(headers).is_some_and(|t| self.find(t).is_some())
+    }
+
     /// The key whose hash equals the token's. Every stored hash is compared, each in
     /// constant time, so timing tells nothing about how much of a hash matched.
     fn find(&self, token: &str) -> Option<&StoredKey> {

@@ -203,6 +203,11 @@ pub(crate) async fn layer(
     else {
         return next.run(request).await;
     };
+    // Without valid credentials the handler answers 401 without reading the body; so must
+    // this layer, which would otherwise read and hash it for anyone.
+    if !state.auth.authenticated(request.headers()) {
+        return next.run(request).await;
+    }
     let key = match key.to_str() {
         Ok(k) if !k.is_empty() && k.len() <= MAX_KEY_LEN => k.to_owned(),
         _ => {
