@@ -181,6 +181,14 @@ impl Endpoint {
 
 type Shared = Arc<Mutex<(Measured, Histogram<u64>)>>;
 
+/// What the requests of a load tallied, over `span`.
+fn summed(shared: &Shared, span: Duration) -> Measured {
+    let g = shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    g.0.clone().finish(span, Some(&g.1))
+}
+
 fn tally(shared: &Shared, r: Result<u64, String>, latency: Duration) {
     let mut g = shared
         .lock()
@@ -236,14 +244,7 @@ pub(super) async fn closed_loop(
     for t in tasks {
         let _ = t.await;
     }
-    let span = start.elapsed();
-    let (m, h) = std::mem::replace(
-        &mut *shared
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-        (Measured::default(), histogram()),
-    );
-    m.finish(span, Some(&h))
+    summed(&shared, start.elapsed())
 }
 
 /// Single-record requests at `rate` per second for `seconds`, request `i` due at
@@ -278,14 +279,7 @@ pub(super) async fn open_loop(
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
-    let span = start.elapsed();
-    let (m, h) = std::mem::replace(
-        &mut *shared
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-        (Measured::default(), histogram()),
-    );
-    m.finish(span, Some(&h))
+    summed(&shared, start.elapsed())
 }
 
 #[cfg(test)]
