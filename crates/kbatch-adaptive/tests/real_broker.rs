@@ -370,13 +370,21 @@ async fn an_event_to_a_missing_partition_fails_alone_and_hands_the_event_back() 
 }
 
 /// Started at L10 without exploration: its bootstrap linger (15 s) holds for the whole test,
-/// and the rate never moves the level down in time.
-fn start_pinned_at_l10(shape: Shape, flushes_in_flight: usize) -> AdaptiveProducer {
+/// and the rate never moves the level down in time. `max_events` caps N (a full batch goes
+/// whatever else is out).
+fn start_pinned_at_l10(
+    shape: Shape,
+    flushes_in_flight: usize,
+    max_events: Option<u32>,
+) -> AdaptiveProducer {
     let mut cfg = config(shape)
         .with_initial_level(LevelId(10))
         .with_explore_share(0.0)
         .with_flushes_in_flight(flushes_in_flight);
     cfg.controller.min_dwell = Duration::from_secs(3_600);
+    if let Some(n) = max_events {
+        cfg.learner.max_batch_events = n;
+    }
     let p = AdaptiveProducer::start(cfg).unwrap();
     assert!(
         p.settings().linger >= Duration::from_secs(10),
@@ -392,7 +400,7 @@ async fn a_short_budget_per_send_overrides_a_long_linger() {
     create_topic(&topic, 1).await;
     // Without the pipeline bound, which would send the lone event at once by itself: only
     // the budget can.
-    let p = start_pinned_at_l10(Shape::Packed, 0);
+    let p = start_pinned_at_l10(Shape::Packed, 0, None);
     let started = std::time::Instant::now();
     let urgent = p
         .send_with_budget(event(&topic, 1), Duration::from_millis(10))
@@ -414,8 +422,10 @@ async fn a_short_budget_per_send_overrides_a_long_linger() {
 async fn per_event_batches_go_at_once_while_the_pipeline_has_room() {
     let topic = unique_name("adaptive-pipeline");
     create_topic(&topic, 2).await;
-    // Only the pipeline's room can send these events before the 15 s linger.
-    let p = start_pinned_at_l10(Shape::PerEvent, 2);
+    // Only the pipeline's room can send these events before the 15 s linger; N far above the
+    // burst, so no batch goes because it is full (those go whatever is out, and would count).
+    let p = start_pinned_at_l10(Shape::PerEvent, 2, Some(1_000_000));
+    assert!(p.settings().max_events > 20_005, "{}", p.settings());
     // One at a time: nothing is in flight when each arrives, so none waits for the linger.
     // 5 s per event is a hang guard, not a speed claim.
     for i in 0..5 {
