@@ -20,7 +20,9 @@ pub(crate) async fn filled_topic(prefix: &str, partitions: i32, n: u64, keys: u6
         .map(|i| {
             let r = Record::new(topic.as_str(), format!("v:{i}"));
             if keys == 0 {
-                r
+                // Without keys the client's sticky partitioner may put a quick burst all on
+                // one partition; in turn, every partition gets its share.
+                r.with_partition((i % partitions as u64) as i32)
             } else {
                 r.with_key(format!("key-{}", i % keys))
             }
