@@ -178,7 +178,7 @@ pub(crate) struct Driver {
     persistence: Persistence,
     last_persist: Instant,
     completions: TaskTracker,
-    /// Per-event flushes not yet acknowledged, and how many may be.
+    /// Flushes (packed: envelopes) not yet acknowledged, and how many may be.
     in_flight: Arc<InFlight>,
     max_in_flight: usize,
     metrics: Metrics,
@@ -307,11 +307,10 @@ impl Driver {
                 // so new events do not wake the driver — at 100,000/s that was a wake-up per
                 // event, competing for the two cores with the client and the broker.
                 let held = !self.batcher.is_empty() && self.max_in_flight > 0;
-                let in_flight = Arc::clone(&self.in_flight);
                 tokio::select! {
                     () = shared.intake.wait_for_items(), if !held => {}
                     () = tokio::time::sleep_until(wake.into()) => {}
-                    () = in_flight.returned.notified(), if held => {}
+                    () = self.in_flight.returned.notified(), if held => {}
                 }
             }
         }

@@ -15,8 +15,7 @@ use crate::intake::{Intake, PushError};
 use crate::learner::Learned;
 use crate::levels::{BatchSettings, LevelId};
 use crate::persist::Persistence;
-pub(crate) use crate::reply::Reply;
-use crate::reply::{EventFuture, ManyFuture};
+use crate::reply::{EventFuture, ManyFuture, Reply};
 
 /// An event waiting in the intake or a batch.
 #[derive(Debug)]
@@ -266,24 +265,14 @@ impl AdaptiveProducer {
         // One clock read for the call: the events arrive together.
         let arrived = Instant::now();
         let mut taken = 0u64;
-        let mut closed = false;
         for (record, reply) in records.into_iter().zip(replies) {
             let p = self.detached(record, None, reply, arrived);
-            if closed {
-                p.reply.send(Err(AdaptiveError::Closed {
-                    record: Some(Box::new(p.record)),
-                }));
-                continue;
-            }
-            let hint = order_hint(&p);
-            match self.shared.intake.push(hint, p).await {
+            // Once closed, the intake refuses every later event at once, without waiting.
+            match self.shared.intake.push(order_hint(&p), p).await {
                 Ok(()) => taken += 1,
-                Err(p) => {
-                    closed = true;
-                    p.reply.send(Err(AdaptiveError::Closed {
-                        record: Some(Box::new(p.record)),
-                    }));
-                }
+                Err(p) => p.reply.send(Err(AdaptiveError::Closed {
+                    record: Some(Box::new(p.record)),
+                })),
             }
         }
         self.shared

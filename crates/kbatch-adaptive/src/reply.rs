@@ -68,7 +68,7 @@ impl Reply {
             }),
         });
         if n == 0 {
-            many.finish(&mut many.lock());
+            many.lock().finish();
         }
         let replies = (0..n)
             .map(|i| Self(Some(Kind::Many(Arc::clone(&many), i as u32))))
@@ -161,17 +161,20 @@ impl Many {
             *slot = Some(r);
             s.remaining -= 1;
             if s.remaining == 0 {
-                self.finish(&mut s);
+                s.finish();
             }
         }
     }
+}
 
-    fn finish(&self, s: &mut ManyState) {
-        let results = std::mem::take(&mut s.slots)
+impl ManyState {
+    /// Hands every outcome to the caller's future (an unsettled slot, if any, as `Closed`).
+    fn finish(&mut self) {
+        let results = std::mem::take(&mut self.slots)
             .into_iter()
             .map(|r| r.unwrap_or(Err(AdaptiveError::Closed { record: None })))
             .collect();
-        if let Some(tx) = s.done.take() {
+        if let Some(tx) = self.done.take() {
             let _ = tx.send(results);
         }
     }
