@@ -5,9 +5,9 @@
 
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 
-use std::process::Command;
+mod common;
 
-use kbatch_testkit::brokers;
+use common::bench_json;
 use serde_json::Value;
 
 const LATENCY: [&str; 4] = [
@@ -35,25 +35,7 @@ fn names(v: &Value) -> Vec<&str> {
 #[test]
 fn quick_run_measures_every_contender_at_every_load() {
     let plot = std::env::temp_dir().join(format!("kbatch-adaptive-{}.png", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_kbatch"))
-        .args([
-            "bench",
-            "adaptive",
-            "--quick",
-            "--json",
-            "--brokers",
-            brokers(),
-        ])
-        .arg("--plot")
-        .arg(&plot)
-        .env_remove("KBATCH_BROKERS")
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "kbatch failed:\n{stderr}");
-    let j: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stderr}"));
+    let (j, stderr) = bench_json("adaptive", &["--plot".as_ref(), plot.as_os_str()]);
     let _ = std::fs::remove_file(&plot);
 
     // Nobody was left out, quietly or with a note.

@@ -5,30 +5,14 @@
 
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 
-use std::process::Command;
+mod common;
 
-use kbatch_testkit::brokers;
+use common::bench_json;
 use serde_json::Value;
 
 #[test]
 fn quick_run_measures_every_load_through_the_gateway_and_direct() {
-    let out = Command::new(env!("CARGO_BIN_EXE_kbatch"))
-        .args([
-            "bench",
-            "gateway",
-            "--quick",
-            "--json",
-            "--brokers",
-            brokers(),
-        ])
-        .env_remove("KBATCH_BROKERS")
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "kbatch failed:\n{stderr}");
-    let j: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stderr}"));
+    let (j, stderr) = bench_json("gateway", &[]);
     let runs = j["runs"].as_array().unwrap();
     for load in ["direct", "ndjson", "single", "open"] {
         let hits: Vec<&Value> = runs.iter().filter(|r| r["load"] == load).collect();

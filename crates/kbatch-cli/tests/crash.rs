@@ -23,14 +23,17 @@
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kbatch_testkit::{brokers, unique_name};
 use rand::{Rng as _, SeedableRng as _};
 
+mod common;
 #[path = "crash/packed.rs"]
 mod packed;
+
+use common::{Group, kill_group};
 
 const CONCURRENCY: usize = 64;
 /// The consumer's default commit interval.
@@ -70,21 +73,6 @@ impl Ledger {
     }
 }
 
-/// The consumer under test, in a process group of its own, killed with it when the test
-/// ends, however it ends.
-struct Group(Child);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", self.0.id())])
-                .status();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 /// The consumer under test, in a process group of its own.
 fn start(topic: &str, group: &str, ledger: &Path, extra: &[&str], log: &Path) -> Group {
     // The envelope index is empty for a plain record.
@@ -120,31 +108,6 @@ fn start(topic: &str, group: &str, ledger: &Path, extra: &[&str], log: &Path) ->
         .spawn()
         .map(Group)
         .unwrap()
-}
-
-/// SIGKILL to the whole process group; returns once no process of it is left.
-fn kill_group(Group(child): &mut Group) {
-    let group = format!("-{}", child.id());
-    let ok = Command::new("kill")
-        .args(["-KILL", "--", &group])
-        .status()
-        .unwrap();
-    assert!(ok.success(), "kill -KILL -- {group}");
-    child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Command::new("kill")
-        .args(["-0", "--", &group])
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "process group {group} survived SIGKILL"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// What the group's commits say is done, per partition (read as another client, while no

@@ -8,27 +8,19 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt as _;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{Group, kill_group};
 use kbatch_client::Isolation;
 use kbatch_testkit::{brokers, consume_all, create_topic, unique_name};
 use serde_json::Value;
 
+mod common;
+
 /// Per record id: where the gateway said it was written.
 type Acked = BTreeMap<u64, (i32, i64)>;
-
-struct Group(Child);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0.id())])
-            .status();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -51,17 +43,6 @@ fn start_gateway(port: u16) -> Group {
         .spawn()
         .map(Group)
         .unwrap()
-}
-
-/// SIGKILL to the whole process group; returns once it is gone.
-fn kill_group(g: &mut Group) {
-    let group = format!("-{}", g.0.id());
-    let ok = Command::new("kill")
-        .args(["-KILL", "--", &group])
-        .status()
-        .unwrap();
-    assert!(ok.success(), "kill -KILL -- {group}");
-    g.0.wait().unwrap();
 }
 
 /// Records `first..first + n` as NDJSON, each value naming its id.
