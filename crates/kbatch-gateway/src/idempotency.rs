@@ -106,6 +106,12 @@ impl Store {
         }
         g.entries.insert(scope.to_owned(), (now, Entry::InFlight));
         g.order.push_back((now, scope.to_owned()));
+        // Slots of forgotten answers (408, 429, 5xx) stay in `order` until the window passes
+        // them; a stream of such retries would grow it without bound: drop them once they
+        // outnumber the live entries.
+        if g.order.len() > 2 * self.max_entries {
+            g.compact();
+        }
         Verdict::Run
     }
 
@@ -147,6 +153,13 @@ impl Inner {
                 break;
             }
         }
+    }
+
+    /// Keeps only the order slots of entries that are still there.
+    fn compact(&mut self) {
+        let entries = &self.entries;
+        self.order
+            .retain(|(at, name)| matches!(entries.get(name), Some((t, _)) if t == at));
     }
 
     fn remove(&mut self, name: &str) {
@@ -339,6 +352,20 @@ mod tests {
         assert!(matches!(s.begin("a", [1; 32], t), Verdict::Run));
         s.finish("a", None);
         assert!(matches!(s.begin("a", [1; 32], t), Verdict::Run));
+    }
+
+    #[test]
+    fn forgotten_answers_do_not_grow_the_order_queue() {
+        let s = Store::new(Duration::from_secs(600), 4, 1 << 20);
+        let t = Instant::now();
+        for i in 0..1_000 {
+            let scope = format!("k{i}");
+            assert!(matches!(s.begin(&scope, [1; 32], t), Verdict::Run));
+            s.finish(&scope, None);
+        }
+        let g = s.lock();
+        assert!(g.entries.is_empty());
+        assert!(g.order.len() <= 2 * 4 + 1, "{} order slots", g.order.len());
     }
 
     #[test]
