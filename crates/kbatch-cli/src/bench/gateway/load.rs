@@ -139,6 +139,24 @@ pub(super) async fn direct(p: &Producer, topic: &Topic, data: &Data, seconds: f6
     m.finish(start.elapsed(), None)
 }
 
+/// One record through the gateway and one through `p`, each awaited and not counted: a new
+/// topic's leaders and metadata, and the gateway's lookup of it, are start-up, not load.
+pub(super) async fn probe(
+    p: &Producer,
+    e: &Endpoint,
+    topic: &Topic,
+    data: &Data,
+) -> anyhow::Result<()> {
+    p.send(data.record(topic, 0))
+        .await?
+        .await
+        .map_err(|err| anyhow::anyhow!("the new topic {topic} is not writable: {err}"))?;
+    e.post(Bytes::from(data.json(0)), false, 1)
+        .await
+        .map_err(|err| anyhow::anyhow!("the gateway does not take {topic}: {err}"))?;
+    Ok(())
+}
+
 /// Where requests go and how they authenticate.
 #[derive(Clone)]
 pub(super) struct Endpoint {

@@ -129,8 +129,9 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
                 token: token.as_str().into(),
             };
             let t: Topic = topic.as_str().into();
-            // The topic answers before it is counted against anyone (leaders, metadata).
-            load::closed_loop(&endpoint, &data, 1, 1, 0.0).await;
+            // The topic answers, through the gateway and the direct producer alike, before
+            // it is counted against anyone (leaders, metadata, the gateway's topic lookup).
+            load::probe(&direct, &endpoint, &t, &data).await?;
             let m = match load {
                 "direct" => load::direct(&direct, &t, &data, a.seconds).await,
                 "ndjson" => {
