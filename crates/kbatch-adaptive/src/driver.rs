@@ -8,8 +8,6 @@
 //!    └────────────── learner.choose/observe per epoch ◄── epoch stats ◄── latencies, acks
 //! ```
 
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -17,9 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 use hdrhistogram::Histogram;
 use kbatch_core::envelope::{EnvelopeWriter, envelope_header};
 use kbatch_core::{Classify, ErrorClass, Record, Topic};
-use kbatch_producer::Producer;
+use kbatch_producer::{DeliveryFuture, Producer};
 use rand::Rng;
-use rustc_hash::FxHasher;
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
@@ -32,8 +29,11 @@ use crate::levels::{BatchSettings, LevelId};
 use crate::metrics::Metrics;
 use crate::partitioner::KeyHash;
 use crate::persist::Persistence;
+use crate::pool::VecPool;
 use crate::producer::{AdaptiveCloseReport, Pending, Shared};
+use crate::reply::Reply;
 use crate::reply::{EventDelivered, settle_all};
+use crate::topics::{PartitionCount, Topics};
 
 /// Fails every event of an envelope that failed as a whole, handing each its own record.
 fn fail_envelope(
@@ -95,17 +95,6 @@ impl InFlight {
     }
 }
 
-/// A topic's partition count as the client told it.
-enum PartitionCount {
-    Known(i32),
-    /// The lookup failed: the topic's events fail with this until it is asked again.
-    Failed {
-        message: String,
-        class: ErrorClass,
-        at: Instant,
-    },
-}
-
 /// How long a failed partition-count lookup answers for its topic before it is asked again.
 const METADATA_RETRY: Duration = Duration::from_secs(1);
 
@@ -124,8 +113,8 @@ enum Admitted {
 pub(crate) enum BatchKey {
     /// Per-event: one batch for everything.
     All,
-    /// Packed: one batch per topic-partition.
-    Partition(Topic, i32),
+    /// Packed: one batch per topic-partition (the topic by its id in [`Topics`]).
+    Partition(u32, i32),
 }
 
 /// The running epoch's acknowledgements, filled by the completion tasks.
@@ -170,10 +159,9 @@ pub(crate) struct Driver {
     epoch_batches: u64,
     epoch_batched_events: u64,
     batcher: Batcher<BatchKey, Pending>,
-    /// Partition count per topic (or why it could not be had), looked up once per packed
-    /// event.
-    partitions: HashMap<Topic, PartitionCount, BuildHasherDefault<FxHasher>>,
-    sticky: HashMap<Topic, i32, BuildHasherDefault<FxHasher>>,
+    /// Partition count (or why it could not be had) and sticky partition per topic, looked
+    /// up once per packed event.
+    topics: Topics,
     key_hash: KeyHash,
     persistence: Persistence,
     last_persist: Instant,
@@ -181,8 +169,21 @@ pub(crate) struct Driver {
     /// Flushes (packed: envelopes) not yet acknowledged, and how many may be.
     in_flight: Arc<InFlight>,
     max_in_flight: usize,
+    /// Vectors of acknowledged envelopes, emptied by their completion tasks, on their way
+    /// back to the batcher for reuse (see [`Batcher::recycle`]).
+    spares: Arc<VecPool<Pending>>,
+    /// The completion tasks' vectors: delivery futures to await, latencies measured.
+    waiting: Arc<VecPool<Waiting>>,
+    latencies: Arc<VecPool<Duration>>,
     metrics: Metrics,
 }
+
+/// A per-event record handed to the client: its delivery future, arrival and reply.
+type Waiting = (DeliveryFuture, Instant, Reply);
+
+/// Emptied vectors of each kind kept for reuse, at most: what they hold is bounded by this
+/// times the largest batch (N ≤ 10,000 by default: a few MB of events).
+const SPARES: usize = 8;
 
 impl Driver {
     pub(crate) fn new(
@@ -231,14 +232,16 @@ impl Driver {
             epoch_batches: 0,
             epoch_batched_events: 0,
             batcher: Batcher::new(choice.settings, config.max_batch_bytes),
-            partitions: HashMap::default(),
-            sticky: HashMap::default(),
+            topics: Topics::default(),
             key_hash,
             persistence,
             last_persist: now,
             completions: TaskTracker::new(),
             in_flight: Arc::default(),
             max_in_flight: config.flushes_in_flight,
+            spares: Arc::new(VecPool::new(SPARES)),
+            waiting: Arc::new(VecPool::new(SPARES)),
+            latencies: Arc::new(VecPool::new(SPARES)),
             metrics: Metrics::new(&config.profile),
         }
     }
@@ -253,6 +256,9 @@ impl Driver {
         let mut buf = Vec::with_capacity(PASS);
         let mut next_tick = Instant::now() + TICK;
         loop {
+            while let Some(v) = self.spares.pop() {
+                self.batcher.recycle(v);
+            }
             let taken = shared.intake.pop_into(&mut buf, PASS);
             let now = Instant::now();
             if taken > 0 {
@@ -344,7 +350,7 @@ impl Driver {
             Shape::PerEvent => BatchKey::All,
             Shape::Packed => match self.partition_of(&p.record, p.key_crc) {
                 None => return Admitted::Unknown(p),
-                Some(Ok(part)) => BatchKey::Partition(Arc::clone(&p.record.topic), part),
+                Some(Ok((id, part))) => BatchKey::Partition(id, part),
                 Some(Err((message, class))) => {
                     let topic = p.record.topic.to_string();
                     shared.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -387,40 +393,47 @@ impl Driver {
                 at: Instant::now(),
             },
         };
-        self.partitions.insert(Arc::clone(topic), n);
+        let id = self.topics.id(topic);
+        self.topics.get(id).partitions = n;
     }
 
-    /// The partition a packed event goes to: its explicit one, its key's, or the topic's
-    /// current sticky partition; `None` while the topic's partition count is unknown.
+    /// The topic's id and the partition a packed event goes to: its explicit one, its key's,
+    /// or the topic's current sticky partition; `None` while the topic's partition count is
+    /// unknown.
     fn partition_of(
         &mut self,
         r: &Record,
         key_crc: Option<u32>,
-    ) -> Option<Result<i32, (String, ErrorClass)>> {
-        let n = match self.partitions.get(&r.topic)? {
+    ) -> Option<Result<(u32, i32), (String, ErrorClass)>> {
+        let id = self.topics.id(&r.topic);
+        let state = self.topics.get(id);
+        let n = match &state.partitions {
+            PartitionCount::Unknown => return None,
             PartitionCount::Known(n) => *n,
             PartitionCount::Failed { at, .. } if at.elapsed() >= METADATA_RETRY => return None,
             PartitionCount::Failed { message, class, .. } => {
                 return Some(Err((message.clone(), *class)));
             }
         };
-        Some(Ok(match (r.partition, r.key.as_deref().zip(key_crc)) {
-            (Some(p), _) if (0..n).contains(&p) => p,
-            (Some(p), _) => {
-                return Some(Err((
-                    format!(
-                        "partition {p} does not exist: the topic has {n} (0..={})",
-                        n - 1
-                    ),
-                    ErrorClass::Permanent,
-                )));
-            }
-            (None, Some((k, crc))) => self.key_hash.partition_with_crc(k, crc, n),
-            (None, None) => *self
-                .sticky
-                .entry(Arc::clone(&r.topic))
-                .or_insert_with(|| rand::rng().random_range(0..n)),
-        }))
+        Some(Ok((
+            id,
+            match (r.partition, r.key.as_deref().zip(key_crc)) {
+                (Some(p), _) if (0..n).contains(&p) => p,
+                (Some(p), _) => {
+                    return Some(Err((
+                        format!(
+                            "partition {p} does not exist: the topic has {n} (0..={})",
+                            n - 1
+                        ),
+                        ErrorClass::Permanent,
+                    )));
+                }
+                (None, Some((k, crc))) => self.key_hash.partition_with_crc(k, crc, n),
+                (None, None) => *state
+                    .sticky
+                    .get_or_insert_with(|| rand::rng().random_range(0..n)),
+            },
+        )))
     }
 
     /// Re-evaluates the level, and ends the epoch when it is due.
@@ -528,27 +541,29 @@ impl Driver {
         self.epoch_batched_events += f.items.len() as u64;
         match f.key {
             BatchKey::All => self.send_each(shared, f.items).await,
-            BatchKey::Partition(topic, partition) => {
-                if self.sticky.get(&topic) == Some(&partition) {
-                    let n = match self.partitions.get(&topic) {
-                        Some(PartitionCount::Known(n)) => (*n).max(1),
+            BatchKey::Partition(id, partition) => {
+                let state = self.topics.get(id);
+                if state.sticky == Some(partition) {
+                    let n = match state.partitions {
+                        PartitionCount::Known(n) => n.max(1),
                         _ => 1,
                     };
-                    self.sticky.insert(Arc::clone(&topic), (partition + 1) % n);
+                    state.sticky = Some((partition + 1) % n);
                 }
+                let topic = Arc::clone(&state.topic);
                 self.send_envelope(shared, topic, partition, f.items).await;
             }
         }
     }
 
-    async fn send_each(&mut self, shared: &Arc<Shared>, items: Vec<Pending>) {
-        let mut waiting = Vec::with_capacity(items.len());
+    async fn send_each(&mut self, shared: &Arc<Shared>, mut items: Vec<Pending>) {
+        let mut waiting = self.waiting.take(items.len());
         for Pending {
             record,
             arrived,
             reply,
             ..
-        } in items
+        } in items.drain(..)
         {
             match self.producer.send(record).await {
                 Ok(fut) => waiting.push((fut, arrived, reply)),
@@ -558,16 +573,18 @@ impl Driver {
                 }
             }
         }
+        self.batcher.recycle(items);
         shared
             .counters
             .records
             .fetch_add(waiting.len() as u64, Ordering::Relaxed);
         let shared = Arc::clone(shared);
         let in_flight = self.start_flight(&shared);
+        let (pool, latency_pool) = (Arc::clone(&self.waiting), Arc::clone(&self.latencies));
         self.completions.spawn(async move {
-            let mut latencies = Vec::with_capacity(waiting.len());
+            let mut latencies = latency_pool.take(waiting.len());
             let (mut ok, mut failed) = (0u64, 0u64);
-            for (fut, arrived, reply) in waiting {
+            for (fut, arrived, reply) in waiting.drain(..) {
                 let r = fut.await;
                 // One clock read per acknowledgement that made us wait; the ones already
                 // there share it.
@@ -589,6 +606,8 @@ impl Driver {
                 }
             }
             shared.acknowledged(ok, failed, &latencies);
+            pool.give(waiting);
+            latency_pool.give(latencies);
             in_flight.finish();
         });
     }
@@ -598,7 +617,7 @@ impl Driver {
         shared: &Arc<Shared>,
         topic: Topic,
         partition: i32,
-        items: Vec<Pending>,
+        mut items: Vec<Pending>,
     ) {
         let bytes: usize = items
             .iter()
@@ -635,13 +654,15 @@ impl Driver {
                 let shared = Arc::clone(shared);
                 let topic = Arc::clone(&topic);
                 let in_flight = self.start_flight(&shared);
+                let spares = Arc::clone(&self.spares);
+                let latency_pool = Arc::clone(&self.latencies);
                 self.completions.spawn(async move {
                     match fut.await {
                         Ok(d) => {
-                            let mut latencies = Vec::with_capacity(items.len());
+                            let mut latencies = latency_pool.take(items.len());
                             let n = items.len() as u64;
                             let now = Instant::now();
-                            settle_all(items.into_iter().enumerate().map(|(i, p)| {
+                            settle_all(items.drain(..).enumerate().map(|(i, p)| {
                                 latencies.push(now.saturating_duration_since(p.arrived));
                                 let at = EventDelivered {
                                     partition: d.partition,
@@ -650,7 +671,9 @@ impl Driver {
                                 };
                                 (p.reply, Ok(at))
                             }));
+                            spares.give(items);
                             shared.acknowledged(n, 0, &latencies);
+                            latency_pool.give(latencies);
                         }
                         Err(e) => {
                             let n = items.len() as u64;

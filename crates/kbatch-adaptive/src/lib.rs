@@ -58,8 +58,10 @@ pub mod levels;
 mod metrics;
 mod partitioner;
 mod persist;
+mod pool;
 mod producer;
 mod reply;
+mod topics;
 
 pub use batcher::{Batcher, FlushCause, Flushed};
 pub use config::{AdaptiveConfig, CalibrationSetting, Shape};

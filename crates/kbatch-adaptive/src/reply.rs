@@ -62,7 +62,7 @@ impl Reply {
         let (tx, rx) = oneshot::channel();
         let many = Arc::new(Many {
             state: Mutex::new(ManyState {
-                slots: (0..n).map(|_| None).collect(),
+                slots: (0..n).map(|_| Slot::Open).collect(),
                 remaining: n,
                 done: Some(tx),
             }),
@@ -91,31 +91,30 @@ impl Reply {
 
 /// Settles many events at once: consecutive events of one `send_many` call under one lock
 /// (an envelope's events mostly come from a few calls; a lock per event contended with the
-/// other completion tasks).
+/// other completion tasks), written straight into the call's slots.
 pub(crate) fn settle_all(replies: impl IntoIterator<Item = (Reply, EventResult)>) {
-    let mut run: Option<Arc<Many>> = None;
-    let mut buf: Vec<(u32, EventResult)> = Vec::new();
-    for (mut reply, r) in replies {
+    let mut it = replies.into_iter().peekable();
+    while let Some((mut reply, r)) = it.next() {
         match reply.0.take() {
             Some(Kind::Many(m, i)) => {
-                match &run {
-                    Some(cur) if Arc::ptr_eq(cur, &m) => {}
-                    _ => {
-                        if let Some(cur) = run.replace(m) {
-                            cur.settle_each(buf.drain(..));
-                        }
+                let mut s = m.lock();
+                s.settle(i, r);
+                // The rest of this call's run, under the same lock.
+                while let Some((next, _)) = it.peek()
+                    && matches!(&next.0, Some(Kind::Many(other, _)) if Arc::ptr_eq(other, &m))
+                {
+                    if let Some((mut reply, r)) = it.next()
+                        && let Some(Kind::Many(_, i)) = reply.0.take()
+                    {
+                        s.settle(i, r);
                     }
                 }
-                buf.push((i, r));
             }
             other => {
                 reply.0 = other;
                 reply.send(r);
             }
         }
-    }
-    if let Some(cur) = run {
-        cur.settle_each(buf.drain(..));
     }
 }
 
@@ -133,9 +132,18 @@ struct Many {
     state: Mutex<ManyState>,
 }
 
+/// One event's outcome while its call waits for the others: a third of an `EventResult`'s
+/// size (the error, rare, is boxed), so settling thousands moves less.
+#[derive(Debug)]
+enum Slot {
+    Open,
+    Delivered(EventDelivered),
+    Failed(Box<AdaptiveError>),
+}
+
 #[derive(Debug)]
 struct ManyState {
-    slots: Vec<Option<EventResult>>,
+    slots: Vec<Slot>,
     remaining: usize,
     done: Option<oneshot::Sender<Vec<EventResult>>>,
 }
@@ -146,33 +154,38 @@ impl Many {
     }
 
     fn settle(&self, i: u32, r: EventResult) {
-        self.settle_each(std::iter::once((i, r)));
-    }
-
-    fn settle_each(&self, results: impl Iterator<Item = (u32, EventResult)>) {
-        let mut s = self.lock();
-        for (i, r) in results {
-            let Some(slot) = s.slots.get_mut(i as usize) else {
-                continue;
-            };
-            if slot.is_some() {
-                continue;
-            }
-            *slot = Some(r);
-            s.remaining -= 1;
-            if s.remaining == 0 {
-                s.finish();
-            }
-        }
+        self.lock().settle(i, r);
     }
 }
 
 impl ManyState {
+    /// Settles slot `i` (once: a second outcome is ignored); the last one finishes the call.
+    fn settle(&mut self, i: u32, r: EventResult) {
+        let Some(slot) = self.slots.get_mut(i as usize) else {
+            return;
+        };
+        if !matches!(slot, Slot::Open) {
+            return;
+        }
+        *slot = match r {
+            Ok(d) => Slot::Delivered(d),
+            Err(e) => Slot::Failed(Box::new(e)),
+        };
+        self.remaining -= 1;
+        if self.remaining == 0 {
+            self.finish();
+        }
+    }
+
     /// Hands every outcome to the caller's future (an unsettled slot, if any, as `Closed`).
     fn finish(&mut self) {
         let results = std::mem::take(&mut self.slots)
             .into_iter()
-            .map(|r| r.unwrap_or(Err(AdaptiveError::Closed { record: None })))
+            .map(|s| match s {
+                Slot::Delivered(d) => Ok(d),
+                Slot::Failed(e) => Err(*e),
+                Slot::Open => Err(AdaptiveError::Closed { record: None }),
+            })
             .collect();
         if let Some(tx) = self.done.take() {
             let _ = tx.send(results);
