@@ -75,7 +75,10 @@ pub struct AdaptiveConfig {
     /// while fewer are out, so at low rates events are not held and the last events of a
     /// burst do not wait out the linger; at high rates each batch holds what arrived during a
     /// round trip. 0 turns this off: batches go at N or T only. Default 2: one batch on the
-    /// wire while the next gathers.
+    /// wire while the next gathers. A batch that reached N (or the byte cap) goes at once and
+    /// is not counted: at saturation full batches stream to the client as fast as it takes
+    /// them. With a bound, N is never explored below the level's bootstrap N (see
+    /// [`LearnerConfig::events_floor_at_bootstrap`](crate::learner::LearnerConfig)).
     pub flushes_in_flight: usize,
 }
 

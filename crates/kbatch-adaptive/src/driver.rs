@@ -20,7 +20,7 @@ use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
-use crate::batcher::{Batcher, Flushed};
+use crate::batcher::{Batcher, FlushCause, Flushed};
 use crate::config::{AdaptiveConfig, Shape};
 use crate::controller::Controller;
 use crate::error::AdaptiveError;
@@ -197,6 +197,7 @@ impl Driver {
         // Per-event records are batched by the client itself: start without intake linger.
         learner_config.linger_from_zero |=
             config.shape == Shape::PerEvent && config.flushes_in_flight == 0;
+        learner_config.events_floor_at_bootstrap |= config.flushes_in_flight > 0;
         let mut learner = Learner::new(config.levels.clone(), learner_config, seed);
         learner.restore(&persistence.learned);
         let controller = Controller::new(
@@ -334,14 +335,20 @@ impl Driver {
     }
 
     /// Counts a flush handed to the client; its completion task calls `finish` on what this
-    /// returns.
-    fn start_flight(&self, shared: &Shared) -> Arc<InFlight> {
+    /// returns. Only batches cut before they filled count: a full batch goes whatever is out
+    /// and holds nothing back, so at saturation batches of N stream to the client as fast as
+    /// it takes them (counting them too cut throughput by a seventh: two flushes of N out at a
+    /// time kept the client's pipeline short), while below it partial batches wait for room.
+    fn start_flight(&self, shared: &Shared, cause: FlushCause) -> Option<Arc<InFlight>> {
+        if matches!(cause, FlushCause::Full | FlushCause::Bytes) {
+            return None;
+        }
         let out = self.in_flight.start() as u64;
         shared
             .counters
             .peak_flushes_in_flight
             .fetch_max(out, Ordering::Relaxed);
-        Arc::clone(&self.in_flight)
+        Some(Arc::clone(&self.in_flight))
     }
 
     /// Puts an event into its batch; returns the batch when it filled.
@@ -540,7 +547,7 @@ impl Driver {
         self.epoch_batches += 1;
         self.epoch_batched_events += f.items.len() as u64;
         match f.key {
-            BatchKey::All => self.send_each(shared, f.items).await,
+            BatchKey::All => self.send_each(shared, f.items, f.cause).await,
             BatchKey::Partition(id, partition) => {
                 let state = self.topics.get(id);
                 if state.sticky == Some(partition) {
@@ -551,12 +558,18 @@ impl Driver {
                     state.sticky = Some((partition + 1) % n);
                 }
                 let topic = Arc::clone(&state.topic);
-                self.send_envelope(shared, topic, partition, f.items).await;
+                self.send_envelope(shared, topic, partition, f.items, f.cause)
+                    .await;
             }
         }
     }
 
-    async fn send_each(&mut self, shared: &Arc<Shared>, mut items: Vec<Pending>) {
+    async fn send_each(
+        &mut self,
+        shared: &Arc<Shared>,
+        mut items: Vec<Pending>,
+        cause: FlushCause,
+    ) {
         let mut waiting = self.waiting.take(items.len());
         for Pending {
             record,
@@ -579,7 +592,7 @@ impl Driver {
             .records
             .fetch_add(waiting.len() as u64, Ordering::Relaxed);
         let shared = Arc::clone(shared);
-        let in_flight = self.start_flight(&shared);
+        let in_flight = self.start_flight(&shared, cause);
         let (pool, latency_pool) = (Arc::clone(&self.waiting), Arc::clone(&self.latencies));
         self.completions.spawn(async move {
             let mut latencies = latency_pool.take(waiting.len());
@@ -608,7 +621,9 @@ impl Driver {
             shared.acknowledged(ok, failed, &latencies);
             pool.give(waiting);
             latency_pool.give(latencies);
-            in_flight.finish();
+            if let Some(f) = in_flight {
+                f.finish();
+            }
         });
     }
 
@@ -618,6 +633,7 @@ impl Driver {
         topic: Topic,
         partition: i32,
         mut items: Vec<Pending>,
+        cause: FlushCause,
     ) {
         let bytes: usize = items
             .iter()
@@ -653,7 +669,7 @@ impl Driver {
                 shared.counters.records.fetch_add(1, Ordering::Relaxed);
                 let shared = Arc::clone(shared);
                 let topic = Arc::clone(&topic);
-                let in_flight = self.start_flight(&shared);
+                let in_flight = self.start_flight(&shared, cause);
                 let spares = Arc::clone(&self.spares);
                 let latency_pool = Arc::clone(&self.latencies);
                 self.completions.spawn(async move {
@@ -681,7 +697,9 @@ impl Driver {
                             shared.acknowledged(0, n, &[]);
                         }
                     }
-                    in_flight.finish();
+                    if let Some(f) = in_flight {
+                        f.finish();
+                    }
                 });
             }
         }

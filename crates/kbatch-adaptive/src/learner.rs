@@ -40,6 +40,13 @@ pub struct LearnerConfig {
     /// lingering in the intake only adds latency unless it buys throughput — which
     /// exploration finds out (doubling T from 0 tries 1/64 of the budget).
     pub linger_from_zero: bool,
+    /// Never choose N below the level's bootstrap N (what the band's top rate brings in
+    /// during half the budget). The adaptive producer sets it when a pipeline bound cuts
+    /// batches early (`flushes_in_flight` > 0): there a batch is what arrived during a round
+    /// trip and N only caps it, so a smaller N buys no latency — it only turns batches into
+    /// "full" ones that go past the bound as many small requests (halving N at L7 to 1,250
+    /// did that: p99 at 100,000/s rose four-fold in one bench round).
+    pub events_floor_at_bootstrap: bool,
 }
 
 impl Default for LearnerConfig {
@@ -51,6 +58,7 @@ impl Default for LearnerConfig {
             min_improvement: 0.02,
             max_batch_events: 10_000,
             linger_from_zero: false,
+            events_floor_at_bootstrap: false,
         }
     }
 }
@@ -300,12 +308,19 @@ impl Learner {
             })
     }
 
-    /// Keeps settings within the level's budget and the N cap.
+    /// Keeps settings within the level's budget and the N cap (and above the bootstrap N,
+    /// with [`LearnerConfig::events_floor_at_bootstrap`]).
     pub fn clamp(&self, level: LevelId, s: BatchSettings) -> BatchSettings {
-        let budget = self.table.get(level).budget;
+        let lv = self.table.get(level);
+        let cap = self.config.max_batch_events.max(1);
+        let floor = if self.config.events_floor_at_bootstrap {
+            bootstrap(lv, self.table.upper_rate(lv.id), cap).max_events
+        } else {
+            1
+        };
         BatchSettings {
-            max_events: s.max_events.clamp(1, self.config.max_batch_events.max(1)),
-            linger: s.linger.min(budget),
+            max_events: s.max_events.clamp(floor, cap),
+            linger: s.linger.min(lv.budget),
         }
     }
 
@@ -589,13 +604,15 @@ mod tests {
 
     proptest! {
         /// Whatever was learned and whatever the draws, a chosen setting never lingers longer
-        /// than its level's budget and N stays within 1..=cap.
+        /// than its level's budget and N stays within 1..=cap (and, with the floor, never
+        /// below the level's bootstrap N).
         #[test]
         fn exploration_never_breaks_the_budget(
             seed in any::<u64>(),
             budgets_ms in prop::collection::vec(1u64..60_000, 1..12),
             epochs in prop::collection::vec((0usize..12, 0u64..1_000_000, 0u64..100_000, any::<bool>()), 0..200),
             cap in 1u32..50_000,
+            floor in any::<bool>(),
         ) {
             let mut budgets = budgets_ms.clone();
             budgets.sort_unstable();
@@ -605,7 +622,12 @@ mod tests {
                 .map(|(i, b)| (i as f64 * 1_000.0, Duration::from_millis(*b)))
                 .collect();
             let table = LevelTable::new(bands).unwrap();
-            let config = LearnerConfig { max_batch_events: cap, explore_share: 0.5, ..LearnerConfig::default() };
+            let config = LearnerConfig {
+                max_batch_events: cap,
+                explore_share: 0.5,
+                events_floor_at_bootstrap: floor,
+                ..LearnerConfig::default()
+            };
             let mut l = Learner::new(table.clone(), config, seed);
             for (lv, delivered, p99_us, _) in epochs {
                 let level = LevelId((lv % table.len()) as u8 + 1);
@@ -613,6 +635,10 @@ mod tests {
                 let budget = table.get(level).budget;
                 prop_assert!(c.settings.linger <= budget, "{:?} > {:?}", c.settings.linger, budget);
                 prop_assert!((1..=cap).contains(&c.settings.max_events));
+                if floor {
+                    let lowest = bootstrap(table.get(level), table.upper_rate(level), cap).max_events;
+                    prop_assert!(c.settings.max_events >= lowest, "N {} < {lowest}", c.settings.max_events);
+                }
                 let st = EpochStats {
                     submitted: delivered, delivered, elapsed: Duration::from_secs(1),
                     p50: Duration::from_micros(p99_us / 2), p99: Duration::from_micros(p99_us), fill: 0.5,

@@ -49,8 +49,10 @@ pub struct AdaptiveStats {
     pub regressions: u64,
     /// Level changes.
     pub level_changes: u64,
-    /// Most microbatches (packed: envelopes) that awaited their acknowledgements at once
-    /// (see [`AdaptiveConfig::flushes_in_flight`](crate::AdaptiveConfig::flushes_in_flight)).
+    /// Most microbatches (packed: envelopes) cut before they were full that awaited their
+    /// acknowledgements at once (see
+    /// [`AdaptiveConfig::flushes_in_flight`](crate::AdaptiveConfig::flushes_in_flight); full
+    /// batches are not counted).
     pub peak_flushes_in_flight: u64,
     /// The current level.
     pub level: Option<LevelId>,

@@ -460,6 +460,39 @@ async fn per_event_batches_go_at_once_while_the_pipeline_has_room() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn full_batches_go_past_the_pipeline_bound_without_counting_toward_it() {
+    let topic = unique_name("adaptive-full");
+    create_topic(&topic, 2).await;
+    // N = 100 at L10 (15 s linger): a burst of 20,050 fills 200 batches, each of which goes the
+    // moment it is full; only the 50 left over wait for room in the pipeline.
+    let p = start_pinned_at_l10(Shape::PerEvent, 2, Some(100));
+    assert_eq!(p.settings().max_events, 100, "{}", p.settings());
+    let mut futures = Vec::new();
+    for i in 0..20_050 {
+        futures.push(p.send(event(&topic, i)).await.unwrap());
+    }
+    for f in futures {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("a burst event waited for the level's linger")
+            .unwrap();
+    }
+    let r = p.close().await;
+    assert_eq!(r.stats.delivered, 20_050);
+    assert!(r.stats.batches >= 201, "{:?}", r.stats);
+    // Counted, 200 full batches handed over back to back would have been out together far
+    // beyond the bound of 2.
+    assert!(
+        (1..=2).contains(&r.stats.peak_flushes_in_flight),
+        "partial flushes out at once (2 allowed, full ones not counted): {:?}",
+        r.stats
+    );
+    let got =
+        tokio::task::block_in_place(|| consume_all(&topic, Isolation::ReadCommitted, None, IDLE));
+    assert_once_in_key_order(&events(&got), 20_050);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn packed_events_to_a_missing_topic_each_fail_with_their_record_back() {
     const N: u64 = 50;
     let topic = unique_name("adaptive-missing");
