@@ -331,3 +331,38 @@ async fn shutdown_flushes_what_the_adaptive_producers_hold() {
         .await;
     assert!(after.is_err(), "still serving after shutdown: {after:?}");
 }
+
+/// `calibration_path` is where both adaptive producers remember what they learned, each under
+/// its own profile.
+#[tokio::test]
+async fn both_adaptive_producers_calibrate_into_the_configured_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.sqlite");
+    let gw = start_adaptive(
+        config()
+            .with_packed_topic(PACKED)
+            .with_calibration_path(&file),
+        producer_config(),
+        // Short epochs, so that a few requests end some.
+        adaptive_config(producer_config()).with_epoch(Duration::from_millis(50)),
+    )
+    .await;
+    let (plain, packed) = (
+        topic("calibrated"),
+        kbatch_testkit::unique_name("gw-packed-calibrated"),
+    );
+    for t in [&plain, &packed] {
+        kbatch_testkit::create_topic(t, 1).await;
+        for i in 0..5 {
+            let (a, _) = timed_post(&gw, &path(t), JSON, &[], &format!("{{\"value\": {i}}}")).await;
+            assert_eq!(a.status, 200, "{}", a.body);
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+    }
+    gw.stop().await;
+    let opened = kbatch_adaptive::calibration::CalibrationStore::open(&file);
+    assert!(opened.warning.is_none(), "{:?}", opened.warning);
+    let mut profiles = opened.store.profiles().unwrap();
+    profiles.sort();
+    assert_eq!(profiles, ["gateway", "gateway-packed"]);
+}
