@@ -263,6 +263,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn packed_failures_map_by_class_and_closed_is_503() {
+        let envelope = |class| AdaptiveError::Envelope {
+            topic: "t".into(),
+            partition: 0,
+            events: 3,
+            index: 1,
+            class,
+            message: "MessageSizeTooLarge".into(),
+            record: Box::new(Record::new("t", "v")),
+        };
+        let e = adaptive_error(envelope(ErrorClass::Retriable));
+        assert_eq!((e.status().as_u16(), e.code()), (503, "broker_unavailable"));
+        let e = adaptive_error(envelope(ErrorClass::Permanent));
+        assert_eq!((e.status().as_u16(), e.code()), (400, "record_rejected"));
+        assert!(e.to_string().contains("MessageSizeTooLarge"), "{e}");
+        let e = adaptive_error(AdaptiveError::Closed { record: None });
+        assert_eq!((e.status().as_u16(), e.code()), (503, "producer_closed"));
+    }
+
+    #[test]
     fn producer_kind_parses_and_names_the_choices() {
         assert_eq!("plain".parse::<ProducerKind>(), Ok(ProducerKind::Plain));
         assert_eq!(
