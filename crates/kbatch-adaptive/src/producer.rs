@@ -321,7 +321,35 @@ impl AdaptiveProducer {
         reason = "the record comes back by value: no allocation on the back-pressure path"
     )]
     pub fn try_send(&self, record: Record) -> Result<EventFuture, TrySendError> {
-        let (p, f) = self.pending(record, None);
+        self.try_send_inner(record, None)
+    }
+
+    /// As [`try_send`](Self::try_send), and the event waits in a batch at most `budget` (or
+    /// the producer's budget, if shorter), whatever the level — the non-waiting form of
+    /// [`send_with_budget`](Self::send_with_budget), for callers such as an HTTP handler that
+    /// must answer "full" at once rather than queue.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the record comes back by value: no allocation on the back-pressure path"
+    )]
+    pub fn try_send_with_budget(
+        &self,
+        record: Record,
+        budget: Duration,
+    ) -> Result<EventFuture, TrySendError> {
+        self.try_send_inner(record, Some(budget))
+    }
+
+    #[allow(
+        clippy::result_large_err,
+        reason = "the record comes back by value: no allocation on the back-pressure path"
+    )]
+    fn try_send_inner(
+        &self,
+        record: Record,
+        budget: Option<Duration>,
+    ) -> Result<EventFuture, TrySendError> {
+        let (p, f) = self.pending(record, budget);
         match self.shared.intake.try_push(order_hint(&p), p) {
             Ok(()) => {
                 self.shared

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use kbatch_adaptive::calibration::{CalibrationStore, LevelRecord};
-use kbatch_adaptive::{AdaptiveConfig, AdaptiveProducer, BatchSettings, LevelId, Shape};
+use kbatch_adaptive::{
+    AdaptiveConfig, AdaptiveProducer, BatchSettings, LevelId, Shape, TrySendError,
+};
 use kbatch_client::Isolation;
 use kbatch_core::envelope::{decode, is_envelope};
 use kbatch_core::{ConsumedRecord, Record};
@@ -416,6 +418,46 @@ async fn a_short_budget_per_send_overrides_a_long_linger() {
     assert!(started.elapsed() < Duration::from_secs(5));
     let r = p.close().await;
     assert_eq!(r.stats.delivered, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn try_send_with_budget_keeps_the_budget_and_hands_back_when_full() {
+    let topic = unique_name("adaptive-try-budget");
+    create_topic(&topic, 1).await;
+    let p = start_pinned_at_l10(Shape::Packed, 0, None);
+    let urgent = p
+        .try_send_with_budget(event(&topic, 1), Duration::from_millis(10))
+        .unwrap();
+    // As with send_with_budget: without the budget, the 15 s linger. 5 s is a hang guard.
+    let d = tokio::time::timeout(Duration::from_secs(5), urgent)
+        .await
+        .expect("try_send_with_budget ignored its 10 ms budget: the event waited for the linger")
+        .unwrap();
+    assert_eq!(d.index, Some(0));
+    p.close().await;
+
+    // A full intake hands the record back at once, budget or not. On this test's runtime the
+    // driver may drain between two calls, so fill from one synchronous run of hand-ins.
+    let mut cfg = config(Shape::PerEvent).with_intake_capacity(1);
+    cfg.controller.min_dwell = Duration::from_secs(3_600);
+    let small = AdaptiveProducer::start(cfg).unwrap();
+    let mut taken = Vec::new();
+    let mut full = 0;
+    for i in 0..1_000 {
+        match small.try_send_with_budget(event(&topic, i), Duration::from_millis(10)) {
+            Ok(f) => taken.push(f),
+            Err(TrySendError::Full(_)) => full += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        full > 0,
+        "1,000 hand-ins into an intake of 1 were all taken"
+    );
+    for f in taken {
+        f.await.unwrap();
+    }
+    small.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,8 +2,8 @@
 //! until Ctrl-C or SIGTERM.
 //!
 //! ```text
-//!  --config FILE.toml ─► GatewayConfig ◄─ --bind, --api-key-sha256 (added), --insecure-no-auth
-//!                            │
+//!  --config FILE.toml ─► GatewayConfig ◄─ --bind, --api-key-sha256 (added), --insecure-no-auth,
+//!                            │            --producer, --packed-topic (added), --calibration-path
 //!  --brokers ─► Producer ─► Gateway::run ── Ctrl-C / SIGTERM ─► stop accepting, answer the
 //!                                             requests in flight, close the producer
 //! ```
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
 use kbatch_client::ClientConfig;
-use kbatch_gateway::{ApiKey, Gateway, GatewayConfig};
+use kbatch_gateway::{ApiKey, Gateway, GatewayConfig, ProducerKind};
 use kbatch_producer::{Producer, ProducerConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +27,8 @@ pub(crate) struct Args {
     #[arg(long)]
     bind: Option<SocketAddr>,
     /// TOML config file (fields of `GatewayConfig`: bind, max_body_bytes,
-    /// max_records_per_request, request_timeout_ms, topic_cache_ttl_ms, `[[api_keys]]`).
+    /// max_records_per_request, request_timeout_ms, topic_cache_ttl_ms, producer,
+    /// packed_topics, calibration_path, `[[api_keys]]`).
     #[arg(long, value_name = "FILE.toml")]
     config: Option<PathBuf>,
     /// Accept requests without credentials (internal `__` topics stay closed). Logged loudly.
@@ -37,6 +38,21 @@ pub(crate) struct Args {
     /// and the topic patterns it may write to (`*` wildcard). Repeatable; added to the file's.
     #[arg(long = "api-key-sha256", value_name = "NAME:HEX:PATTERN[,PATTERN]", value_parser = parse_key)]
     api_keys: Vec<ApiKey>,
+    /// What sends the records: `adaptive` (default: batches sized by the pressure level, a
+    /// lone record sent at once, `X-Latency-Budget-Ms` honoured) or `plain` (the batching
+    /// producer, 5 ms linger, budgets ignored). Overrides the file's `producer`.
+    #[arg(long, value_name = "adaptive|plain")]
+    producer: Option<ProducerKind>,
+    /// Topics matching this pattern (`*` wildcard) are packed: many records become one Kafka
+    /// record holding an envelope, which consumers must unpack (kbatch's consumers do).
+    /// Repeatable; added to the file's `packed_topics`.
+    #[arg(long = "packed-topic", value_name = "PATTERN")]
+    packed_topics: Vec<String>,
+    /// SQLite file where the adaptive producers remember learned batch settings (profiles
+    /// `gateway`, `gateway-packed`). Default: the file's `calibration_path`, else the
+    /// adaptive producer's default file.
+    #[arg(long, value_name = "FILE.sqlite")]
+    calibration_path: Option<PathBuf>,
 }
 
 fn parse_key(s: &str) -> Result<ApiKey, String> {
@@ -58,6 +74,15 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
     if a.insecure_no_auth {
         config = config.with_insecure_no_auth(true);
     }
+    if let Some(producer) = a.producer {
+        config = config.with_producer(producer);
+    }
+    for pattern in a.packed_topics {
+        config = config.with_packed_topic(pattern);
+    }
+    if let Some(path) = a.calibration_path {
+        config = config.with_calibration_path(path);
+    }
     config.validate()?;
     let producer = Producer::new(ProducerConfig::new(
         ClientConfig::new(a.brokers.as_str()).with_client_id("kbatch-gateway"),
@@ -68,7 +93,7 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let report = gateway.run(shutdown).await?;
     eprintln!(
-        "kbatch gateway stopped: producer closed ({} pending at close, {} failed, flushed: {})",
+        "kbatch gateway stopped: producers closed (plain: {} pending at close, {} failed, flushed: {}; the adaptive producers' reports are in the log)",
         report.pending_at_close, report.failed, report.flushed
     );
     anyhow::ensure!(

@@ -36,6 +36,9 @@ fn start_gateway(port: u16) -> Group {
         .env("RUST_LOG", "warn")
         .args(["gateway", "--brokers", brokers(), "--insecure-no-auth"])
         .args(["--bind", &format!("127.0.0.1:{port}")])
+        // The adaptive producer's calibration goes to a scratch file, not the user's.
+        .arg("--calibration-path")
+        .arg(std::env::temp_dir().join(format!("kbatch-gateway-crash-{port}.sqlite")))
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

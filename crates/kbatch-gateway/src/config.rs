@@ -2,13 +2,14 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kbatch_core::ConfigError;
 use serde::Deserialize;
 
 use crate::error::Error;
+use crate::sink::ProducerKind;
 
 /// Settings of the [`Gateway`](crate::Gateway).
 ///
@@ -23,6 +24,9 @@ use crate::error::Error;
 /// max_body_bytes = 8388608
 /// max_records_per_request = 10000
 /// request_timeout_ms = 30000
+/// producer = "adaptive"            # or "plain"
+/// packed_topics = ["metrics-*"]    # sent as packed envelopes; consumers must unpack
+/// calibration_path = "/var/lib/kbatch/gateway-calibration.sqlite"
 ///
 /// [[api_keys]]
 /// name = "orders-service"
@@ -62,6 +66,18 @@ pub struct GatewayConfig {
     /// Accept requests without credentials. Required, and loudly logged, when `api_keys`
     /// is empty. Internal topics (`__*`) stay unwritable.
     pub insecure_no_auth: bool,
+    /// What sends the records: [`ProducerKind::Adaptive`] (default; per-event records,
+    /// batched by the pressure level, honours `X-Latency-Budget-Ms`) or
+    /// [`ProducerKind::Plain`] (the batching `Producer` given to the gateway, its linger;
+    /// budgets ignored).
+    pub producer: ProducerKind,
+    /// Topic patterns (`*` as in `api_keys`) whose records are packed: many records become
+    /// one Kafka record holding an envelope (`kbatch_core::envelope`), which consumers must
+    /// unpack (kbatch's consumers do). Default none.
+    pub packed_topics: Vec<String>,
+    /// SQLite file where the adaptive producers remember what they learned (profiles
+    /// `gateway`, `gateway-packed`). Default: the adaptive producer's default file.
+    pub calibration_path: Option<PathBuf>,
 }
 
 /// One credential: the SHA-256 of its token (never the token) and its topic patterns.
@@ -170,6 +186,9 @@ impl fmt::Debug for GatewayConfig {
             .field("idempotency_max_bytes", &self.idempotency_max_bytes)
             .field("api_keys", &self.api_keys)
             .field("insecure_no_auth", &self.insecure_no_auth)
+            .field("producer", &self.producer)
+            .field("packed_topics", &self.packed_topics)
+            .field("calibration_path", &self.calibration_path)
             .finish()
     }
 }
@@ -187,6 +206,9 @@ impl Default for GatewayConfig {
             idempotency_max_bytes: 256 << 20,
             api_keys: Vec::new(),
             insecure_no_auth: false,
+            producer: ProducerKind::Adaptive,
+            packed_topics: Vec::new(),
+            calibration_path: None,
         }
     }
 }
@@ -257,6 +279,27 @@ impl GatewayConfig {
         self
     }
 
+    /// Chooses what sends the records (see the field).
+    #[must_use]
+    pub fn with_producer(mut self, producer: ProducerKind) -> Self {
+        self.producer = producer;
+        self
+    }
+
+    /// Adds a topic pattern whose records are packed (see the field).
+    #[must_use]
+    pub fn with_packed_topic(mut self, pattern: impl Into<String>) -> Self {
+        self.packed_topics.push(pattern.into());
+        self
+    }
+
+    /// Sets the adaptive producers' calibration file.
+    #[must_use]
+    pub fn with_calibration_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.calibration_path = Some(path.into());
+        self
+    }
+
     /// Checks every field, naming the first wrong one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         ConfigError::check_range("max_body_bytes", self.max_body_bytes, 1024, 1 << 30)?;
@@ -298,6 +341,18 @@ impl GatewayConfig {
         )?;
         for (i, k) in self.api_keys.iter().enumerate() {
             k.validate(i)?;
+        }
+        if let Some((i, p)) = self
+            .packed_topics
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.is_empty())
+        {
+            return Err(ConfigError::new(
+                format!("packed_topics[{i}]"),
+                format!("{p:?}"),
+                "a non-empty topic pattern, e.g. \"metrics-*\"",
+            ));
         }
         if self.api_keys.is_empty() && !self.insecure_no_auth {
             return Err(ConfigError::new(
@@ -385,6 +440,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("typo") && e.contains("gw.toml"), "{e}");
+    }
+
+    #[test]
+    fn producer_choice_and_packed_topics_load_from_toml() {
+        let c: GatewayConfig = toml::from_str(
+            "producer = \"plain\"\npacked_topics = [\"metrics-*\"]\ncalibration_path = \"/tmp/c.sqlite\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.producer, ProducerKind::Plain);
+        assert_eq!(c.packed_topics, ["metrics-*"]);
+        assert_eq!(
+            c.calibration_path.as_deref(),
+            Some(Path::new("/tmp/c.sqlite"))
+        );
+        assert_eq!(GatewayConfig::default().producer, ProducerKind::Adaptive);
+        let e = toml::from_str::<GatewayConfig>("producer = \"fast\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fast") && e.contains("adaptive"), "{e}");
+        let e = GatewayConfig::default()
+            .with_insecure_no_auth(true)
+            .with_packed_topic("")
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "packed_topics[0]");
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub enum Error {
     /// The server failed while serving.
     #[error("HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
+    /// An adaptive producer (config `producer = "adaptive"` or `packed_topics`) could not start.
+    #[error("the gateway's adaptive producer could not start: {0}")]
+    Adaptive(#[source] kbatch_adaptive::AdaptiveError),
 }
 
 /// What a request, or one record of it, is answered with. Each becomes an HTTP status and a
@@ -147,6 +150,13 @@ pub enum RequestError {
     /// The gateway failed answering (500).
     #[error("{0}")]
     Internal(String),
+    /// `X-Latency-Budget-Ms` / `latency_budget_ms` is not a whole number of milliseconds in
+    /// range (400).
+    #[error("{0}")]
+    InvalidLatencyBudget(String),
+    /// A packed record's envelope, or its partition lookup, failed for good (400).
+    #[error("{0}")]
+    Rejected(String),
 }
 
 impl RequestError {
@@ -157,7 +167,9 @@ impl RequestError {
             RequestError::Forbidden { .. } => StatusCode::FORBIDDEN,
             RequestError::MalformedJson { .. }
             | RequestError::InvalidRecord { .. }
-            | RequestError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            | RequestError::BadRequest(_)
+            | RequestError::InvalidLatencyBudget(_)
+            | RequestError::Rejected(_) => StatusCode::BAD_REQUEST,
             RequestError::BodyTooLarge { .. } | RequestError::TooManyRecords { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -206,6 +218,8 @@ impl RequestError {
             RequestError::IdempotencyConflict(_) => "idempotency_key_in_flight",
             RequestError::IdempotencyReused(_) => "idempotency_key_reused",
             RequestError::Internal(_) => "internal",
+            RequestError::InvalidLatencyBudget(_) => "invalid_latency_budget",
+            RequestError::Rejected(_) => "record_rejected",
             RequestError::Unavailable(_) => "broker_unavailable",
             RequestError::NotAcknowledged(_) => "not_acknowledged",
             RequestError::Produce(e) => match produce_code(e) {

@@ -3,15 +3,17 @@
 //!
 //! ```text
 //!  client ──HTTP──► axum routes (tower-http timeout, body limit) ──auth──► parse body
-//!                                                                            │ records
-//!  200 / 207 / 4xx / 5xx  ◄── one result per record ◄── DeliveryFuture ◄── Producer::try_send
+//!                                                                            │ records, budget
+//!  200 / 207 / 4xx / 5xx  ◄── one result per record ◄── ack future ◄── AdaptiveProducer (default)
+//!                                                                       | packed AdaptiveProducer
+//!                                                                       | Producer (plain)
 //! ```
 //!
 //! # Routes
 //!
 //! | Method and path | What it does |
 //! |---|---|
-//! | `POST /topics/{topic}/records` | Produce one JSON record, a JSON array of records, or NDJSON (`Content-Type: application/x-ndjson`); `?format=binary` for base64 keys and values |
+//! | `POST /topics/{topic}/records` | Produce one JSON record, a JSON array of records, or NDJSON (`Content-Type: application/x-ndjson`); `?format=binary` for base64 keys and values; `X-Latency-Budget-Ms` / `?latency_budget_ms=` (see below) |
 //! | `POST /topics/{topic}` | Confluent REST Proxy v2 produce (`application/vnd.kafka.json.v2+json` or `…binary.v2+json`, body `{"records":[…]}`), answered in its shape (`offsets` with `error_code`/`error`); see below |
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 when the broker answers a metadata request within 2 s, else 503 |
@@ -25,7 +27,9 @@
 //!
 //! The answer comes only after every record of the request was acknowledged by the broker,
 //! failed, or outlived the request timeout. `results` has one entry per record, in request
-//! order: `{"partition": p, "offset": o}`, or `{"error": {"code": "…", "message": "…"}}`.
+//! order: `{"partition": p, "offset": o}` (for a packed topic `{"partition": p, "offset": o,
+//! "index": i}`: event `i` of the envelope at that offset), or `{"error": {"code": "…",
+//! "message": "…"}}`.
 //!
 //! - **200** `{"results": [...]}`: every record is in Kafka.
 //! - **207** `{"results": [...]}`: some records are in Kafka, the others failed; each failed
@@ -40,14 +44,43 @@
 //! |---|---|---|
 //! | 400 | `malformed_json` | the body is not JSON / NDJSON; the message names line and column (for NDJSON, the body's line) |
 //! | 400 | `invalid_record`, `bad_request` | a record has a negative partition, bad base64, an unknown field…; an unknown `format` |
+//! | 400 | `invalid_latency_budget` | `X-Latency-Budget-Ms` / `latency_budget_ms` is not whole milliseconds in 1..=3,600,000; the message names the value |
 //! | 401 | `unauthorized` | no valid `Authorization: Bearer <token>` or `X-API-Key: <token>` (with `WWW-Authenticate: Bearer`) |
 //! | 403 | `forbidden` | the topic matches none of the key's patterns, or starts with `__` (always) |
 //! | 404 | `unknown_topic` | the topic does not exist (asked of the broker, remembered for `topic_cache_ttl`) |
 //! | 404 | `unknown_partition` | per record: a partition the topic does not have |
 //! | 413 | `body_too_large`, `too_many_records` | over `max_body_bytes` or `max_records_per_request` |
-//! | 429 | `producer_full` | the producer holds its bound of pending records or bytes; nothing waits: retry after `Retry-After: 1`. Records of the request handed in before it filled up are still awaited and reported |
+//! | 429 | `producer_full` | the producer holds its bound of pending records or bytes (adaptive: its intake is full); nothing waits: retry after `Retry-After: 1`. Records of the request handed in before it filled up are still awaited and reported |
+//! | 400 / 503 | `record_rejected` / `broker_unavailable` | per record, packed topics: the envelope holding it failed for good / retriably |
 //! | 503 | `not_acknowledged` | per record: no acknowledgement within the request timeout (it may still be written: a retry can duplicate it) |
 //! | 503 | `broker_unavailable` | the broker did not answer the topic lookup in time, or failed the record with a retriable error |
+//!
+//! # Producers and latency budgets
+//!
+//! By default (`producer = "adaptive"`) records go through a
+//! `kbatch_adaptive::AdaptiveProducer`, each its own Kafka record: its pressure level (from
+//! the request rate) decides how long records may gather into batches, and a lone record
+//! goes at once instead of waiting out a linger. `producer = "plain"` sends through the
+//! [`Producer`](kbatch_producer::Producer) given to [`Gateway::bind`], with its own linger.
+//! That `Producer` answers the topic lookups (404, bad partitions) and `/readyz` either way.
+//!
+//! A request may cap how long its records wait in a batch with the header
+//! `X-Latency-Budget-Ms: <ms>` or the query parameter `?latency_budget_ms=<ms>` (the header
+//! wins), on the native and the REST Proxy v2 route: whole milliseconds, 1..=3,600,000,
+//! clamped to `request_timeout`; anything else is 400 `invalid_latency_budget` naming the
+//! value. Without one, the level decides. The plain producer ignores budgets (they are still
+//! checked). The budget bounds the wait in a batch, not the broker's round trip.
+//!
+//! Topics matching `packed_topics` (the `*` patterns of API keys) go through a second
+//! adaptive producer that packs each microbatch per partition into one Kafka record, an
+//! envelope (`kbatch_core::envelope`): **consumers must unpack it** (kbatch's consumers do;
+//! others see one record with the `kbatch-envelope` header). Native answers then carry each
+//! record's `index` in its envelope; REST Proxy answers keep REST Proxy's shape (the
+//! envelope's partition and offset). Keyed records keep their order per key either way.
+//!
+//! The adaptive producers remember what they learn in SQLite under the profiles `gateway`
+//! and `gateway-packed` (`calibration_path`, default the adaptive producer's file); tune
+//! them with [`Gateway::bind_with_adaptive`].
 //!
 //! # REST Proxy v2
 //!
@@ -82,7 +115,9 @@
 //!
 //! When the [`CancellationToken`](tokio_util::sync::CancellationToken) given to
 //! [`Gateway::run`] is cancelled, the server stops accepting connections, answers the requests
-//! in flight, then closes the producer.
+//! in flight, then closes the producers: the adaptive ones send what they hold and wait for
+//! their acknowledgements (their reports are logged), then the plain one (its report is
+//! returned).
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
@@ -108,6 +143,7 @@ mod error;
 mod idempotency;
 mod routes;
 mod server;
+mod sink;
 mod topics;
 
 /// The body parsers, for fuzzing (`fuzz/fuzz_targets/gateway_body.rs`); not a stable API.
@@ -145,3 +181,4 @@ pub use auth::sha256_hex;
 pub use config::{ApiKey, GatewayConfig};
 pub use error::{Error, RequestError, Result};
 pub use server::Gateway;
+pub use sink::ProducerKind;

@@ -1,8 +1,10 @@
-//! The server: binds, serves the routes, shuts down gracefully, closes the producer.
+//! The server: binds, starts the producers, serves the routes, shuts down gracefully, closes
+//! every producer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use kbatch_adaptive::AdaptiveConfig;
 use kbatch_producer::{CloseReport, Producer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -10,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Authorizer;
 use crate::config::GatewayConfig;
 use crate::error::{Error, Result};
+use crate::sink::Sink;
 use crate::topics::TopicCache;
 
 /// What every request handler shares.
@@ -19,6 +22,8 @@ pub(crate) struct AppState {
     pub(crate) auth: Authorizer,
     pub(crate) topics: TopicCache,
     pub(crate) idempotency: crate::idempotency::Store,
+    /// What records are sent through (`producer` is kept for metadata and readiness).
+    pub(crate) sink: Sink,
 }
 
 /// The HTTP ingest gateway: bound to its address, not yet serving. See the [crate docs](crate).
@@ -28,12 +33,32 @@ pub struct Gateway {
     addr: SocketAddr,
     config: GatewayConfig,
     producer: Producer,
+    sink: Sink,
 }
 
 impl Gateway {
-    /// Validates `config` and binds its address (port 0 picks a free one; see
-    /// [`local_addr`](Gateway::local_addr)). Logs a WARN when running without authentication.
+    /// Validates `config`, starts the producers it asks for and binds its address (port 0
+    /// picks a free one; see [`local_addr`](Gateway::local_addr)). Logs a WARN when running
+    /// without authentication.
+    ///
+    /// `producer` answers the topic lookups (and `/readyz`) in every mode, and sends the
+    /// records with `producer = "plain"`. The adaptive producers (the default, and packed
+    /// topics) start from `AdaptiveConfig::new` around `producer`'s config; see
+    /// [`bind_with_adaptive`](Gateway::bind_with_adaptive) to tune them.
     pub async fn bind(config: GatewayConfig, producer: Producer) -> Result<Self> {
+        let adaptive = AdaptiveConfig::new(producer.config().clone());
+        Self::bind_with_adaptive(config, producer, adaptive).await
+    }
+
+    /// As [`bind`](Gateway::bind), with `adaptive` as the adaptive producers' settings (levels,
+    /// initial level, intake capacity…). The gateway sets their shape (per-event, or packed
+    /// for `packed_topics`), their calibration profile (`gateway`, `gateway-packed`) and,
+    /// when `calibration_path` is set, their calibration file.
+    pub async fn bind_with_adaptive(
+        config: GatewayConfig,
+        producer: Producer,
+        adaptive: AdaptiveConfig,
+    ) -> Result<Self> {
         config.validate()?;
         if config.insecure_no_auth {
             tracing::warn!(
@@ -52,11 +77,18 @@ impl Gateway {
             addr: config.bind,
             source,
         })?;
+        let sink = Sink::start(&config, producer.clone(), adaptive).map_err(Error::Adaptive)?;
+        tracing::info!(
+            producer = ?config.producer,
+            packed_topics = ?config.packed_topics,
+            "kbatch gateway producers started"
+        );
         Ok(Self {
             listener,
             addr,
             config,
             producer,
+            sink,
         })
     }
 
@@ -66,8 +98,9 @@ impl Gateway {
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting connections, lets in-flight
-    /// requests finish (each within its request timeout), and closes the producer, returning
-    /// what the close reports.
+    /// requests finish (each within its request timeout), and closes every producer: the
+    /// adaptive ones first (they send what they hold; their reports are logged), then the
+    /// plain one, whose report is returned.
     pub async fn run(self, shutdown: CancellationToken) -> Result<CloseReport> {
         let state = Arc::new(AppState {
             auth: Authorizer::new(&self.config),
@@ -78,6 +111,7 @@ impl Gateway {
                 self.config.idempotency_max_bytes,
             ),
             producer: self.producer.clone(),
+            sink: self.sink.clone(),
             config: self.config,
         });
         tracing::info!(addr = %self.addr, "kbatch gateway serving");
@@ -86,9 +120,9 @@ impl Gateway {
             .await
             .map_err(Error::Serve)?;
         tracing::info!(
-            "kbatch gateway stopped accepting; in-flight requests answered; closing the producer"
+            "kbatch gateway stopped accepting; in-flight requests answered; closing the producers"
         );
-        Ok(self.producer.close().await)
+        Ok(self.sink.close().await)
     }
 
     /// [`bind`](Gateway::bind) then [`run`](Gateway::run).

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use common::{
     Running, TOKEN, assert_results_match, config, producer_config, read_back, start, topic,
 };
-use kbatch_gateway::GatewayConfig;
+use kbatch_gateway::{GatewayConfig, ProducerKind};
 use serde_json::{Value, json};
 
 const JSON: &str = "application/json";
@@ -336,12 +336,14 @@ async fn topics_outside_the_allowlist_and_internal_topics_are_403() {
 }
 
 /// Provoking "full": the producer may hold one record, and lingers 3 s before sending a
-/// batch, so a record handed in holds the only place for 3 s.
+/// batch, so a record handed in holds the only place for 3 s. The plain producer (whose
+/// linger holds records), which keeps that path covered; the adaptive one's 429 is in
+/// tests/adaptive.rs.
 #[tokio::test]
 async fn a_full_producer_answers_429_and_still_reports_what_it_took() {
     let mut pc = producer_config().with_pending_limits(1, 1 << 20);
     pc.kafka.linger = Duration::from_secs(3);
-    let gw = start(config(), pc).await;
+    let gw = start(config().with_producer(ProducerKind::Plain), pc).await;
     let t = topic("full");
     kbatch_testkit::create_topic(&t, 1).await;
     // Warm the topic cache so that request A hands its record in at once.
@@ -466,9 +468,10 @@ async fn healthz_and_readyz_follow_the_broker() {
 #[tokio::test]
 async fn shutdown_answers_the_request_in_flight_then_stops() {
     let mut pc = producer_config();
-    // The record waits 2 s in the producer: shutdown begins while the request is in flight.
+    // The record waits 2 s in the (plain) producer: shutdown begins while the request is in
+    // flight. The adaptive producers' shutdown is in tests/adaptive.rs.
     pc.kafka.linger = Duration::from_secs(2);
-    let gw = start(config(), pc).await;
+    let gw = start(config().with_producer(ProducerKind::Plain), pc).await;
     let t = topic("shutdown");
     kbatch_testkit::create_topic(&t, 1).await;
     let (http, url) = (gw.http.clone(), gw.url(&path(&t)));

@@ -81,10 +81,15 @@ async fn a_retry_gets_the_original_answer_and_the_broker_one_copy() {
 async fn a_retry_while_the_first_is_out_is_409_then_replays() {
     let t = topic("idem-inflight");
     kbatch_testkit::create_topic(&t, 1).await;
-    // A 2 s linger keeps the first request waiting for its acknowledgement.
+    // A 2 s linger keeps the first request waiting for its acknowledgement (the plain
+    // producer: its linger holds the records where this test can see them pending).
     let mut pc = producer_config();
     pc.kafka.linger = Duration::from_secs(2);
-    let g = start(config(), pc).await;
+    let g = start(
+        config().with_producer(kbatch_gateway::ProducerKind::Plain),
+        pc,
+    )
+    .await;
     let path = format!("/topics/{t}/records");
     let first = {
         let (http, url) = (g.http.clone(), g.url(&path));

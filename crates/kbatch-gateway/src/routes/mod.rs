@@ -7,6 +7,7 @@
 //! ```
 
 pub(crate) mod body;
+pub(crate) mod budget;
 mod health;
 mod records;
 pub(crate) mod rest_proxy;

@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::body::{compact_json, decode_base64, json_error};
-use super::records::{produce_all, read_body};
+use super::records::{produce_all_with_budget, read_body};
 use crate::error::{RequestError, add_status_headers};
 use crate::server::AppState;
 
@@ -90,6 +90,12 @@ async fn inner(
     deadline: Instant,
 ) -> Result<Response, RequestError> {
     state.auth.authorize(headers, &topic)?;
+    // REST Proxy has no latency budget; ours is an extension its clients may add.
+    let budget = super::budget::from_request(
+        headers,
+        super::budget::query_value(request.uri().query()),
+        state.config.request_timeout,
+    )?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -111,7 +117,7 @@ async fn inner(
         embedded,
         state.config.max_records_per_request,
     )?;
-    let outcomes = produce_all(state, &topic, records, deadline).await?;
+    let outcomes = produce_all_with_budget(state, &topic, records, deadline, budget).await?;
     let offsets: Vec<Value> = outcomes
         .iter()
         .map(|o| match o {

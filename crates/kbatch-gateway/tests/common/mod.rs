@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use kbatch_adaptive::AdaptiveConfig;
 use kbatch_client::Isolation;
 use kbatch_core::ConsumedRecord;
 use kbatch_gateway::{ApiKey, Gateway, GatewayConfig};
@@ -44,9 +45,27 @@ pub(crate) struct Running {
     pub(crate) http: reqwest::Client,
 }
 
+/// The adaptive producers' settings tests start from: no calibration file (a test must not
+/// write the user's), otherwise the defaults around `producer`.
+pub(crate) fn adaptive_config(producer: ProducerConfig) -> AdaptiveConfig {
+    AdaptiveConfig::new(producer).without_calibration()
+}
+
 pub(crate) async fn start(config: GatewayConfig, producer: ProducerConfig) -> Running {
+    let adaptive = adaptive_config(producer.clone());
+    start_adaptive(config, producer, adaptive).await
+}
+
+/// A running gateway whose adaptive producers start from `adaptive`.
+pub(crate) async fn start_adaptive(
+    config: GatewayConfig,
+    producer: ProducerConfig,
+    adaptive: AdaptiveConfig,
+) -> Running {
     let producer = Producer::new(producer).unwrap();
-    let gateway = Gateway::bind(config, producer.clone()).await.unwrap();
+    let gateway = Gateway::bind_with_adaptive(config, producer.clone(), adaptive)
+        .await
+        .unwrap();
     let addr = gateway.local_addr();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(gateway.run(shutdown.clone()));

@@ -23,7 +23,7 @@ use std::time::Duration;
 use clap::Args as ClapArgs;
 use kbatch_client::{Admin, ClientConfig, NewTopic};
 use kbatch_core::Topic;
-use kbatch_gateway::{ApiKey, Gateway, GatewayConfig};
+use kbatch_gateway::{ApiKey, Gateway, GatewayConfig, ProducerKind};
 use kbatch_producer::{Producer, ProducerConfig};
 use rand::Rng as _;
 use tokio_util::sync::CancellationToken;
@@ -102,7 +102,10 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
             "bench",
             &token,
             ["kbatch-bench-gateway-*"],
-        ));
+        ))
+        // The same ProducerConfig as the direct Producer it is compared with (equal
+        // settings); the adaptive default would be its own, labelled row (not measured yet).
+        .with_producer(ProducerKind::Plain);
     let shutdown = CancellationToken::new();
     let (addr, server) = start_gateway(config, producer_config.clone(), shutdown.clone())?;
     let direct = Producer::new(producer_config)?;
