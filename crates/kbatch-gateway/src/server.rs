@@ -19,6 +19,7 @@ pub(crate) struct AppState {
     pub(crate) auth: Authorizer,
     pub(crate) topics: TopicCache,
     pub(crate) idempotency: crate::idempotency::Store,
+    pub(crate) metrics: crate::metrics::GatewayMetrics,
 }
 
 /// The HTTP ingest gateway: bound to its address, not yet serving. See the [crate docs](crate).
@@ -28,6 +29,7 @@ pub struct Gateway {
     addr: SocketAddr,
     config: GatewayConfig,
     producer: Producer,
+    tls: Option<crate::listener::Tls>,
 }
 
 impl Gateway {
@@ -42,6 +44,8 @@ impl Gateway {
                 config.bind
             );
         }
+        // Before binding: a bad certificate is a start-up error naming its file.
+        let tls = crate::listener::Tls::load(&config)?;
         let listener = TcpListener::bind(config.bind)
             .await
             .map_err(|source| Error::Bind {
@@ -57,12 +61,19 @@ impl Gateway {
             addr,
             config,
             producer,
+            tls,
         })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `https://` or `http://` with the address bound, for logs.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting connections, lets in-flight
@@ -78,13 +89,28 @@ impl Gateway {
                 self.config.idempotency_max_bytes,
             ),
             producer: self.producer.clone(),
+            metrics: crate::metrics::GatewayMetrics::new(self.config.metrics),
             config: self.config,
         });
-        tracing::info!(addr = %self.addr, "kbatch gateway serving");
-        axum::serve(self.listener, crate::routes::router(state))
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .map_err(Error::Serve)?;
+        let limits = crate::listener::ConnectionLimits::of(&state.config);
+        let upkeep = state.metrics.handle().map(|h| {
+            tokio::spawn(crate::metrics::GatewayMetrics::upkeep(
+                h,
+                shutdown.child_token(),
+            ))
+        });
+        tracing::info!(addr = %self.addr, tls = self.tls.is_some(), "kbatch gateway serving");
+        crate::listener::serve(
+            self.listener,
+            self.tls,
+            crate::routes::router(state),
+            limits,
+            shutdown,
+        )
+        .await;
+        if let Some(task) = upkeep {
+            let _ = task.await;
+        }
         tracing::info!(
             "kbatch gateway stopped accepting; in-flight requests answered; closing the producer"
         );

@@ -112,6 +112,7 @@ async fn inner(
         state.config.max_records_per_request,
     )?;
     let outcomes = produce_all(state, &topic, records, deadline).await?;
+    crate::metrics::count_records(&outcomes);
     let offsets: Vec<Value> = outcomes
         .iter()
         .map(|o| match o {
