@@ -97,7 +97,7 @@ async fn slow_loris(addr: SocketAddr, give_up: Duration) -> Option<Duration> {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_loris_connections_are_cut_and_do_not_slow_normal_clients() {
     const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
     let gw = start(
@@ -176,7 +176,7 @@ async fn idle_keep_alive_connection_is_closed_after_the_header_timeout() {
     gw.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_flood_is_413_quickly_while_normal_clients_succeed() {
     const LIMIT: usize = 64 << 10;
     let gw = start(config().with_limits(LIMIT, 10_000), producer_config()).await;
@@ -218,7 +218,9 @@ async fn oversized_flood_is_413_quickly_while_normal_clients_succeed() {
                     let body: serde_json::Value =
                         serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
                     assert_eq!(body["error"]["code"], "body_too_large");
-                    assert!(elapsed < Duration::from_secs(2), "413 took {elapsed:?}");
+                    // Far below the request timeout (30 s): refused without waiting for the
+                    // body, with room for a debug build on a shared 2-core machine.
+                    assert!(elapsed < Duration::from_secs(5), "413 took {elapsed:?}");
                     answered += 1;
                 }
                 answered
