@@ -154,8 +154,12 @@ async fn no_2xx_for_a_record_the_cluster_did_not_persist() {
         .iter()
         .filter(|s| s.start >= outage_start && s.end <= outage_end)
         .collect();
+    let mut statuses = BTreeMap::<u16, usize>::new();
+    for s in &during {
+        *statuses.entry(s.status).or_default() += 1;
+    }
     eprintln!(
-        "{} requests: {} answered 200, {} during the outage",
+        "{} requests: {} answered 200; {} during the outage, by status: {statuses:?}",
         sent.len(),
         sent.iter().filter(|s| s.status == 200).count(),
         during.len()
