@@ -474,13 +474,43 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_and_tls_are_validated() {
+        let ok = || GatewayConfig::default().with_insecure_no_auth(true);
+        let c = ok();
+        assert_eq!(
+            (c.header_read_timeout, c.max_headers, c.max_connections),
+            (Duration::from_secs(10), 100, 10_000)
+        );
+        assert_eq!((c.max_concurrent_requests, c.metrics), (1024, true));
+        let e = ok()
+            .with_connection_limits(Duration::from_millis(10), 100, 10)
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "header_read_timeout");
+        let e = ok()
+            .with_connection_limits(Duration::from_secs(1), 0, 10)
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "max_headers");
+        let e = ok().with_max_concurrent_requests(0).validate().unwrap_err();
+        assert_eq!(e.field, "max_concurrent_requests");
+        let mut c = ok();
+        c.tls_key = Some("gw.key".into());
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "tls_cert");
+        assert!(e.to_string().contains("gw.key"), "{e}");
+        ok().with_tls("gw.crt", "gw.key").validate().unwrap();
+    }
+
+    #[test]
     fn loads_from_toml() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gw.toml");
         std::fs::write(
             &path,
             format!(
-                "bind = \"0.0.0.0:9000\"\nrequest_timeout_ms = 2500\n\
+                "bind = \"0.0.0.0:9000\"\nrequest_timeout_ms = 2500\nheader_read_timeout_ms = 4000\n\
+                 max_concurrent_requests = 8\ntls_cert = \"/etc/gw.crt\"\ntls_key = \"/etc/gw.key\"\n\
                  [[api_keys]]\nname = \"svc\"\nsha256_hex = \"{HASH}\"\ntopics = [\"orders-*\"]\n"
             ),
         )
@@ -488,6 +518,9 @@ mod tests {
         let c = GatewayConfig::from_toml_file(&path).unwrap();
         assert_eq!(c.bind.port(), 9000);
         assert_eq!(c.request_timeout, Duration::from_millis(2500));
+        assert_eq!(c.header_read_timeout, Duration::from_millis(4000));
+        assert_eq!(c.max_concurrent_requests, 8);
+        assert_eq!(c.tls_key.as_deref(), Some(Path::new("/etc/gw.key")));
         assert_eq!(
             c.max_body_bytes,
             8 << 20,

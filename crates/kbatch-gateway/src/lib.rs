@@ -2,8 +2,8 @@
 //! has acknowledged them (the producer's default `acks = all`, idempotent).
 //!
 //! ```text
-//!  client ──HTTP[S]──► serve loop (listener.rs: connection bound, header timeout, TLS)
-//!         ──► axum routes (metrics, tower-http timeout, body limit, load shedding) ──auth──► parse body
+//!  client ──HTTP[S]──► serve loop (connection bound, header timeout, header count, TLS)
+//!    ──► axum routes (metrics, timeout, body limit, load shedding) ──auth──► parse body
 //!                                                                            │ records
 //!  200 / 207 / 4xx / 5xx  ◄── one result per record ◄── DeliveryFuture ◄── Producer::try_send
 //! ```
