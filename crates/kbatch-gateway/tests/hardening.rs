@@ -500,3 +500,35 @@ async fn metrics_route_can_be_turned_off() {
     assert_eq!(gw.get("/metrics").await.status, 404);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn past_max_connections_new_connections_wait_until_one_closes() {
+    let gw = start(
+        config().with_connection_limits(Duration::from_secs(10), 100, 2),
+        producer_config(),
+    )
+    .await;
+    // Two connections hold both slots (open, no request yet).
+    let first = TcpStream::connect(gw.addr).await.unwrap();
+    let _second = TcpStream::connect(gw.addr).await.unwrap();
+    // Give the serve loop time to accept both and stop accepting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The third connects (the kernel's backlog takes it) but is not served...
+    let addr = gw.addr;
+    let third = tokio::spawn(async move {
+        raw_status(addr, b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n").await
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served while max_connections = 2 were open"
+    );
+    // ...until a slot frees.
+    drop(first);
+    let status = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    assert_eq!(status, 200);
+    gw.stop().await;
+}
