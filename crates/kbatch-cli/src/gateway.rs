@@ -3,7 +3,10 @@
 //!
 //! ```text
 //!  --config FILE.toml ─► GatewayConfig ◄─ --bind, --api-key-sha256 (added), --insecure-no-auth,
-//!                            │            --producer, --packed-topic (added), --calibration-path
+//!                            │            --producer, --packed-topic (added), --calibration-path,
+//!                            │            --tls-cert/--tls-key, --max-concurrent-requests,
+//!                            │            --max-connections
+//!                            │
 //!  --brokers ─► Producer ─► Gateway::run ── Ctrl-C / SIGTERM ─► stop accepting, answer the
 //!                                             requests in flight, close the producer
 //! ```
@@ -53,6 +56,18 @@ pub(crate) struct Args {
     /// adaptive producer's default file.
     #[arg(long, value_name = "FILE.sqlite")]
     calibration_path: Option<PathBuf>,
+    /// Serve HTTPS: PEM certificate chain (with --tls-key; or the config file's `tls_cert`).
+    #[arg(long, value_name = "CERT.pem", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Serve HTTPS: PEM private key of --tls-cert.
+    #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Most produce requests handled at once; past it 429 `overloaded` (default 1024).
+    #[arg(long)]
+    max_concurrent_requests: Option<usize>,
+    /// Most open client connections; past it new ones wait in the listen backlog (default 10000).
+    #[arg(long)]
+    max_connections: Option<usize>,
 }
 
 fn parse_key(s: &str) -> Result<ApiKey, String> {
@@ -83,12 +98,21 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
     if let Some(path) = a.calibration_path {
         config = config.with_calibration_path(path);
     }
+    if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
+        config = config.with_tls(cert, key);
+    }
+    if let Some(n) = a.max_concurrent_requests {
+        config = config.with_max_concurrent_requests(n);
+    }
+    if let Some(n) = a.max_connections {
+        config.max_connections = n;
+    }
     config.validate()?;
     let producer = Producer::new(ProducerConfig::new(
         ClientConfig::new(a.brokers.as_str()).with_client_id("kbatch-gateway"),
     ))?;
     let gateway = Gateway::bind(config, producer).await?;
-    eprintln!("kbatch gateway: http://{}", gateway.local_addr());
+    eprintln!("kbatch gateway: {} (metrics: GET /metrics)", gateway.url());
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let report = gateway.run(shutdown).await?;

@@ -27,6 +27,14 @@ use crate::sink::ProducerKind;
 /// producer = "adaptive"            # or "plain"
 /// packed_topics = ["metrics-*"]    # sent as packed envelopes; consumers must unpack
 /// calibration_path = "/var/lib/kbatch/gateway-calibration.sqlite"
+/// header_read_timeout_ms = 10000
+/// max_headers = 100
+/// max_connections = 10000
+/// max_concurrent_requests = 1024
+/// metrics = true
+/// # TLS (both or neither): PEM files
+/// # tls_cert = "/etc/kbatch/gateway.crt"
+/// # tls_key = "/etc/kbatch/gateway.key"
 ///
 /// [[api_keys]]
 /// name = "orders-service"
@@ -78,6 +86,28 @@ pub struct GatewayConfig {
     /// SQLite file where the adaptive producers remember what they learned (profiles
     /// `gateway`, `gateway-packed`). Default: the adaptive producer's default file.
     pub calibration_path: Option<PathBuf>,
+    /// Time a client has to send a request's headers, 100 ms..=10 min (TOML:
+    /// `header_read_timeout_ms`). The clock starts when the connection waits for a request,
+    /// so it is also the idle timeout of a keep-alive connection, and it bounds the TLS
+    /// handshake. A client trickling its headers (slow-loris) is cut off. Default 10 s.
+    #[serde(rename = "header_read_timeout_ms", with = "millis")]
+    pub header_read_timeout: Duration,
+    /// Most headers in one request, 1..=10,000. Default 100; more get 431.
+    pub max_headers: usize,
+    /// Most open connections, 1..=1,000,000. Default 10,000. Past it the gateway stops
+    /// accepting: new connections wait in the kernel's listen backlog until one closes.
+    pub max_connections: usize,
+    /// Most produce requests handled at once, across all produce routes, 1..=1,000,000.
+    /// Default 1,024. Past it a request is answered 429 `overloaded` with `Retry-After: 1` at
+    /// once, never queued. `/healthz`, `/readyz` and `/metrics` are not limited.
+    pub max_concurrent_requests: usize,
+    /// Serve `GET /metrics` (Prometheus text). Default true.
+    pub metrics: bool,
+    /// PEM file with the certificate chain to serve HTTPS with (with `tls_key`). Default none:
+    /// plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file with the private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
 }
 
 /// One credential: the SHA-256 of its token (never the token) and its topic patterns.
@@ -189,6 +219,13 @@ impl fmt::Debug for GatewayConfig {
             .field("producer", &self.producer)
             .field("packed_topics", &self.packed_topics)
             .field("calibration_path", &self.calibration_path)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("max_headers", &self.max_headers)
+            .field("max_connections", &self.max_connections)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("metrics", &self.metrics)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
             .finish()
     }
 }
@@ -209,6 +246,13 @@ impl Default for GatewayConfig {
             producer: ProducerKind::Adaptive,
             packed_topics: Vec::new(),
             calibration_path: None,
+            header_read_timeout: Duration::from_secs(10),
+            max_headers: 100,
+            max_connections: 10_000,
+            max_concurrent_requests: 1024,
+            metrics: true,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -300,6 +344,43 @@ impl GatewayConfig {
         self
     }
 
+    /// Sets the connection bounds: header read (and keep-alive idle) timeout, most headers
+    /// per request, most open connections.
+    #[must_use]
+    pub fn with_connection_limits(
+        mut self,
+        header_read_timeout: Duration,
+        max_headers: usize,
+        max_connections: usize,
+    ) -> Self {
+        self.header_read_timeout = header_read_timeout;
+        self.max_headers = max_headers;
+        self.max_connections = max_connections;
+        self
+    }
+
+    /// Sets how many produce requests are handled at once before 429 `overloaded`.
+    #[must_use]
+    pub fn with_max_concurrent_requests(mut self, n: usize) -> Self {
+        self.max_concurrent_requests = n;
+        self
+    }
+
+    /// Serves (or not) `GET /metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, yes: bool) -> Self {
+        self.metrics = yes;
+        self
+    }
+
+    /// Serves HTTPS with the PEM certificate chain and private key at these paths.
+    #[must_use]
+    pub fn with_tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls_cert = Some(cert.into());
+        self.tls_key = Some(key.into());
+        self
+    }
+
     /// Checks every field, naming the first wrong one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         ConfigError::check_range("max_body_bytes", self.max_body_bytes, 1024, 1 << 30)?;
@@ -339,6 +420,39 @@ impl GatewayConfig {
             1 << 10,
             16 << 30,
         )?;
+        ConfigError::check_range(
+            "header_read_timeout",
+            self.header_read_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        )?;
+        ConfigError::check_range("max_headers", self.max_headers, 1, 10_000)?;
+        ConfigError::check_range("max_connections", self.max_connections, 1, 1_000_000)?;
+        ConfigError::check_range(
+            "max_concurrent_requests",
+            self.max_concurrent_requests,
+            1,
+            1_000_000,
+        )?;
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), Some(_)) | (None, None) => {}
+            (Some(c), None) => {
+                return Err(ConfigError::new(
+                    "tls_key",
+                    "none",
+                    format!("the PEM private key of tls_cert {c:?}; TLS needs both or neither"),
+                ));
+            }
+            (None, Some(k)) => {
+                return Err(ConfigError::new(
+                    "tls_cert",
+                    "none",
+                    format!(
+                        "the PEM certificate chain of tls_key {k:?}; TLS needs both or neither"
+                    ),
+                ));
+            }
+        }
         for (i, k) in self.api_keys.iter().enumerate() {
             k.validate(i)?;
         }
@@ -415,13 +529,43 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_and_tls_are_validated() {
+        let ok = || GatewayConfig::default().with_insecure_no_auth(true);
+        let c = ok();
+        assert_eq!(
+            (c.header_read_timeout, c.max_headers, c.max_connections),
+            (Duration::from_secs(10), 100, 10_000)
+        );
+        assert_eq!((c.max_concurrent_requests, c.metrics), (1024, true));
+        let e = ok()
+            .with_connection_limits(Duration::from_millis(10), 100, 10)
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "header_read_timeout");
+        let e = ok()
+            .with_connection_limits(Duration::from_secs(1), 0, 10)
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "max_headers");
+        let e = ok().with_max_concurrent_requests(0).validate().unwrap_err();
+        assert_eq!(e.field, "max_concurrent_requests");
+        let mut c = ok();
+        c.tls_key = Some("gw.key".into());
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "tls_cert");
+        assert!(e.to_string().contains("gw.key"), "{e}");
+        ok().with_tls("gw.crt", "gw.key").validate().unwrap();
+    }
+
+    #[test]
     fn loads_from_toml() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gw.toml");
         std::fs::write(
             &path,
             format!(
-                "bind = \"0.0.0.0:9000\"\nrequest_timeout_ms = 2500\n\
+                "bind = \"0.0.0.0:9000\"\nrequest_timeout_ms = 2500\nheader_read_timeout_ms = 4000\n\
+                 max_concurrent_requests = 8\ntls_cert = \"/etc/gw.crt\"\ntls_key = \"/etc/gw.key\"\n\
                  [[api_keys]]\nname = \"svc\"\nsha256_hex = \"{HASH}\"\ntopics = [\"orders-*\"]\n"
             ),
         )
@@ -429,6 +573,9 @@ mod tests {
         let c = GatewayConfig::from_toml_file(&path).unwrap();
         assert_eq!(c.bind.port(), 9000);
         assert_eq!(c.request_timeout, Duration::from_millis(2500));
+        assert_eq!(c.header_read_timeout, Duration::from_millis(4000));
+        assert_eq!(c.max_concurrent_requests, 8);
+        assert_eq!(c.tls_key.as_deref(), Some(Path::new("/etc/gw.key")));
         assert_eq!(
             c.max_body_bytes,
             8 << 20,

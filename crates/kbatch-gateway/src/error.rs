@@ -39,6 +39,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS certificate or key could not be read or used.
+    #[error("TLS {what} {path:?}: {why}")]
+    Tls {
+        /// `tls_cert` or `tls_key`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        why: String,
+    },
     /// The server failed while serving.
     #[error("HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
@@ -147,6 +157,20 @@ pub enum RequestError {
     /// The idempotency store holds as many requests in flight as it may (429).
     #[error("too many requests with an Idempotency-Key in flight: retry after 1 s")]
     IdempotencyStoreFull,
+    /// The gateway handles `max_concurrent_requests` produce requests already (429): retry
+    /// after the `Retry-After` delay. Nothing of this request was read or sent.
+    #[error(
+        "the gateway is handling its limit of {limit} produce requests at once; nothing of this request was sent: retry after 1 s"
+    )]
+    Overloaded {
+        /// `max_concurrent_requests`.
+        limit: usize,
+    },
+    /// The body did not arrive within the request timeout (408). Nothing was sent.
+    #[error(
+        "the request body did not arrive within the request timeout of {0:?}; nothing was sent"
+    )]
+    BodyTimeout(Duration),
     /// The gateway failed answering (500).
     #[error("{0}")]
     Internal(String),
@@ -177,9 +201,10 @@ impl RequestError {
             | RequestError::UnknownTopic(_)
             | RequestError::UnknownPartition { .. } => StatusCode::NOT_FOUND,
             RequestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            RequestError::ProducerFull | RequestError::IdempotencyStoreFull => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            RequestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            RequestError::ProducerFull
+            | RequestError::IdempotencyStoreFull
+            | RequestError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             RequestError::IdempotencyConflict(_) => StatusCode::CONFLICT,
             RequestError::IdempotencyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             RequestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -220,6 +245,8 @@ impl RequestError {
             RequestError::Internal(_) => "internal",
             RequestError::InvalidLatencyBudget(_) => "invalid_latency_budget",
             RequestError::Rejected(_) => "record_rejected",
+            RequestError::Overloaded { .. } => "overloaded",
+            RequestError::BodyTimeout(_) => "request_timeout",
             RequestError::Unavailable(_) => "broker_unavailable",
             RequestError::NotAcknowledged(_) => "not_acknowledged",
             RequestError::Produce(e) => match produce_code(e) {

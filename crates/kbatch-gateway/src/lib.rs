@@ -2,7 +2,8 @@
 //! has acknowledged them (the producer's default `acks = all`, idempotent).
 //!
 //! ```text
-//!  client ──HTTP──► axum routes (tower-http timeout, body limit) ──auth──► parse body
+//!  client ──HTTP[S]──► serve loop (connection bound, header timeout, header count, TLS)
+//!    ──► axum routes (metrics, timeout, body limit, load shedding) ──auth──► parse body
 //!                                                                            │ records, budget
 //!  200 / 207 / 4xx / 5xx  ◄── one result per record ◄── ack future ◄── AdaptiveProducer (default)
 //!                                                                       | packed AdaptiveProducer
@@ -17,6 +18,7 @@
 //! | `POST /topics/{topic}` | Confluent REST Proxy v2 produce (`application/vnd.kafka.json.v2+json` or `…binary.v2+json`, body `{"records":[…]}`), answered in its shape (`offsets` with `error_code`/`error`); see below |
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 when the broker answers a metadata request within 2 s, else 503 |
+//! | `GET /metrics` | Prometheus text (unless `metrics = false`); see [Metrics](#metrics) |
 //!
 //! A record is `{"key": <string|null>, "value": <any JSON>, "headers": {"name": "value"},
 //! "partition": <int>, "timestamp": <ms since epoch>}`, every field optional. The value is
@@ -50,6 +52,9 @@
 //! | 404 | `unknown_topic` | the topic does not exist (asked of the broker, remembered for `topic_cache_ttl`) |
 //! | 404 | `unknown_partition` | per record: a partition the topic does not have |
 //! | 413 | `body_too_large`, `too_many_records` | over `max_body_bytes` or `max_records_per_request` |
+//! | 408 | `request_timeout` | the body did not arrive within the request timeout (a trickling client); nothing was sent |
+//! | 429 | `overloaded` | `max_concurrent_requests` produce requests are being handled already; nothing was read or sent: retry after `Retry-After: 1` |
+//! | 431 | (no body) | more than `max_headers` headers; the connection is closed |
 //! | 429 | `producer_full` | the producer holds its bound of pending records or bytes (adaptive: its intake is full); nothing waits: retry after `Retry-After: 1`. Records of the request handed in before it filled up are still awaited and reported |
 //! | 400 / 503 | `record_rejected` / `broker_unavailable` | per record, packed topics: the envelope holding it failed for good / retriably |
 //! | 503 | `not_acknowledged` | per record: no acknowledgement within the request timeout (it may still be written: a retry can duplicate it) |
@@ -104,6 +109,47 @@
 //! leave the outcome open (408, 429, 5xx) are not kept, so a retry runs again. The store is
 //! bounded (`idempotency_max_entries`, `idempotency_max_bytes`).
 //!
+//! # Limits and TLS
+//!
+//! The gateway serves HTTP/1.1 itself (hyper, not `axum::serve`) so that no client can hold
+//! it:
+//!
+//! - `header_read_timeout` (default 10 s): a request's headers must arrive within it, or the
+//!   connection is closed (slow-loris). Its clock starts whenever the connection waits for a
+//!   request, so it is also the idle timeout of keep-alive connections, and it bounds the TLS
+//!   handshake.
+//! - The body must arrive within `request_timeout`, else 408; it is at most `max_body_bytes`
+//!   (413 from the `Content-Length` or, chunked, as soon as the limit is passed).
+//! - `max_headers` (default 100): more get 431.
+//! - `max_connections` (default 10,000): past it the gateway stops accepting, so new
+//!   connections wait in the kernel's listen backlog until one closes (rather than being
+//!   accepted and dropped, which would tell the client nothing).
+//! - `max_concurrent_requests` (default 1,024), shared by every produce route: past it a
+//!   request is answered 429 `overloaded` with `Retry-After: 1` at once (tower's
+//!   `ConcurrencyLimit` + `LoadShed`), never queued. Health and metrics are not limited.
+//!
+//! With `tls_cert` and `tls_key` (PEM files) the gateway serves HTTPS only, with rustls on the
+//! aws-lc-rs provider; a missing or unusable file is an [`Error::Tls`] at
+//! [`Gateway::bind`], naming the file.
+//!
+//! # Metrics
+//!
+//! `GET /metrics` renders the process's Prometheus recorder, which the gateway installs once
+//! ([`install_metrics_recorder`]); the producer's own `metrics` counters show up there too:
+//!
+//! | Metric | Type | Labels |
+//! |---|---|---|
+//! | `kbatch_gateway_requests_total` | counter | `route` (the pattern, `unmatched` for 404s), `status` |
+//! | `kbatch_gateway_request_duration_seconds` | histogram | `route` |
+//! | `kbatch_gateway_records_produced_total` | counter | |
+//! | `kbatch_gateway_records_failed_total` | counter | `code` |
+//! | `kbatch_gateway_records_per_request` | histogram | |
+//! | `kbatch_gateway_requests_in_flight` | gauge | |
+//! | `kbatch_gateway_open_connections` | gauge | |
+//! | `kbatch_gateway_pressure_level` | gauge | the producer's pressure level, 0 without levels |
+//!
+//! No credential or record content is in any of them.
+//!
 //! # Security
 //!
 //! The config stores the SHA-256 of each token, never the token; the presented token's hash is
@@ -141,6 +187,9 @@ mod auth;
 mod config;
 mod error;
 mod idempotency;
+mod limits;
+mod listener;
+mod metrics;
 mod routes;
 mod server;
 mod sink;
@@ -180,5 +229,6 @@ pub mod fuzz {
 pub use auth::sha256_hex;
 pub use config::{ApiKey, GatewayConfig};
 pub use error::{Error, RequestError, Result};
+pub use metrics::install_recorder as install_metrics_recorder;
 pub use server::Gateway;
 pub use sink::ProducerKind;

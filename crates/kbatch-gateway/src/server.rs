@@ -24,6 +24,7 @@ pub(crate) struct AppState {
     pub(crate) idempotency: crate::idempotency::Store,
     /// What records are sent through (`producer` is kept for metadata and readiness).
     pub(crate) sink: Sink,
+    pub(crate) metrics: crate::metrics::GatewayMetrics,
 }
 
 /// The HTTP ingest gateway: bound to its address, not yet serving. See the [crate docs](crate).
@@ -34,6 +35,7 @@ pub struct Gateway {
     config: GatewayConfig,
     producer: Producer,
     sink: Sink,
+    tls: Option<crate::listener::Tls>,
 }
 
 impl Gateway {
@@ -67,6 +69,8 @@ impl Gateway {
                 config.bind
             );
         }
+        // Before binding: a bad certificate is a start-up error naming its file.
+        let tls = crate::listener::Tls::load(&config)?;
         let listener = TcpListener::bind(config.bind)
             .await
             .map_err(|source| Error::Bind {
@@ -89,12 +93,19 @@ impl Gateway {
             config,
             producer,
             sink,
+            tls,
         })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `https://` or `http://` with the address bound, for logs.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting connections, lets in-flight
@@ -112,13 +123,33 @@ impl Gateway {
             ),
             producer: self.producer.clone(),
             sink: self.sink.clone(),
+            metrics: {
+                let mut m = crate::metrics::GatewayMetrics::new(self.config.metrics);
+                let sink = self.sink.clone();
+                m.pressure_level = Some(Arc::new(move || sink.pressure_level()));
+                m
+            },
             config: self.config,
         });
-        tracing::info!(addr = %self.addr, "kbatch gateway serving");
-        axum::serve(self.listener, crate::routes::router(state))
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .map_err(Error::Serve)?;
+        let limits = crate::listener::ConnectionLimits::of(&state.config);
+        let upkeep = state.metrics.handle().map(|h| {
+            tokio::spawn(crate::metrics::GatewayMetrics::upkeep(
+                h,
+                shutdown.child_token(),
+            ))
+        });
+        tracing::info!(addr = %self.addr, tls = self.tls.is_some(), "kbatch gateway serving");
+        crate::listener::serve(
+            self.listener,
+            self.tls,
+            crate::routes::router(state),
+            limits,
+            shutdown,
+        )
+        .await;
+        if let Some(task) = upkeep {
+            let _ = task.await;
+        }
         tracing::info!(
             "kbatch gateway stopped accepting; in-flight requests answered; closing the producers"
         );

@@ -167,10 +167,6 @@ impl Sink {
 
     /// The per-event adaptive producer's current pressure level (1..=10); `None` with the
     /// plain producer. For `/metrics`.
-    #[allow(
-        dead_code,
-        reason = "read by the /metrics endpoint, which is wired in separately"
-    )]
     pub(crate) fn pressure_level(&self) -> Option<u8> {
         self.adaptive.as_ref().map(|a| a.level().0)
     }

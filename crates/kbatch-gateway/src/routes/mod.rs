@@ -1,9 +1,13 @@
 //! The HTTP routes and the layers around them.
 //!
 //! ```text
-//!  request ─► TimeoutLayer (backstop: request_timeout + 5 s, 503) ─► DefaultBodyLimit
-//!          ─► Idempotency-Key (idempotency.rs) ─► /topics/{topic}/records (records.rs) | /topics/{topic} (rest_proxy.rs, REST Proxy v2)
-//!           | /healthz, /readyz (health.rs) | 404
+//!  connection (listener.rs: max_connections, [TLS], header_read_timeout, max_headers → 431)
+//!  request ─► metrics::track (requests by route/status, latency, in flight)
+//!          ─► TimeoutLayer (backstop: request_timeout + 5 s, 503) ─► DefaultBodyLimit
+//!          ─► Idempotency-Key (idempotency.rs)
+//!          ─► produce routes: load shedding (limits.rs: max_concurrent_requests, else 429)
+//!               ─► /topics/{topic}/records (records.rs) | /topics/{topic} (rest_proxy.rs, REST Proxy v2)
+//!           | /healthz, /readyz (health.rs) | /metrics (metrics.rs) | 404
 //! ```
 
 pub(crate) mod body;
@@ -31,14 +35,25 @@ const BACKSTOP_MARGIN: Duration = Duration::from_secs(5);
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let timeout = state.config.request_timeout + BACKSTOP_MARGIN;
     let body_limit = state.config.max_body_bytes;
-    Router::new()
-        .route("/topics/{topic}/records", post(records::produce))
-        .route("/topics/{topic}", post(rest_proxy::produce_v2))
+    // Only the produce routes are shed: health checks and scrapes must answer while the
+    // gateway is saturated, which is when they matter.
+    let produce = crate::limits::shed_produce_routes(
+        Router::new()
+            .route("/topics/{topic}/records", post(records::produce))
+            .route("/topics/{topic}", post(rest_proxy::produce_v2)),
+        state.config.max_concurrent_requests,
+    );
+    let mut router = Router::new()
+        .merge(produce)
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .route("/readyz", get(health::readyz));
+    if state.config.metrics {
+        router = router.route("/metrics", get(crate::metrics::render));
+    }
+    router
         .fallback(|| async {
             RequestError::NotFound(
-                "no such route: POST /topics/{topic}/records, POST /topics/{topic} (REST Proxy v2), GET /healthz, GET /readyz".into(),
+                "no such route: POST /topics/{topic}/records, POST /topics/{topic} (REST Proxy v2), GET /healthz, GET /readyz, GET /metrics".into(),
             )
         })
         .route_layer(axum::middleware::from_fn_with_state(
@@ -50,5 +65,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             timeout,
         ))
+        // Outermost, so every answer is counted, the timeout's and the shedder's included.
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(state)
 }

@@ -110,6 +110,7 @@ async fn produce_inner(
     )?;
     let count = records.len();
     let outcomes = produce_all_with_budget(state, &topic, records, deadline, budget).await?;
+    crate::metrics::count_records(&outcomes);
     let mut results = Vec::with_capacity(count);
     let mut first_failure: Option<&RequestError> = None;
     let mut failed = 0usize;
@@ -150,17 +151,22 @@ async fn produce_inner(
     Ok(response)
 }
 
-/// The body, at most `max_body_bytes` (413 past it).
+/// The body, at most `max_body_bytes` (413 past it), within the request timeout (408 past
+/// it: a client trickling its body must not hold a concurrency slot for longer).
 pub(super) async fn read_body(state: &AppState, request: Request) -> Result<Bytes, RequestError> {
-    Bytes::from_request(request, &()).await.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            RequestError::BodyTooLarge {
-                limit: state.config.max_body_bytes,
+    let timeout = state.config.request_timeout;
+    let read = tokio::time::timeout(timeout, Bytes::from_request(request, &()));
+    read.await
+        .map_err(|_| RequestError::BodyTimeout(timeout))?
+        .map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                RequestError::BodyTooLarge {
+                    limit: state.config.max_body_bytes,
+                }
+            } else {
+                RequestError::BadRequest(format!("could not read the body: {}", e.body_text()))
             }
-        } else {
-            RequestError::BadRequest(format!("could not read the body: {}", e.body_text()))
-        }
-    })
+        })
 }
 
 /// Hands every record to the producer and awaits each acknowledgement until `deadline`;

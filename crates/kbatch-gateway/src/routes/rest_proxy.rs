@@ -118,6 +118,7 @@ async fn inner(
         state.config.max_records_per_request,
     )?;
     let outcomes = produce_all_with_budget(state, &topic, records, deadline, budget).await?;
+    crate::metrics::count_records(&outcomes);
     let offsets: Vec<Value> = outcomes
         .iter()
         .map(|o| match o {
