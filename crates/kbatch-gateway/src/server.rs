@@ -19,6 +19,7 @@ pub(crate) struct AppState {
     pub(crate) auth: Authorizer,
     pub(crate) topics: TopicCache,
     pub(crate) idempotency: crate::idempotency::Store,
+    pub(crate) v3: crate::routes::rest_proxy_v3::V3State,
 }
 
 /// The HTTP ingest gateway: bound to its address, not yet serving. See the [crate docs](crate).
@@ -78,6 +79,7 @@ impl Gateway {
                 self.config.idempotency_max_bytes,
             ),
             producer: self.producer.clone(),
+            v3: Default::default(),
             config: self.config,
         });
         tracing::info!(addr = %self.addr, "kbatch gateway serving");

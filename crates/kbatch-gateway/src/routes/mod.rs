@@ -3,6 +3,7 @@
 //! ```text
 //!  request ─► TimeoutLayer (backstop: request_timeout + 5 s, 503) ─► DefaultBodyLimit
 //!          ─► Idempotency-Key (idempotency.rs) ─► /topics/{topic}/records (records.rs) | /topics/{topic} (rest_proxy.rs, REST Proxy v2)
+//!           | /v3/clusters/… (rest_proxy_v3/, REST Proxy v3 and its streaming mode)
 //!           | /healthz, /readyz (health.rs) | 404
 //! ```
 
@@ -10,6 +11,7 @@ pub(crate) mod body;
 mod health;
 mod records;
 pub(crate) mod rest_proxy;
+pub(crate) mod rest_proxy_v3;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,11 +35,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/topics/{topic}/records", post(records::produce))
         .route("/topics/{topic}", post(rest_proxy::produce_v2))
+        .route("/v3/clusters/{cluster_id}/topics/{topic}/records", post(rest_proxy_v3::produce_v3))
+        .route("/v3/clusters", get(rest_proxy_v3::list_clusters))
+        .route("/v3/clusters/{cluster_id}", get(rest_proxy_v3::get_cluster))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(|| async {
             RequestError::NotFound(
-                "no such route: POST /topics/{topic}/records, POST /topics/{topic} (REST Proxy v2), GET /healthz, GET /readyz".into(),
+                "no such route: POST /topics/{topic}/records, POST /topics/{topic} (REST Proxy v2), POST /v3/clusters/{cluster_id}/topics/{topic}/records (REST Proxy v3), GET /v3/clusters, GET /healthz, GET /readyz".into(),
             )
         })
         .route_layer(axum::middleware::from_fn_with_state(

@@ -194,3 +194,54 @@ pub(super) async fn produce_all(
     }
     Ok(results)
 }
+
+/// The per-record sibling of [`produce_all`] for a stream (REST Proxy v3), where records arrive
+/// one at a time: hands `record` to the producer now, so records enter it in the stream's
+/// order, and returns its delivery future for [`await_delivery`]. Where `produce_all` fails a
+/// record at once when the producer is full, a stream waits (up to `deadline`) instead:
+/// reading of the body pauses meanwhile, which is the back-pressure a streaming client sees.
+/// Keep its checks in step with `produce_all`'s.
+pub(super) async fn hand_in(
+    state: &AppState,
+    topic: &Topic,
+    mut record: Record,
+    deadline: Instant,
+) -> Result<DeliveryFuture, RequestError> {
+    let partitions = state
+        .topics
+        .partitions(&state.producer, topic, deadline)
+        .await?;
+    if let Some(p) = record.partition.filter(|p| *p >= partitions) {
+        return Err(RequestError::UnknownPartition {
+            topic: topic.to_string(),
+            partition: p,
+            partitions,
+        });
+    }
+    loop {
+        match state.producer.try_send(record) {
+            Ok(f) => return Ok(f),
+            Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                record = back;
+                // Short enough to keep up once room frees; the producer has no "room" signal.
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            Err(TrySendError::Full(_)) => return Err(RequestError::ProducerFull),
+            Err(TrySendError::Failed(e)) => return Err(RequestError::Produce(e)),
+            Err(e) => return Err(RequestError::BadRequest(e.to_string())),
+        }
+    }
+}
+
+/// Awaits a record handed in by [`hand_in`] until `deadline` (later: 503, as `produce_all`).
+pub(super) async fn await_delivery(
+    state: &AppState,
+    future: DeliveryFuture,
+    deadline: Instant,
+) -> Result<Delivered, RequestError> {
+    match tokio::time::timeout_at(deadline, future).await {
+        Ok(Ok(d)) => Ok(d),
+        Ok(Err(e)) => Err(RequestError::Produce(e)),
+        Err(_) => Err(RequestError::NotAcknowledged(state.config.request_timeout)),
+    }
+}
