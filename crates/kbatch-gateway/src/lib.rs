@@ -86,6 +86,9 @@
 //! `max_records_per_request` (413) get an error object and end the stream. A record the
 //! producer has no room for waits (reading pauses) until the request timeout, then 429 ends
 //! the stream. At most 1,024 answers wait to be written; past that, the body is not read.
+//! Each record must arrive complete within `request_timeout` of the one before, else an error
+//! object with 408 (REST Proxy's code for a stream held too long) closes the stream; shutdown
+//! closes open streams with 503 after answering the records already read.
 //! Request-level errors (401 40101, 403 40301, 404 unknown cluster or topic, 415 a content
 //! type other than `application/json`) are answered with their status before any record.
 //!

@@ -79,7 +79,7 @@ impl Gateway {
                 self.config.idempotency_max_bytes,
             ),
             producer: self.producer.clone(),
-            v3: Default::default(),
+            v3: crate::routes::rest_proxy_v3::V3State::new(shutdown.clone()),
             config: self.config,
         });
         tracing::info!(addr = %self.addr, "kbatch gateway serving");

@@ -505,3 +505,88 @@ async fn many_concurrent_streams_each_answer_their_own_records() {
     }
     gw.stop().await;
 }
+
+/// A streaming request fed from a channel: the sender, and the response once its headers came.
+async fn open_stream(
+    gw: &common::Running,
+    path: &str,
+    first: &str,
+) -> (
+    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    reqwest::Response,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    tx.send(Ok(first.as_bytes().to_vec())).await.unwrap();
+    let r = gw
+        .http
+        .post(gw.url(path))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    (tx, r)
+}
+
+#[tokio::test]
+async fn a_stalled_stream_is_closed_with_408_after_the_request_timeout() {
+    let gw = start(
+        config().with_request_timeout(Duration::from_millis(1500)),
+        producer_config(),
+    )
+    .await;
+    let t = topic("v3-stall");
+    kbatch_testkit::create_topic(&t, 1).await;
+    let cluster = cluster_id(&gw).await;
+    let (tx, mut r) = open_stream(
+        &gw,
+        &records_path(&cluster, &t),
+        r#"{"value":{"type":"JSON","data":1}} {"value":{"type":"JSON","#,
+    )
+    .await;
+    let mut buf = Vec::new();
+    assert_ok(&next_answer(&mut r, &mut buf).await.unwrap(), &cluster, &t);
+    // Half a record, then nothing: closed after the timeout, not held open.
+    let started = std::time::Instant::now();
+    let a = next_answer(&mut r, &mut buf).await.unwrap();
+    assert_eq!(a["error_code"], 408, "{a}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(next_answer(&mut r, &mut buf).await, None);
+    drop(tx);
+    assert_eq!(read_back(&t, 1).await.len(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_an_open_stream_after_answering_what_it_read() {
+    let gw = start(config(), producer_config()).await;
+    let t = topic("v3-shutdown");
+    kbatch_testkit::create_topic(&t, 1).await;
+    let cluster = cluster_id(&gw).await;
+    let (tx, mut r) = open_stream(
+        &gw,
+        &records_path(&cluster, &t),
+        r#"{"value":{"type":"JSON","data":1}}"#,
+    )
+    .await;
+    let mut buf = Vec::new();
+    assert_ok(&next_answer(&mut r, &mut buf).await.unwrap(), &cluster, &t);
+    // The client keeps the request open; the gateway must still stop.
+    gw.shutdown.cancel();
+    let a = next_answer(&mut r, &mut buf).await.unwrap();
+    assert_eq!(a["error_code"], 503, "{a}");
+    assert_eq!(next_answer(&mut r, &mut buf).await, None);
+    let report = tokio::time::timeout(Duration::from_secs(20), gw.task)
+        .await
+        .expect("the gateway stops while a client holds a stream open")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.pending_at_close, 0, "{report:?}");
+    drop(tx);
+    assert_eq!(read_back(&t, 1).await.len(), 1);
+}

@@ -194,6 +194,50 @@ mod tests {
         }
     }
 
+    /// A JSON value whose strings hold the characters that could fool a brace counter.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[{}\\[\\]\"\\\\a-z ]{0,8}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[a-z{}\"]{0,4}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_objects_any_whitespace_any_chunking(
+            objects in proptest::collection::vec(
+                proptest::collection::btree_map("[a-z]{1,3}", json_value(), 0..4), 0..6),
+            gaps in proptest::collection::vec("[ \t\r\n]{0,3}", 6),
+            chunk in 1usize..40,
+        ) {
+            let texts: Vec<String> = objects
+                .iter()
+                .map(|m| serde_json::to_string(m).unwrap())
+                .collect();
+            let mut body = String::new();
+            for (t, gap) in texts.iter().zip(&gaps) {
+                body.push_str(t);
+                body.push_str(gap);
+            }
+            let (found, end) = split_all(body.as_bytes(), chunk);
+            proptest::prop_assert_eq!(end, Ok(()));
+            let found: Vec<String> = found
+                .iter()
+                .map(|o| String::from_utf8(o.to_vec()).unwrap())
+                .collect();
+            proptest::prop_assert_eq!(found, texts);
+        }
+    }
+
     #[test]
     fn garbage_truncation_and_size_are_errors_after_the_good_objects() {
         let (objects, end) = split_all(b"{\"a\":1} [1]", 4);

@@ -19,6 +19,8 @@
 //! `max_records_per_request` get one error object and end the stream (the records before
 //! them are answered and in Kafka). Each answer is written as soon as its record is
 //! acknowledged, so a client can send one record, read its answer, then send the next.
+//! A stream is closed with an error object when the next record does not arrive complete
+//! within `request_timeout` (408) or when the server shuts down (503).
 
 mod framing;
 mod wire;
@@ -38,6 +40,7 @@ use kbatch_producer::DeliveryFuture;
 use serde_json::{Value, json};
 use tokio::sync::{OnceCell, mpsc};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use self::framing::ObjectSplitter;
 use self::wire::{DataInfo, ParseError, SCHEMA_REGISTRY_CODE, SCHEMA_REGISTRY_MESSAGE};
@@ -52,10 +55,21 @@ const PIPELINE_DEPTH: usize = 1024;
 /// Longest wait for the broker's cluster id.
 const CLUSTER_ID_LOOKUP: Duration = Duration::from_secs(10);
 
-/// What the v3 routes remember: the cluster id, asked of the broker once.
-#[derive(Default)]
+/// What the v3 routes share: the cluster id, asked of the broker once, and the server's
+/// shutdown, which ends open streams (a streaming client could otherwise hold the server
+/// open for as long as it keeps sending).
 pub(crate) struct V3State {
     cluster_id: OnceCell<String>,
+    shutdown: CancellationToken,
+}
+
+impl V3State {
+    pub(crate) fn new(shutdown: CancellationToken) -> Self {
+        Self {
+            cluster_id: OnceCell::new(),
+            shutdown,
+        }
+    }
 }
 
 /// One record's place in the answer stream.
@@ -187,6 +201,10 @@ async fn read_records(
     let mut splitter = ObjectSplitter::new(state.config.max_body_bytes);
     let mut chunks = body.into_data_stream();
     let mut index = 0usize;
+    // Each record must arrive complete within the request timeout of the one before (of the
+    // request's start, for the first): a client that stalls mid-stream, or trickles bytes,
+    // does not hold a connection and this task forever.
+    let mut record_deadline = Instant::now() + state.config.request_timeout;
     // The error that ends the stream, if any.
     let last = loop {
         match splitter.next_object() {
@@ -199,6 +217,7 @@ async fn read_records(
             Ok(Some(object)) => {
                 let (pending, ends) = record(&state, &topic, index, &object).await;
                 index += 1;
+                record_deadline = Instant::now() + state.config.request_timeout;
                 if answers.send(pending).await.is_err() {
                     return; // nobody reads the answers any more
                 }
@@ -219,7 +238,26 @@ async fn read_records(
                 });
             }
         }
-        match chunks.next().await {
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(record_deadline, chunks.next()) => next,
+            () = state.v3.shutdown.cancelled() => {
+                break Some(Pending::Failed {
+                    error_code: 503,
+                    message: format!("the gateway is shutting down: records from {index} on were not read; the ones before are answered"),
+                });
+            }
+        };
+        let Ok(next) = next else {
+            // REST Proxy answers a stream held open too long with 408 too.
+            break Some(Pending::Failed {
+                error_code: 408,
+                message: format!(
+                    "record {index} did not arrive complete within the request timeout of {:?}; the stream is closed",
+                    state.config.request_timeout
+                ),
+            });
+        };
+        match next {
             Some(Ok(chunk)) => splitter.push(&chunk),
             Some(Err(e)) => {
                 break Some(failed(&RequestError::BadRequest(format!(
