@@ -170,6 +170,13 @@ pub mod fuzz {
     pub fn parse_rest_proxy_v2(body: &[u8], binary: bool) -> Result<usize, u16> {
         crate::routes::rest_proxy::parse_v2_for_fuzz(body, binary)
     }
+
+    /// Splits and parses a REST Proxy v3 streaming body as the gateway does, fed in pieces
+    /// of `chunk` bytes: the per-record error codes (200 for a record that parsed), then the
+    /// code of the error that ended the stream, if one did.
+    pub fn parse_rest_proxy_v3_stream(body: &[u8], chunk: usize) -> (Vec<u32>, Option<u32>) {
+        crate::routes::rest_proxy_v3::parse_stream_for_fuzz(body, chunk)
+    }
 }
 
 pub use auth::sha256_hex;

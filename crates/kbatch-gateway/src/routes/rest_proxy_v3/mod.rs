@@ -280,6 +280,33 @@ async fn read_records(
     }
 }
 
+/// The splitting and parsing of [`read_records`] without a producer, for the fuzz target:
+/// each record's code (200 parsed, else its error code), and the code that ended the stream.
+#[cfg(feature = "unstable-fuzz")]
+pub(crate) fn parse_stream_for_fuzz(body: &[u8], chunk: usize) -> (Vec<u32>, Option<u32>) {
+    let topic = Topic::from("fuzz");
+    let mut splitter = ObjectSplitter::new(4096);
+    let mut codes = Vec::new();
+    for piece in body.chunks(chunk.max(1)) {
+        splitter.push(piece);
+        loop {
+            match splitter.next_object() {
+                Ok(Some(object)) => match wire::parse(&topic, codes.len(), &object) {
+                    Ok(_) => codes.push(200),
+                    Err(ParseError::Invalid(e)) => codes.push(error_code(&e)),
+                    Err(ParseError::NeedsSchemaRegistry) => codes.push(SCHEMA_REGISTRY_CODE),
+                    Err(ParseError::Syntax(e)) => return (codes, Some(error_code(&e))),
+                },
+                Ok(None) => break,
+                Err(framing::FrameError::TooLarge { .. }) => return (codes, Some(413)),
+                Err(_) => return (codes, Some(400)),
+            }
+        }
+    }
+    let end = splitter.finish().err().map(|_| 400);
+    (codes, end)
+}
+
 /// One object: its pending answer, and whether the stream ends after it.
 async fn record(state: &AppState, topic: &Topic, index: usize, object: &[u8]) -> (Pending, bool) {
     let parsed = match wire::parse(topic, index, object) {
