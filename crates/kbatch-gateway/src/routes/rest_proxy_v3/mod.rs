@@ -217,10 +217,11 @@ async fn read_records(
             Ok(Some(object)) => {
                 let (pending, ends) = record(&state, &topic, index, &object).await;
                 index += 1;
-                record_deadline = Instant::now() + state.config.request_timeout;
                 if answers.send(pending).await.is_err() {
                     return; // nobody reads the answers any more
                 }
+                // From here: time spent waiting for room in the queue is not the client's.
+                record_deadline = Instant::now() + state.config.request_timeout;
                 if ends {
                     return;
                 }
