@@ -590,3 +590,38 @@ async fn shutdown_ends_an_open_stream_after_answering_what_it_read() {
     drop(tx);
     assert_eq!(read_back(&t, 1).await.len(), 1);
 }
+
+/// Where the native route refuses records the producer has no room for (429), a stream
+/// waits for room: reading pauses, and every record is answered, in order.
+#[tokio::test]
+async fn a_full_producer_slows_a_stream_down_instead_of_failing_it() {
+    let gw = start(config(), producer_config().with_pending_limits(2, 1 << 20)).await;
+    let t = topic("v3-full");
+    kbatch_testkit::create_topic(&t, 1).await;
+    let cluster = cluster_id(&gw).await;
+    let body: String = (0..50)
+        .map(|i| format!(r#"{{"value":{{"type":"STRING","data":"v{i}"}}}}"#))
+        .collect();
+    let r = gw
+        .http
+        .post(gw.url(&records_path(&cluster, &t)))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let answers = answers(r).await;
+    assert_eq!(answers.len(), 50);
+    let consumed = read_back(&t, 50).await;
+    assert_eq!(consumed.len(), 50);
+    for (i, a) in answers.iter().enumerate() {
+        assert_ok(a, &cluster, &t);
+        let c = consumed
+            .iter()
+            .find(|c| c.offset.0 == a["offset"].as_i64().unwrap())
+            .unwrap();
+        assert_eq!(c.value.as_deref(), Some(format!("v{i}").as_bytes()));
+    }
+    gw.stop().await;
+}
