@@ -5,7 +5,8 @@
 //! body was cut into chunks on the wire.
 //!
 //! `cargo +nightly fuzz run -s none gateway_v3_stream` (from `fuzz/`; `-s none` as for
-//! `gateway_body`: librdkafka does not build under AddressSanitizer).
+//! `gateway_body`: librdkafka does not build under AddressSanitizer). 4.25 M runs (150 s, bodies
+//! up to 4 KiB), no failure.
 #![no_main]
 
 use kbatch_gateway::fuzz::parse_rest_proxy_v3_stream;
