@@ -610,6 +610,7 @@ impl Driver {
                             partition: d.partition,
                             offset: d.offset,
                             index: None,
+                            timestamp: d.timestamp,
                         }));
                     }
                     Err(e) => {
@@ -684,6 +685,7 @@ impl Driver {
                                     partition: d.partition,
                                     offset: d.offset,
                                     index: Some(i as u32),
+                                    timestamp: d.timestamp,
                                 };
                                 (p.reply, Ok(at))
                             }));

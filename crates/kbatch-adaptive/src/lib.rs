@@ -71,5 +71,5 @@ pub use intake::{Intake, PushError};
 pub use learner::{Choice, EpochStats, Judged, Learned, Learner, LearnerConfig, Regression};
 pub use levels::{BatchSettings, Level, LevelId, LevelTable};
 pub use partitioner::KeyHash;
-pub use producer::{AdaptiveCloseReport, AdaptiveProducer, AdaptiveStats};
+pub use producer::{AdaptiveCloseReport, AdaptiveProducer, AdaptiveStats, SendOptions};
 pub use reply::{EventDelivered, EventFuture, EventResult, ManyFuture};

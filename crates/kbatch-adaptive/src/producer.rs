@@ -321,7 +321,7 @@ impl AdaptiveProducer {
         reason = "the record comes back by value: no allocation on the back-pressure path"
     )]
     pub fn try_send(&self, record: Record) -> Result<EventFuture, TrySendError> {
-        self.try_send_inner(record, None)
+        self.try_send_with(record, SendOptions::default())
     }
 
     /// As [`try_send`](Self::try_send), and the event waits in a batch at most `budget` (or
@@ -337,20 +337,24 @@ impl AdaptiveProducer {
         record: Record,
         budget: Duration,
     ) -> Result<EventFuture, TrySendError> {
-        self.try_send_inner(record, Some(budget))
+        self.try_send_with(record, SendOptions::default().with_budget(budget))
     }
 
+    /// As [`try_send`](Self::try_send), with `options`: a latency budget, and a sequence
+    /// whose events keep the order they were handed in, whatever their keys (by default
+    /// only events of one key, or of one explicit partition, do).
     #[allow(
         clippy::result_large_err,
         reason = "the record comes back by value: no allocation on the back-pressure path"
     )]
-    fn try_send_inner(
+    pub fn try_send_with(
         &self,
         record: Record,
-        budget: Option<Duration>,
+        options: SendOptions,
     ) -> Result<EventFuture, TrySendError> {
-        let (p, f) = self.pending(record, budget);
-        match self.shared.intake.try_push(order_hint(&p), p) {
+        let (p, f) = self.pending(record, options.budget);
+        let hint = options.sequence.or_else(|| order_hint(&p));
+        match self.shared.intake.try_push(hint, p) {
             Ok(()) => {
                 self.shared
                     .counters
@@ -409,6 +413,35 @@ impl AdaptiveProducer {
                 calibration_warning: None,
             },
         }
+    }
+}
+
+/// How [`AdaptiveProducer::try_send_with`] hands an event in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SendOptions {
+    /// The most the event may wait in a batch (the producer's budget, if shorter, wins).
+    pub budget: Option<Duration>,
+    /// Events handed in with the same sequence keep their order among themselves, across
+    /// keys and partitions (an HTTP request's records, a stream's). Events of one key keep
+    /// their order anyway; so do events of one sequence, but not events of one key handed in
+    /// under different sequences at the same time.
+    pub sequence: Option<u64>,
+}
+
+impl SendOptions {
+    /// Sets the budget.
+    #[must_use]
+    pub fn with_budget(mut self, budget: Duration) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Sets the sequence (any id shared by the events that must keep their order).
+    #[must_use]
+    pub fn in_sequence(mut self, sequence: u64) -> Self {
+        self.sequence = Some(sequence);
+        self
     }
 }
 

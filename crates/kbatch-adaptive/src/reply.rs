@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
-use kbatch_core::Offset;
+use kbatch_core::{Offset, Timestamp};
 use tokio::sync::oneshot;
 
 use crate::error::AdaptiveError;
@@ -28,6 +28,9 @@ pub struct EventDelivered {
     pub offset: Offset,
     /// Its place in the envelope when packed; `None` when it is a record of its own.
     pub index: Option<u32>,
+    /// The timestamp of that Kafka record as stored (packed: the envelope's; each event
+    /// also carries its own inside it).
+    pub timestamp: Option<Timestamp>,
 }
 
 /// One event's outcome.
@@ -239,6 +242,7 @@ mod tests {
             partition: 0,
             offset: Offset(offset),
             index: None,
+            timestamp: None,
         })
     }
 

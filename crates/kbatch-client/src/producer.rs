@@ -331,6 +331,17 @@ impl<S: DeliverySink> KafkaProducer<S> {
         }
     }
 
+    /// The cluster's id, as the broker reports it in its metadata (blocks up to `timeout`).
+    pub fn cluster_id(&self, timeout: Duration) -> Result<String> {
+        self.inner
+            .client()
+            .fetch_cluster_id(timeout)
+            .ok_or_else(|| Error::Timeout {
+                op: "cluster id from metadata".into(),
+                after: timeout,
+            })
+    }
+
     /// Records enqueued or in flight without a delivery report yet.
     pub fn in_flight(&self) -> usize {
         usize::try_from(self.inner.in_flight_count()).unwrap_or(0)

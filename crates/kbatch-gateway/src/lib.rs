@@ -16,6 +16,8 @@
 //! |---|---|
 //! | `POST /topics/{topic}/records` | Produce one JSON record, a JSON array of records, or NDJSON (`Content-Type: application/x-ndjson`); `?format=binary` for base64 keys and values; `X-Latency-Budget-Ms` / `?latency_budget_ms=` (see below) |
 //! | `POST /topics/{topic}` | Confluent REST Proxy v2 produce (`application/vnd.kafka.json.v2+json` or `…binary.v2+json`, body `{"records":[…]}`), answered in its shape (`offsets` with `error_code`/`error`); see below |
+//! | `POST /v3/clusters/{cluster_id}/topics/{topic}/records` | Confluent REST Proxy v3 produce (`application/json`): one `ProduceRequest` or many concatenated (streaming mode), one answer object per record; see below |
+//! | `GET /v3/clusters`, `GET /v3/clusters/{cluster_id}` | REST Proxy v3 cluster discovery: the broker's cluster id |
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 when the broker answers a metadata request within 2 s, else 503 |
 //! | `GET /metrics` | Prometheus text (unless `metrics = false`); see [Metrics](#metrics) |
@@ -98,6 +100,35 @@
 //! when all failed, the failure's status. Request-level errors are `{"error_code": …,
 //! "message": …}` with REST Proxy's codes (40101, 40301, 40401, 40402, 50002) or the HTTP
 //! status. Schema-registry formats (Avro, Protobuf, JSON Schema) are 415.
+//!
+//! # REST Proxy v3
+//!
+//! `POST /v3/clusters/{cluster_id}/topics/{topic}/records` takes REST Proxy v3's
+//! `ProduceRequest` objects: `{"partition_id": 1, "headers": [{"name": "h", "value":
+//! <base64|null>}], "key": {"type": "BINARY"|"JSON"|"STRING", "data": …}, "value": {…},
+//! "timestamp": "2021-02-05T19:14:42Z"}`, every field optional. BINARY data is base64, JSON
+//! data is stored as its compact JSON text, STRING as its UTF-8 bytes. `cluster_id` must be the
+//! broker's own (from its metadata; `GET /v3/clusters` lists it), else 404.
+//!
+//! Several objects may be concatenated in one body (streaming mode, usually sent chunked;
+//! whitespace between them is skipped). The body is read as it arrives: each record is handed
+//! to the producer once its object is complete, and its answer is written as soon as the
+//! broker acknowledged it, in request order — a client may send one record, read its answer,
+//! then send the next on the same request. As in REST Proxy, the status is then 200 and each
+//! answer carries its own `error_code`: `{"error_code":200,"cluster_id":…,"topic_name":…,
+//! "partition_id":…,"offset":…,"timestamp":…,"key":{"type":…,"size":…},"value":{…}}`
+//! (`timestamp`, `key`, `value` left out when absent), or `{"error_code":…,"message":…}`.
+//! A well-formed object that is not a valid request gets its error and the stream goes on
+//! (42206 for a schema-registry format or a missing `type`, as REST Proxy without a Schema
+//! Registry answers); malformed JSON, an object over `max_body_bytes` (413) or a record past
+//! `max_records_per_request` (413) get an error object and end the stream. A record the
+//! producer has no room for waits (reading pauses) until the request timeout, then 429 ends
+//! the stream. At most 1,024 answers wait to be written; past that, the body is not read.
+//! Each record must arrive complete within `request_timeout` of the one before, else an error
+//! object with 408 (REST Proxy's code for a stream held too long) closes the stream; shutdown
+//! closes open streams with 503 after answering the records already read.
+//! Request-level errors (401 40101, 403 40301, 404 unknown cluster or topic, 415 a content
+//! type other than `application/json`) are answered with their status before any record.
 //!
 //! # Idempotency-Key
 //!
@@ -223,6 +254,13 @@ pub mod fuzz {
     /// format: the records' count, or the HTTP status of its error.
     pub fn parse_rest_proxy_v2(body: &[u8], binary: bool) -> Result<usize, u16> {
         crate::routes::rest_proxy::parse_v2_for_fuzz(body, binary)
+    }
+
+    /// Splits and parses a REST Proxy v3 streaming body as the gateway does, fed in pieces
+    /// of `chunk` bytes: the per-record error codes (200 for a record that parsed), then the
+    /// code of the error that ended the stream, if one did.
+    pub fn parse_rest_proxy_v3_stream(body: &[u8], chunk: usize) -> (Vec<u32>, Option<u32>) {
+        crate::routes::rest_proxy_v3::parse_stream_for_fuzz(body, chunk)
     }
 }
 

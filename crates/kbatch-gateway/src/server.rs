@@ -25,6 +25,7 @@ pub(crate) struct AppState {
     /// What records are sent through (`producer` is kept for metadata and readiness).
     pub(crate) sink: Sink,
     pub(crate) metrics: crate::metrics::GatewayMetrics,
+    pub(crate) v3: crate::routes::rest_proxy_v3::V3State,
 }
 
 /// The HTTP ingest gateway: bound to its address, not yet serving. See the [crate docs](crate).
@@ -129,6 +130,7 @@ impl Gateway {
                 m.pressure_level = Some(Arc::new(move || sink.pressure_level()));
                 m
             },
+            v3: crate::routes::rest_proxy_v3::V3State::new(shutdown.clone()),
             config: self.config,
         });
         let limits = crate::listener::ConnectionLimits::of(&state.config);

@@ -18,13 +18,14 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use kbatch_adaptive::{
-    AdaptiveConfig, AdaptiveError, AdaptiveProducer, CalibrationSetting, EventFuture, Shape,
+    AdaptiveConfig, AdaptiveError, AdaptiveProducer, CalibrationSetting, EventFuture, SendOptions,
+    Shape,
 };
-use kbatch_core::{Classify, ErrorClass, Offset, Record};
+use kbatch_core::{Classify, ErrorClass, Offset, Record, Timestamp};
 use kbatch_producer::{CloseReport, DeliveryFuture, ProduceError, Producer};
 use serde::Deserialize;
 
@@ -75,6 +76,23 @@ pub(crate) struct Sent {
     pub(crate) offset: Offset,
     /// Its place inside the envelope, for a packed topic; `None` for a record of its own.
     pub(crate) index: Option<u32>,
+    /// The Kafka record's timestamp as stored.
+    pub(crate) timestamp: Option<Timestamp>,
+}
+
+/// A new sequence id: the records of one request, or of one stream, keep their order.
+pub(crate) fn sequence() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Why [`Sink::offer`] did not take a record.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// The producer is full: the record, back.
+    Full(Box<Record>),
+    /// It cannot be sent (closed producer, invalid record).
+    Failed(RequestError),
 }
 
 /// The gateway's producers. Cheap to clone (every producer inside is a handle).
@@ -131,14 +149,29 @@ impl Sink {
         self.packed.is_some() && self.packed_topics.iter().any(|p| topic_matches(p, topic))
     }
 
-    /// Hands `record` in without waiting. `budget` caps how long it may wait in an adaptive
-    /// batch (the plain producer ignores it). A full producer is
+    /// Hands `record` in without waiting. `options.budget` caps how long it may wait in an
+    /// adaptive batch, and records of one `options.sequence` (a request's, a stream's) keep
+    /// their order in an adaptive producer, as they do in the plain one (which ignores both). A full producer is
     /// [`RequestError::ProducerFull`]; the record is then not sent.
     pub(crate) fn try_send(
         &self,
         record: Record,
-        budget: Option<Duration>,
+        options: SendOptions,
     ) -> Result<SendFuture, RequestError> {
+        self.offer(record, options)
+            .map_err(|refused| match refused {
+                Refused::Full(_) => RequestError::ProducerFull,
+                Refused::Failed(e) => e,
+            })
+    }
+
+    /// As [`try_send`](Self::try_send), handing the record back when the producer is full,
+    /// for a caller that waits for room (a v3 stream).
+    pub(crate) fn offer(
+        &self,
+        record: Record,
+        options: SendOptions,
+    ) -> Result<SendFuture, Refused> {
         let adaptive = if self.is_packed(&record.topic) {
             self.packed.as_ref()
         } else {
@@ -146,21 +179,23 @@ impl Sink {
         };
         match adaptive {
             Some(a) => {
-                let sent = match budget {
-                    Some(b) => a.try_send_with_budget(record, b),
-                    None => a.try_send(record),
-                };
-                sent.map(SendFuture::Adaptive).map_err(|e| match e {
-                    kbatch_adaptive::TrySendError::Full(_) => RequestError::ProducerFull,
-                    // Closed, or a kind added later: the producer cannot take it.
-                    _ => RequestError::Produce(ProduceError::Closed { record: None }),
-                })
+                a.try_send_with(record, options)
+                    .map(SendFuture::Adaptive)
+                    .map_err(|e| match e {
+                        kbatch_adaptive::TrySendError::Full(r) => Refused::Full(Box::new(r)),
+                        // Closed, or a kind added later: the producer cannot take it.
+                        _ => Refused::Failed(RequestError::Produce(ProduceError::Closed {
+                            record: None,
+                        })),
+                    })
             }
             None => match self.plain.try_send(record) {
                 Ok(f) => Ok(SendFuture::Plain(f)),
-                Err(kbatch_producer::TrySendError::Full(_)) => Err(RequestError::ProducerFull),
-                Err(kbatch_producer::TrySendError::Failed(e)) => Err(RequestError::Produce(e)),
-                Err(e) => Err(RequestError::BadRequest(e.to_string())),
+                Err(kbatch_producer::TrySendError::Full(r)) => Err(Refused::Full(Box::new(r))),
+                Err(kbatch_producer::TrySendError::Failed(e)) => {
+                    Err(Refused::Failed(RequestError::Produce(e)))
+                }
+                Err(e) => Err(Refused::Failed(RequestError::BadRequest(e.to_string()))),
             },
         }
     }
@@ -219,6 +254,7 @@ impl Future for SendFuture {
                     partition: d.partition,
                     offset: d.offset,
                     index: None,
+                    timestamp: d.timestamp,
                 })
                 .map_err(RequestError::Produce)
             }),
@@ -227,6 +263,7 @@ impl Future for SendFuture {
                     partition: d.partition,
                     offset: d.offset,
                     index: d.index,
+                    timestamp: d.timestamp,
                 })
                 .map_err(adaptive_error)
             }),

@@ -366,3 +366,32 @@ async fn both_adaptive_producers_calibrate_into_the_configured_file() {
     profiles.sort();
     assert_eq!(profiles, ["gateway", "gateway-packed"]);
 }
+
+/// A request's records keep their order in the adaptive producer whatever their keys, as
+/// they would in one Kafka producer: on one partition their offsets follow the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requests_records_keep_their_order_across_keys() {
+    let gw = start(config(), producer_config()).await;
+    let t = topic("order");
+    kbatch_testkit::create_topic(&t, 1).await;
+    for round in 0..3 {
+        let records: Vec<Value> = (0..2_000)
+            .map(|i| json!({"key": format!("k{i}"), "value": i}))
+            .collect();
+        let a = gw
+            .post(&path(&t), JSON, serde_json::to_string(&records).unwrap())
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let offsets: Vec<i64> = a.body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["offset"].as_i64().unwrap())
+            .collect();
+        assert!(
+            offsets.windows(2).all(|w| w[1] == w[0] + 1),
+            "round {round}: offsets out of request order: {offsets:?}"
+        );
+    }
+    gw.stop().await;
+}

@@ -217,6 +217,14 @@ impl Producer {
             .map_err(join_error)?
     }
 
+    /// The Kafka cluster's id, from the broker's metadata, waiting at most `timeout`.
+    pub async fn cluster_id(&self, timeout: Duration) -> Result<String, kbatch_client::Error> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.kafka.cluster_id(timeout))
+            .await
+            .map_err(join_error)?
+    }
+
     /// Current counters.
     pub fn counters(&self) -> ProducerCounters {
         self.inner.slots.counters()

@@ -7,7 +7,8 @@
 //!          ─► Idempotency-Key (idempotency.rs)
 //!          ─► produce routes: load shedding (limits.rs: max_concurrent_requests, else 429)
 //!               ─► /topics/{topic}/records (records.rs) | /topics/{topic} (rest_proxy.rs, REST Proxy v2)
-//!           | /healthz, /readyz (health.rs) | /metrics (metrics.rs) | 404
+//!                | /v3/clusters/{id}/topics/{topic}/records (rest_proxy_v3/, REST Proxy v3 and its streaming mode)
+//!           | GET /v3/clusters[/{id}] | /healthz, /readyz (health.rs) | /metrics (metrics.rs) | 404
 //! ```
 
 pub(crate) mod body;
@@ -15,6 +16,7 @@ pub(crate) mod budget;
 mod health;
 mod records;
 pub(crate) mod rest_proxy;
+pub(crate) mod rest_proxy_v3;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,11 +42,17 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     let produce = crate::limits::shed_produce_routes(
         Router::new()
             .route("/topics/{topic}/records", post(records::produce))
-            .route("/topics/{topic}", post(rest_proxy::produce_v2)),
+            .route("/topics/{topic}", post(rest_proxy::produce_v2))
+            .route(
+                "/v3/clusters/{cluster_id}/topics/{topic}/records",
+                post(rest_proxy_v3::produce_v3),
+            ),
         state.config.max_concurrent_requests,
     );
     let mut router = Router::new()
         .merge(produce)
+        .route("/v3/clusters", get(rest_proxy_v3::list_clusters))
+        .route("/v3/clusters/{cluster_id}", get(rest_proxy_v3::get_cluster))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     if state.config.metrics {
@@ -53,7 +61,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     router
         .fallback(|| async {
             RequestError::NotFound(
-                "no such route: POST /topics/{topic}/records, POST /topics/{topic} (REST Proxy v2), GET /healthz, GET /readyz, GET /metrics".into(),
+                "no such route: POST /topics/{topic}/records, POST /topics/{topic} (REST Proxy v2), POST /v3/clusters/{cluster_id}/topics/{topic}/records (REST Proxy v3), GET /v3/clusters, GET /healthz, GET /readyz, GET /metrics".into(),
             )
         })
         .route_layer(axum::middleware::from_fn_with_state(

@@ -23,7 +23,8 @@ use tokio::time::Instant;
 use super::body::{Encoding, Framing, parse_records};
 use crate::error::{RequestError, add_status_headers};
 use crate::server::AppState;
-use crate::sink::{SendFuture, Sent};
+use crate::sink::{self, Refused, SendFuture, Sent};
+use kbatch_adaptive::SendOptions;
 
 /// Query parameters.
 #[derive(Debug, Default, Deserialize)]
@@ -121,12 +122,14 @@ async fn produce_inner(
                 partition,
                 offset,
                 index: None,
+                ..
             }) => json!({"partition": partition, "offset": offset.0}),
             // Packed topic: the record is event `index` of the envelope at that offset.
             Ok(Sent {
                 partition,
                 offset,
                 index: Some(i),
+                ..
             }) => json!({"partition": partition, "offset": offset.0, "index": i}),
             Err(e) => {
                 failed += 1;
@@ -207,6 +210,11 @@ pub(super) async fn produce_all_with_budget(
         .await?;
     let mut outcomes = Vec::with_capacity(records.len());
     let mut full = false;
+    // The request's records keep their order, whatever their keys, as they do in one producer.
+    let mut options = SendOptions::default().in_sequence(sink::sequence());
+    if let Some(b) = budget {
+        options = options.with_budget(b);
+    }
     for record in records {
         let outcome = match record.partition {
             // Once the producer is full, later records are not handed in either: a record
@@ -217,7 +225,7 @@ pub(super) async fn produce_all_with_budget(
                 partition: p,
                 partitions,
             }),
-            _ => match state.sink.try_send(record, budget) {
+            _ => match state.sink.try_send(record, options) {
                 Ok(f) => Outcome::Sent(f),
                 Err(RequestError::ProducerFull) => {
                     full = true;
@@ -242,4 +250,57 @@ pub(super) async fn produce_all_with_budget(
         });
     }
     Ok(results)
+}
+
+/// The per-record sibling of [`produce_all`] for a stream (REST Proxy v3), where records arrive
+/// one at a time: hands `record` to the producer now, so records enter it in the stream's
+/// order, and returns its delivery future for [`await_delivery`]. Where `produce_all` fails a
+/// record at once when the producer is full, a stream waits (up to `deadline`) instead:
+/// reading of the body pauses meanwhile, which is the back-pressure a streaming client sees.
+/// Keep its checks in step with `produce_all`'s.
+pub(super) async fn hand_in(
+    state: &AppState,
+    topic: &Topic,
+    mut record: Record,
+    sequence: u64,
+    deadline: Instant,
+) -> Result<SendFuture, RequestError> {
+    let partitions = state
+        .topics
+        .partitions(&state.producer, topic, deadline)
+        .await?;
+    if let Some(p) = record.partition.filter(|p| *p >= partitions) {
+        return Err(RequestError::UnknownPartition {
+            topic: topic.to_string(),
+            partition: p,
+            partitions,
+        });
+    }
+    loop {
+        match state
+            .sink
+            .offer(record, SendOptions::default().in_sequence(sequence))
+        {
+            Ok(f) => return Ok(f),
+            Err(Refused::Full(back)) if Instant::now() < deadline => {
+                record = *back;
+                // Short enough to keep up once room frees; the producers have no "room" signal.
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            Err(Refused::Full(_)) => return Err(RequestError::ProducerFull),
+            Err(Refused::Failed(e)) => return Err(e),
+        }
+    }
+}
+
+/// Awaits a record handed in by [`hand_in`] until `deadline` (later: 503, as `produce_all`).
+pub(super) async fn await_delivery(
+    state: &AppState,
+    future: SendFuture,
+    deadline: Instant,
+) -> Result<Sent, RequestError> {
+    match tokio::time::timeout_at(deadline, future).await {
+        Ok(r) => r,
+        Err(_) => Err(RequestError::NotAcknowledged(state.config.request_timeout)),
+    }
 }
