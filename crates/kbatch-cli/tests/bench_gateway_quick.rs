@@ -1,6 +1,6 @@
 //! `kbatch bench gateway --quick --json` end to end against the real broker: every load ran,
-//! had records acknowledged and none failed, HTTP loads report latency, and both targets were
-//! evaluated. A smoke test of the harness; the numbers themselves are not checked (speed
+//! had records acknowledged and none failed (through the plain and the adaptive gateway), HTTP
+//! loads report latency, and both targets were evaluated for both gateways. A smoke test of the harness; the numbers themselves are not checked (speed
 //! targets are the bench's to report, never a test's).
 
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
@@ -14,7 +14,15 @@ use serde_json::Value;
 fn quick_run_measures_every_load_through_the_gateway_and_direct() {
     let (j, stderr) = bench_json("gateway", &[]);
     let runs = j["runs"].as_array().unwrap();
-    for load in ["direct", "ndjson", "single", "open"] {
+    for load in [
+        "direct",
+        "ndjson",
+        "single",
+        "open",
+        "ndjson_adaptive",
+        "single_adaptive",
+        "open_adaptive",
+    ] {
         let hits: Vec<&Value> = runs.iter().filter(|r| r["load"] == load).collect();
         assert_eq!(hits.len(), 1, "{load}: {} runs\n{stderr}", hits.len());
         let r = hits[0];
@@ -33,14 +41,17 @@ fn quick_run_measures_every_load_through_the_gateway_and_direct() {
             assert!(r["requests"].as_u64().unwrap() > 0, "{load}: {r}");
         }
     }
-    let ndjson = runs.iter().find(|r| r["load"] == "ndjson").unwrap();
-    assert_eq!(
-        ndjson["records"].as_u64().unwrap(),
-        ndjson["requests"].as_u64().unwrap() * 1_000,
-        "1,000 records per NDJSON request: {ndjson}"
-    );
+    for load in ["ndjson", "ndjson_adaptive"] {
+        let ndjson = runs.iter().find(|r| r["load"] == load).unwrap();
+        assert_eq!(
+            ndjson["records"].as_u64().unwrap(),
+            ndjson["requests"].as_u64().unwrap() * 1_000,
+            "1,000 records per NDJSON request: {ndjson}"
+        );
+    }
+    // Both targets, for the plain gateway (equal settings) and the adaptive default.
     let targets = j["targets"].as_array().unwrap();
-    assert_eq!(targets.len(), 2, "{targets:?}");
+    assert_eq!(targets.len(), 4, "{targets:?}");
     for t in targets {
         assert!(t["met"].is_boolean(), "target not evaluated: {t}");
     }

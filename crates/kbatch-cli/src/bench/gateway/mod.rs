@@ -2,13 +2,17 @@
 //! records directly, in one run, on a real broker.
 //!
 //! ```text
-//!  gateway: kbatch_gateway::Gateway on 127.0.0.1:0, its own tokio runtime, an API key
-//!           (authentication on, as deployed), the same ProducerConfig as the direct contender
+//!  gateways: kbatch_gateway::Gateway on 127.0.0.1:0, each on its own tokio runtime, an API
+//!            key (authentication on, as deployed):
+//!            plain    = producer "plain", the same ProducerConfig as the direct contender
+//!                       (equal settings: the targets' rows)
+//!            adaptive = the gateway's default (AdaptiveProducer, per-event): its own rows
 //!  round r = 1..R, order rotated:
 //!    direct   Producer::send for S s, every future awaited            ─► records/s
 //!    ndjson   W connections posting NDJSON bodies of B records         ─► records/s, p50/p99
 //!    single   C connections posting one JSON record each, back to back ─► req/s, p50/p99
 //!    open     one-record requests at RATE/s, latency from schedule     ─► p50/p99/max
+//!    (ndjson, single and open once per gateway)
 //!  ─► min / median / max per load; targets: ndjson ≥ 0.8 × direct, open p99 < 10 ms
 //! ```
 //!
@@ -72,8 +76,17 @@ pub(crate) struct Args {
     json: bool,
 }
 
-/// The loads, in their base order (rotated by round).
-const LOADS: [&str; 4] = ["direct", "ndjson", "single", "open"];
+/// The loads, in their base order (rotated by round). `*_adaptive` loads go to the gateway
+/// with its default (adaptive) producer, the others to the one with the plain producer.
+const LOADS: [&str; 7] = [
+    "direct",
+    "ndjson",
+    "single",
+    "open",
+    "ndjson_adaptive",
+    "single_adaptive",
+    "open_adaptive",
+];
 
 #[derive(serde::Serialize)]
 struct Run {
@@ -102,12 +115,23 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
             "bench",
             &token,
             ["kbatch-bench-gateway-*"],
-        ))
-        // The same ProducerConfig as the direct Producer it is compared with (equal
-        // settings); the adaptive default would be its own, labelled row (not measured yet).
-        .with_producer(ProducerKind::Plain);
+        ));
     let shutdown = CancellationToken::new();
-    let (addr, server) = start_gateway(config, producer_config.clone(), shutdown.clone())?;
+    // The same ProducerConfig as the direct Producer it is compared with: equal settings.
+    let (plain_addr, plain_server) = start_gateway(
+        config.clone().with_producer(ProducerKind::Plain),
+        producer_config.clone(),
+        shutdown.clone(),
+    )?;
+    // The gateway as deployed by default; its adaptive producer learns nothing across runs.
+    let scratch = tempfile_dir()?;
+    let (adaptive_addr, adaptive_server) = start_gateway(
+        config
+            .with_producer(ProducerKind::Adaptive)
+            .with_calibration_path(scratch.join("bench-gateway-calibration.sqlite")),
+        producer_config.clone(),
+        shutdown.clone(),
+    )?;
     let direct = Producer::new(producer_config)?;
     let data = Arc::new(Data::new(a.keys, a.size));
     let http = reqwest::Client::builder()
@@ -126,6 +150,11 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
             admin
                 .create_topics(&[NewTopic::new(&topic, a.partitions)])
                 .await?;
+            let addr = if load.ends_with("_adaptive") {
+                adaptive_addr
+            } else {
+                plain_addr
+            };
             let endpoint = Endpoint {
                 client: http.clone(),
                 url: format!("http://{addr}/topics/{topic}/records"),
@@ -135,7 +164,7 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
             // The topic answers, through the gateway and the direct producer alike, before
             // it is counted against anyone (leaders, metadata, the gateway's topic lookup).
             load::probe(&direct, &endpoint, &t, &data).await?;
-            let m = match load {
+            let m = match load.trim_end_matches("_adaptive") {
                 "direct" => load::direct(&direct, &t, &data, a.seconds).await,
                 "ndjson" => {
                     load::closed_loop(&endpoint, &data, a.batch_concurrency, a.batch, a.seconds)
@@ -168,7 +197,9 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
     }
     direct.close().await;
     shutdown.cancel();
-    let _ = server.join();
+    let _ = plain_server.join();
+    let _ = adaptive_server.join();
+    let _ = std::fs::remove_dir_all(&scratch);
 
     let report = Report::new(&a, &runs);
     report.print(&a);
@@ -189,6 +220,16 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A scratch directory for the adaptive gateway's calibration file.
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "kbatch-bench-gateway-{:08x}",
+        crate::cluster::random_suffix()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 /// Binds the gateway and serves it on a runtime of its own, so the load generator's tasks
@@ -288,17 +329,18 @@ impl Report {
                     .sum(),
             })
             .collect();
-        let ratios: Vec<f64> = (1..=a.rounds)
-            .filter_map(|round| {
-                let get = |load: &str| {
-                    runs.iter()
-                        .find(|r| r.round == round && r.load == load)
-                        .map(|r| r.measured.records_per_s)
-                };
-                Some(get("ndjson")? / get("direct")?.max(1e-9))
-            })
-            .collect();
-        let p99 = of("open", |m| m.p99_ms);
+        let ratios = |ndjson: &str| -> Vec<f64> {
+            (1..=a.rounds)
+                .filter_map(|round| {
+                    let get = |load: &str| {
+                        runs.iter()
+                            .find(|r| r.round == round && r.load == load)
+                            .map(|r| r.measured.records_per_s)
+                    };
+                    Some(get(ndjson)? / get("direct")?.max(1e-9))
+                })
+                .collect()
+        };
         let target = |target: String, values: Vec<f64>, ok: fn(f64) -> bool| {
             let median = super::median(&values);
             Target {
@@ -308,28 +350,36 @@ impl Report {
                 median,
             }
         };
-        let targets = vec![
-            target(
+        let mut targets = Vec::new();
+        for (suffix, which) in [
+            ("", "plain producer, equal settings"),
+            ("_adaptive", "adaptive producer, the gateway's default"),
+        ] {
+            targets.push(target(
                 format!(
-                    "NDJSON ({} records per request) records/s ≥ 0.8 × the direct Producer's",
+                    "NDJSON ({} records per request) records/s ≥ 0.8 × the direct Producer's [{which}]",
                     a.batch
                 ),
-                ratios,
+                ratios(&format!("ndjson{suffix}")),
                 |r| r >= 0.8,
-            ),
-            target(
-                format!("single-record p99 < 10 ms at {} req/s offered", a.rate),
-                p99,
+            ));
+            targets.push(target(
+                format!(
+                    "single-record p99 < 10 ms at {} req/s offered [{which}]",
+                    a.rate
+                ),
+                of(&format!("open{suffix}"), |m| m.p99_ms),
                 |p| p < 10.0,
-            ),
-        ];
+            ));
+        }
         Self { summaries, targets }
     }
 
     fn print(&self, a: &Args) {
         eprintln!(
             "gateway benchmark: {} round(s) of {} s per load; {}-byte JSON values, {} keys, {} partitions; \
-             the gateway and the direct Producer use the same ProducerConfig (kbatch's defaults: acks=all, idempotent); \
+             the plain gateway and the direct Producer use the same ProducerConfig (kbatch's defaults: acks=all, idempotent, linger 5 ms); \
+             *_adaptive rows: the gateway's default adaptive producer (same client settings, its own batching); \
              authentication on (one API key, SHA-256, constant-time); HTTP/1.1 keep-alive from this process",
             a.rounds, a.seconds, a.size, a.keys, a.partitions
         );
@@ -339,7 +389,7 @@ impl Report {
             a.batch_concurrency, a.batch, a.concurrency, a.rate
         );
         eprintln!(
-            "  {:<8} {:>30} {:>26} {:>22} {:>22} {:>22} {:>7}",
+            "  {:<16} {:>30} {:>26} {:>22} {:>22} {:>22} {:>7}",
             "load", "records/s", "requests/s", "p50 ms", "p99 ms", "max ms", "failed"
         );
         let f = |s: &Option<Spread>, prec: usize| {
@@ -350,7 +400,7 @@ impl Report {
         };
         for s in &self.summaries {
             eprintln!(
-                "  {:<8} {:>30} {:>26} {:>22} {:>22} {:>22} {:>7}",
+                "  {:<16} {:>30} {:>26} {:>22} {:>22} {:>22} {:>7}",
                 s.load,
                 f(&s.records_per_s, 0),
                 f(&s.requests_per_s, 0),
