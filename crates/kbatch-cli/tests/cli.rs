@@ -115,6 +115,29 @@ fn demo_against_the_real_broker_verifies_zero_loss() {
 }
 
 #[test]
+fn demo_through_the_gateway_verifies_zero_loss_on_the_real_broker() {
+    let out = kbatch()
+        .args([
+            "demo",
+            "--records",
+            "20000",
+            "--partitions",
+            "4",
+            "--via-gateway",
+            "--no-adaptive",
+            "--json",
+            "--brokers",
+            brokers(),
+        ])
+        .output()
+        .unwrap();
+    let s = json_of(&out);
+    assert_eq!(s["via_gateway"], true);
+    assert_eq!(s["embedded_broker"], false);
+    assert_verified(&s, 20_000);
+}
+
+#[test]
 fn producer_bench_runs_every_rust_contender_each_round_and_reports_ratios() {
     let out = kbatch()
         .args([

@@ -14,6 +14,7 @@
 //! every sequence number.
 
 mod adaptive;
+mod gateway;
 mod ledger;
 mod run;
 
@@ -47,6 +48,11 @@ pub(crate) struct Args {
     /// Skip the second act (adaptive microbatching under a changing load, ~10 s).
     #[arg(long)]
     pub(crate) no_adaptive: bool,
+    /// Send the records through the HTTP ingest gateway (started in this process on
+    /// 127.0.0.1, with an API key) instead of straight to the producer: NDJSON requests over
+    /// 8 connections, each record counted once the gateway's answer gives its offset.
+    #[arg(long)]
+    pub(crate) via_gateway: bool,
 }
 
 /// The embedded dev broker keeps about 5 MiB per partition and silently drops older data;

@@ -19,12 +19,12 @@ use super::{Args, DEV_BROKER_BYTES_PER_PARTITION};
 use crate::stats::{Percentiles, latency_histogram};
 
 /// What the producing side measured.
-struct Produced {
-    seconds: f64,
-    delivered: u64,
-    failed: u64,
-    first_error: Option<ProduceError>,
-    latency: Histogram<u64>,
+pub(super) struct Produced {
+    pub(super) seconds: f64,
+    pub(super) delivered: u64,
+    pub(super) failed: u64,
+    pub(super) first_error: Option<ProduceError>,
+    pub(super) latency: Histogram<u64>,
 }
 
 /// The demo's result.
@@ -36,6 +36,8 @@ struct Summary {
     partitions: i32,
     records: u64,
     value_bytes: u64,
+    /// The records went through the HTTP ingest gateway (`--via-gateway`).
+    via_gateway: bool,
     /// From the consumer's start until it was assigned its partitions (joined its group) and
     /// had nothing to read; the first record is sent after that.
     consumer_ready_seconds: f64,
@@ -118,23 +120,41 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
         anyhow::bail!("the demo consumer stopped before it was assigned its partitions");
     };
     eprintln!("demo: consumer assigned in {consumer_ready:.2} s; producing");
-    let produce = tokio::spawn(produce_all(
-        producer.clone(),
-        topic.clone(),
-        a.clone(),
-        base,
-    ));
+    // Through the gateway, records are counted delivered as its answers come back.
+    let via_gateway = Arc::new(AtomicU64::new(0));
+    let produce = if a.via_gateway {
+        tokio::spawn(super::gateway::produce_all(
+            producer.clone(),
+            topic.clone(),
+            a.clone(),
+            base,
+            Arc::clone(&via_gateway),
+        ))
+    } else {
+        tokio::spawn(produce_all(
+            producer.clone(),
+            topic.clone(),
+            a.clone(),
+            base,
+        ))
+    };
     let ticker = {
-        let (pbar, cbar, consumed, producer) = (
+        let (pbar, cbar, consumed, producer, via_gateway) = (
             pbar.clone(),
             cbar.clone(),
             consumed.clone(),
             producer.clone(),
+            Arc::clone(&via_gateway),
         );
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                pbar.set_position(producer.counters().delivered);
+                pbar.set_position(
+                    producer
+                        .counters()
+                        .delivered
+                        .max(via_gateway.load(Ordering::Relaxed)),
+                );
                 cbar.set_position(consumed.load(Ordering::Relaxed));
             }
         })
@@ -154,6 +174,7 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
         partitions,
         records: a.records,
         value_bytes: a.size,
+        via_gateway: a.via_gateway,
         consumer_ready_seconds: consumer_ready,
         produce_seconds: produced.seconds,
         produce_records_per_s: a.records as f64 / produced.seconds,
@@ -383,16 +404,29 @@ fn print_summary(s: &Summary, json: bool) -> anyhow::Result<()> {
         s.consumer_ready_seconds
     );
     println!(
-        "  produce       {:.2} s, {:.0} records/s, first send to last ack ({} delivered, {} failed)",
-        s.produce_seconds, s.produce_records_per_s, s.delivered, s.failed
+        "  produce       {:.2} s, {:.0} records/s, first send to last ack ({} delivered, {} failed){}",
+        s.produce_seconds,
+        s.produce_records_per_s,
+        s.delivered,
+        s.failed,
+        if s.via_gateway {
+            "; through the HTTP gateway (NDJSON, 8 connections)"
+        } else {
+            ""
+        }
     );
     println!(
         "  consume       {:.2} s, {:.0} records/s, first record handled to last",
         s.consume_seconds, s.consume_records_per_s
     );
     println!(
-        "  ack latency   {}  (send to broker ack)",
-        s.delivery_latency
+        "  ack latency   {}  ({})",
+        s.delivery_latency,
+        if s.via_gateway {
+            "record built to the gateway's answer"
+        } else {
+            "send to broker ack"
+        }
     );
     println!(
         "  end-to-end    {}  (send to consumer's handler)",
