@@ -245,7 +245,8 @@ pub mod fuzz {
         } else {
             Encoding::Json
         };
-        parse_records(&Topic::from("fuzz"), body, framing, encoding, 10_000)
+        let body = bytes::Bytes::copy_from_slice(body);
+        parse_records(&Topic::from("fuzz"), &body, framing, encoding, 10_000)
             .map(|r| r.len())
             .map_err(|e| e.status().as_u16())
     }

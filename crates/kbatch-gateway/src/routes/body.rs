@@ -9,6 +9,7 @@
 //!   strings or `null`, in the order written.
 //! - Unknown fields are refused, so a typo (`"vaule"`) is a 400, not a silent tombstone.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use base64::Engine as _;
@@ -41,8 +42,9 @@ pub(crate) enum Encoding {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WireRecord<'a> {
-    #[serde(default)]
-    key: Option<String>,
+    /// Borrowed from the body unless it has escapes.
+    #[serde(default, borrow)]
+    key: Option<MaybeBorrowed<'a>>,
     #[serde(default, borrow)]
     value: Option<&'a RawValue>,
     #[serde(default)]
@@ -51,6 +53,35 @@ struct WireRecord<'a> {
     partition: Option<i32>,
     #[serde(default)]
     timestamp: Option<i64>,
+}
+
+/// A string borrowed from the body when it has no escapes. (serde's own `Cow<str>` borrows
+/// only as a field of its own, not inside an `Option`.)
+struct MaybeBorrowed<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for MaybeBorrowed<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MaybeBorrowed<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(MaybeBorrowed(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(MaybeBorrowed(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(MaybeBorrowed(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 /// Headers in the order written (a map type would sort or dedupe them).
@@ -80,7 +111,7 @@ impl<'de> Deserialize<'de> for WireHeaders {
 /// or as soon as more than `max_records` are seen.
 pub(crate) fn parse_records(
     topic: &Topic,
-    body: &[u8],
+    body: &Bytes,
     framing: Framing,
     encoding: Encoding,
     max_records: usize,
@@ -91,7 +122,7 @@ pub(crate) fn parse_records(
     };
     wire.into_iter()
         .enumerate()
-        .map(|(i, w)| to_record(topic, i, w, encoding))
+        .map(|(i, w)| to_record(topic, body, i, w, encoding))
         .collect()
 }
 
@@ -191,6 +222,7 @@ fn position(body: &[u8], i: usize) -> (usize, usize) {
 
 fn to_record(
     topic: &Topic,
+    body: &Bytes,
     index: usize,
     w: WireRecord<'_>,
     encoding: Encoding,
@@ -198,8 +230,9 @@ fn to_record(
     let invalid = |message: String| RequestError::InvalidRecord { index, message };
     let key = match (w.key, encoding) {
         (None, _) => None,
-        (Some(k), Encoding::Json) => Some(Bytes::from(k)),
-        (Some(k), Encoding::Binary) => Some(decode_base64(&k).map_err(|e| {
+        (Some(MaybeBorrowed(Cow::Borrowed(k))), Encoding::Json) => Some(slice_of(body, k)),
+        (Some(MaybeBorrowed(Cow::Owned(k))), Encoding::Json) => Some(Bytes::from(k)),
+        (Some(k), Encoding::Binary) => Some(decode_base64(&k.0).map_err(|e| {
             invalid(format!(
                 "key is not valid base64 ({e}); with format=binary keys and values are base64"
             ))
@@ -207,7 +240,7 @@ fn to_record(
     };
     let value = match (w.value, encoding) {
         (None, _) => None,
-        (Some(raw), Encoding::Json) => Some(Bytes::from(compact_json(raw.get()))),
+        (Some(raw), Encoding::Json) => Some(json_bytes(body, raw.get())),
         (Some(raw), Encoding::Binary) => {
             let s: String = serde_json::from_str(raw.get()).map_err(|_| {
                 invalid("with format=binary, value must be a base64 string or null".into())
@@ -258,28 +291,73 @@ pub(super) fn decode_base64(s: &str) -> Result<Bytes, base64::DecodeError> {
         .map(Bytes::from)
 }
 
-/// Valid JSON text without the whitespace between tokens; strings are kept byte for byte.
-pub(super) fn compact_json(json: &str) -> String {
-    let mut out = String::with_capacity(json.len());
+/// `text`, a part of `body`, as a slice of it (no copy); a copy when it is not part of it.
+fn slice_of(body: &Bytes, text: &str) -> Bytes {
+    // Addresses only compared, never dereferenced: a borrowed string points into the body.
+    let start = (text.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+    if start <= body.len() && text.len() <= body.len() - start {
+        body.slice(start..start + text.len())
+    } else {
+        Bytes::copy_from_slice(text.as_bytes())
+    }
+}
+
+/// A JSON value's compact text: a slice of the body when it is written compact already
+/// (most are), else a compacted copy.
+pub(super) fn json_bytes(body: &Bytes, json: &str) -> Bytes {
+    if is_compact(json.as_bytes()) {
+        slice_of(body, json)
+    } else {
+        Bytes::from(compact_json(json))
+    }
+}
+
+/// True when no whitespace lies between `json`'s tokens (inside strings it may).
+fn is_compact(json: &[u8]) -> bool {
     let (mut in_string, mut escaped) = (false, false);
-    for c in json.chars() {
+    for &b in json {
         if in_string {
-            out.push(c);
             if escaped {
                 escaped = false;
-            } else if c == '\\' {
+            } else if b == b'\\' {
                 escaped = true;
-            } else if c == '"' {
+            } else if b == b'"' {
                 in_string = false;
             }
-        } else if c == '"' {
+        } else if b == b'"' {
             in_string = true;
-            out.push(c);
-        } else if !matches!(c, ' ' | '\n' | '\r' | '\t') {
-            out.push(c);
+        } else if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+            return false;
         }
     }
-    out
+    true
+}
+
+/// Valid JSON text without the whitespace between tokens; strings are kept byte for byte.
+/// (Bytes, not chars: JSON's whitespace and quotes are ASCII, which never occurs inside a
+/// UTF-8 sequence, so every multi-byte character is copied whole.)
+pub(super) fn compact_json(json: &str) -> String {
+    let mut out = Vec::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in json.as_bytes() {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+            out.push(b);
+        } else if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+            out.push(b);
+        }
+    }
+    // Only ASCII bytes outside strings were left out: still valid UTF-8.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 #[cfg(test)]
@@ -291,7 +369,13 @@ mod tests {
         framing: Framing,
         encoding: Encoding,
     ) -> Result<Vec<Record>, RequestError> {
-        parse_records(&Topic::from("t"), body.as_bytes(), framing, encoding, 3)
+        parse_records(
+            &Topic::from("t"),
+            &Bytes::copy_from_slice(body.as_bytes()),
+            framing,
+            encoding,
+            3,
+        )
     }
 
     fn value(r: &Record) -> &[u8] {
@@ -455,5 +539,40 @@ mod tests {
         assert!(parse(r#"{"partition":-1}"#, Framing::Json, Encoding::Json).is_err());
         assert!(parse(r#"{"timestamp":-5}"#, Framing::Json, Encoding::Json).is_err());
         assert!(parse("\n\n", Framing::Ndjson, Encoding::Json).is_err());
+    }
+
+    #[test]
+    fn compact_keys_and_values_are_slices_of_the_body_and_others_copies() {
+        let body = Bytes::from_static(
+            br#"{"key":"k1","value":{"a":[1,2],"s":"x y"}}
+{"key":"k\u0032","value":{ "a" : 1 }}
+"#,
+        );
+        let rs =
+            parse_records(&Topic::from("t"), &body, Framing::Ndjson, Encoding::Json, 3).unwrap();
+        let inside = |b: &Bytes| {
+            let (start, end) = (body.as_ptr() as usize, body.as_ptr() as usize + body.len());
+            (start..end).contains(&(b.as_ptr() as usize))
+        };
+        let (k0, v0) = (rs[0].key.as_ref().unwrap(), rs[0].value.as_ref().unwrap());
+        assert_eq!(
+            (&k0[..], &v0[..]),
+            (&b"k1"[..], &br#"{"a":[1,2],"s":"x y"}"#[..])
+        );
+        assert!(inside(k0) && inside(v0), "compact and unescaped: no copy");
+        let (k1, v1) = (rs[1].key.as_ref().unwrap(), rs[1].value.as_ref().unwrap());
+        assert_eq!((&k1[..], &v1[..]), (&b"k2"[..], &br#"{"a":1}"#[..]));
+        assert!(
+            !inside(k1) && !inside(v1),
+            "escaped key, spaced value: copies"
+        );
+    }
+
+    #[test]
+    fn compacting_keeps_strings_and_multibyte_characters_whole() {
+        let json = "{ \"é ü\" : [ \"\\\" a\" , 1 ] , \"日本\":\t2 }";
+        assert_eq!(compact_json(json), "{\"é ü\":[\"\\\" a\",1],\"日本\":2}");
+        assert!(!is_compact(json.as_bytes()));
+        assert!(is_compact(compact_json(json).as_bytes()));
     }
 }
