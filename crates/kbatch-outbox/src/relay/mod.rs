@@ -1,0 +1,173 @@
+//! The relay: claim a batch, deliver it, write the outcomes back, commit.
+//!
+//! ```text
+//!  loop:  store.claim(batch_size, now) ──► entries (row locks held)
+//!             │ none due: sleep idle_poll (or until cancelled)
+//!             ▼
+//!         deliverer.deliver(entries) ──► one Attempt per entry
+//!             ▼
+//!         RetryPolicy::decide (pure) ──► Delivered | Retry{next_attempt_at} | Dead{last_error}
+//!             ▼
+//!         claim.finish(outcomes)  one UPDATE + COMMIT per batch
+//! ```
+//!
+//! ```no_run
+//! use kbatch_outbox::{KafkaDeliverer, OutboxStore, Relay, RelayConfig};
+//! use kbatch_producer::{Producer, ProducerConfig};
+//! # async fn run(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+//! let producer = Producer::new(ProducerConfig::for_brokers("127.0.0.1:9092"))?;
+//! let relay = Relay::new(OutboxStore::Postgres(pool), KafkaDeliverer::new(producer), RelayConfig::default())?;
+//! let cancel = tokio_util::sync::CancellationToken::new();
+//! let report = relay.run(cancel).await?;
+//! # Ok(()) }
+//! ```
+
+mod deliver;
+mod outcome;
+
+pub use deliver::{Deliverer, ID_HEADER, KafkaDeliverer};
+pub use outcome::{Attempt, Outcome, RetryPolicy};
+
+use kbatch_core::{Classify, Timestamp};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RelayConfig;
+use crate::error::Result;
+use crate::store::OutboxStore;
+
+/// What one batch did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Entries claimed.
+    pub claimed: usize,
+    /// Delivered.
+    pub delivered: usize,
+    /// Pending again, backing off.
+    pub retried: usize,
+    /// Given up on.
+    pub dead: usize,
+}
+
+impl BatchReport {
+    fn add(&mut self, other: &BatchReport) {
+        self.claimed += other.claimed;
+        self.delivered += other.delivered;
+        self.retried += other.retried;
+        self.dead += other.dead;
+    }
+}
+
+/// Claims, delivers and records outcomes, batch after batch. Several relays (in one
+/// process or many) may run on one table: claimed rows stay locked until their outcomes
+/// are committed, so no entry is delivered by two relays at once.
+#[derive(Debug)]
+pub struct Relay<D> {
+    store: OutboxStore,
+    deliverer: D,
+    config: RelayConfig,
+}
+
+impl<D: Deliverer> Relay<D> {
+    /// A relay over `store`, delivering through `deliverer`.
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) naming the field out of range.
+    pub fn new(store: OutboxStore, deliverer: D, config: RelayConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self {
+            store,
+            deliverer,
+            config,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    /// Claims, delivers and records one batch of entries due now.
+    ///
+    /// # Errors
+    /// A database error; the batch's outcomes are then not recorded and its entries will be
+    /// claimed and delivered again (same ids).
+    ///
+    /// # Cancellation
+    /// Dropping the future mid-batch rolls the claim back: entries already handed to the
+    /// deliverer are delivered again by a later batch.
+    pub async fn run_once(&self) -> Result<BatchReport> {
+        let claim = self
+            .store
+            .claim(&self.config.table, self.config.batch_size, Timestamp::now())
+            .await?;
+        let claimed = claim.entries();
+        if claimed.is_empty() {
+            claim.finish(&[], Timestamp::now()).await?;
+            return Ok(BatchReport::default());
+        }
+        let entries: Vec<_> = claimed.iter().map(|c| &c.entry).collect();
+        let attempts = self.deliverer.deliver(&entries).await;
+        assert_eq!(
+            attempts.len(),
+            entries.len(),
+            "a deliverer returns one attempt per entry"
+        );
+        let now = Timestamp::now();
+        let mut report = BatchReport {
+            claimed: entries.len(),
+            ..BatchReport::default()
+        };
+        let outcomes: Vec<Outcome> = claimed
+            .iter()
+            .zip(attempts)
+            .map(|(c, attempt)| {
+                let outcome =
+                    self.config
+                        .retry
+                        .decide(c.attempts, attempt, now, rand::random::<f64>());
+                match &outcome {
+                    Outcome::Delivered => report.delivered += 1,
+                    Outcome::Retry { .. } => report.retried += 1,
+                    Outcome::Dead { last_error } => {
+                        tracing::warn!(id = %c.entry.id, error = %last_error, "outbox entry dead");
+                        report.dead += 1;
+                    }
+                }
+                outcome
+            })
+            .collect();
+        claim.finish(&outcomes, now).await?;
+        Ok(report)
+    }
+
+    /// Runs batches until `cancel` fires, sleeping `idle_poll` when nothing is due.
+    /// Retriable database errors (a lost connection, a deadlock) are logged and the loop
+    /// goes on after `idle_poll`; others end it.
+    ///
+    /// # Errors
+    /// The first non-retriable error.
+    pub async fn run(&self, cancel: CancellationToken) -> Result<BatchReport> {
+        let mut total = BatchReport::default();
+        while !cancel.is_cancelled() {
+            let pause = match self.run_once().await {
+                Ok(batch) => {
+                    total.add(&batch);
+                    // A full batch suggests more are due: go on at once.
+                    batch.claimed < self.config.batch_size
+                }
+                Err(e) if e.is_retriable() => {
+                    tracing::warn!(error = %e, "outbox relay batch failed; retrying");
+                    true
+                }
+                Err(e) => return Err(e),
+            };
+            if pause {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(self.config.idle_poll) => {}
+                }
+            }
+        }
+        Ok(total)
+    }
+}

@@ -1,0 +1,21 @@
+-- kbatch outbox, PostgreSQL. {table} is a validated name starting with kbatch_outbox.
+-- Times are milliseconds since the Unix epoch on the relay's clock (BIGINT): the same in all
+-- three databases, and the relay compares them with the clock it computes backoff from.
+-- state: 0 pending, 1 delivered, 2 dead.
+CREATE TABLE IF NOT EXISTS {table} (
+    id              UUID     PRIMARY KEY,
+    msg_key         TEXT,
+    dest_kind       SMALLINT NOT NULL,
+    dest            TEXT     NOT NULL,
+    payload         BYTEA    NOT NULL,
+    headers         BYTEA    NOT NULL,
+    created_at      BIGINT   NOT NULL,
+    state           SMALLINT NOT NULL DEFAULT 0,
+    attempts        INTEGER  NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT   NOT NULL,
+    last_error      TEXT,
+    delivered_at    BIGINT
+);
+-- Only pending rows are ever claimed: a partial index stays small however many delivered
+-- rows wait for the purge.
+CREATE INDEX IF NOT EXISTS {table}_pending ON {table} (id) WHERE state = 0;

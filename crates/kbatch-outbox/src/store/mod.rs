@@ -1,0 +1,333 @@
+//! The outbox table as the relay sees it: claim a batch of due entries, write their outcomes.
+//!
+//! ```text
+//!  OutboxStore::claim ── BEGIN (IMMEDIATE on SQLite) ─ SELECT … ORDER BY id LIMIT n
+//!        │                                           FOR UPDATE SKIP LOCKED (PG, MariaDB)
+//!        ▼
+//!      Claim { entries, open transaction }   row locks held while the relay delivers
+//!        │
+//!  Claim::finish(outcomes) ── ONE UPDATE for the whole batch ── COMMIT
+//! ```
+//!
+//! # Why the claim transaction stays open through delivery
+//! The alternative, a lease (`claimed_until`) committed before delivery, lets a second relay
+//! claim the same rows once the lease runs out while the first is still delivering: "never
+//! deliver concurrently" would then depend on choosing the lease longer than every delivery.
+//! Holding the row locks makes it structural: another relay skips locked rows, and a relay
+//! that dies (crash, lost connection) releases them with its transaction, so its entries
+//! become claimable again and are delivered again with the same id (at least once; the
+//! `kbatch-outbox-id` header lets consumers de-duplicate). The price is a transaction open
+//! for one batch's delivery, bounded by the deliverer's timeout; on SQLite it holds the one
+//! write lock that long.
+//!
+//! # The auto-commit trap
+//! A claim run outside an explicit transaction releases its locks as the statement ends,
+//! and two relays deliver the same rows (Okapi's duplicate deliveries). The `claim_*`
+//! functions take a connection so they can be used in a caller's transaction, and check
+//! that one is open: [`Error::ClaimOutsideTransaction`] otherwise, before anything is
+//! delivered.
+
+mod mysql;
+mod postgres;
+mod sqlite;
+
+pub use mysql::claim_mysql;
+pub use postgres::claim_postgres;
+pub use sqlite::claim_sqlite;
+
+use kbatch_core::Timestamp;
+use sqlx::{MySql, MySqlPool, PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+use uuid::Uuid;
+
+use crate::entry::{Destination, OutboxEntry, decode_headers};
+use crate::error::{Error, Result};
+use crate::relay::Outcome;
+use crate::schema::{self, TableName};
+
+/// Longest `last_error` stored; longer messages are cut (MySQL's TEXT holds 64 KiB).
+const MAX_ERROR_CHARS: usize = 2_000;
+
+/// An entry claimed for delivery, with the attempts it had before.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedEntry {
+    /// The entry.
+    pub entry: OutboxEntry,
+    /// Delivery attempts before this one.
+    pub attempts: u32,
+}
+
+/// Where the outbox table lives: a pool of one of the three databases.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum OutboxStore {
+    /// PostgreSQL.
+    Postgres(PgPool),
+    /// MariaDB 10.6+ or MySQL 8.
+    MySql(MySqlPool),
+    /// SQLite.
+    Sqlite(SqlitePool),
+}
+
+/// Counts by state, for `status` and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutboxStatus {
+    /// Entries waiting for delivery (due or backing off).
+    pub pending: u64,
+    /// Entries delivered and not yet purged.
+    pub delivered: u64,
+    /// Entries given up on.
+    pub dead: u64,
+    /// `created_at` of the oldest pending entry: the relay's lag.
+    pub oldest_pending: Option<Timestamp>,
+}
+
+impl OutboxStore {
+    /// Creates the outbox table (and index) if missing.
+    pub async fn migrate(&self, table: &TableName) -> Result<()> {
+        let conn_err = Error::db("migrate");
+        match self {
+            OutboxStore::Postgres(p) => {
+                schema::migrate_postgres(&mut *p.acquire().await.map_err(conn_err)?, table).await
+            }
+            OutboxStore::MySql(p) => {
+                schema::migrate_mysql(&mut *p.acquire().await.map_err(conn_err)?, table).await
+            }
+            OutboxStore::Sqlite(p) => {
+                schema::migrate_sqlite(&mut *p.acquire().await.map_err(conn_err)?, table).await
+            }
+        }
+    }
+
+    /// Counts entries by state and finds the oldest pending one.
+    pub async fn status(&self, table: &TableName) -> Result<OutboxStatus> {
+        let sql = table.sql(
+            "SELECT state, COUNT(*), MIN(created_at) FROM {table} GROUP BY state ORDER BY state",
+        );
+        let rows: Vec<(i64, i64, Option<i64>)> = match self {
+            OutboxStore::Postgres(p) => {
+                let sql = table.sql(
+                    "SELECT state::int8, COUNT(*)::int8, MIN(created_at) FROM {table} GROUP BY state",
+                );
+                sqlx::query_as(sql).fetch_all(p).await
+            }
+            OutboxStore::MySql(p) => {
+                let sql = table.sql(
+                    "SELECT CAST(state AS SIGNED), COUNT(*), MIN(created_at) FROM {table} GROUP BY state",
+                );
+                sqlx::query_as(sql).fetch_all(p).await
+            }
+            OutboxStore::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await,
+        }
+        .map_err(Error::db("status"))?;
+        let mut s = OutboxStatus::default();
+        for (state, count, oldest) in rows {
+            let count = u64::try_from(count).unwrap_or(0);
+            match state {
+                STATE_PENDING => {
+                    s.pending = count;
+                    s.oldest_pending = oldest.map(Timestamp);
+                }
+                STATE_DELIVERED => s.delivered = count,
+                _ => s.dead += count,
+            }
+        }
+        Ok(s)
+    }
+
+    /// Opens a transaction and claims up to `limit` entries due at `now`, oldest id first,
+    /// locking them until [`Claim::finish`] (or drop, which rolls back).
+    pub async fn claim(&self, table: &TableName, limit: usize, now: Timestamp) -> Result<Claim> {
+        let begin = Error::db("claim: begin");
+        Ok(match self {
+            OutboxStore::Postgres(p) => {
+                let mut tx = p.begin().await.map_err(begin)?;
+                let entries = claim_postgres(&mut tx, table, limit, now).await?;
+                Claim {
+                    entries,
+                    tx: ClaimTx::Postgres(tx),
+                    table: table.clone(),
+                }
+            }
+            OutboxStore::MySql(p) => {
+                // READ COMMITTED: a locking scan under REPEATABLE READ also takes gap locks,
+                // which would stall the application's inserts until the batch commits.
+                let mut tx = p
+                    .begin_with("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION")
+                    .await
+                    .map_err(begin)?;
+                let entries = claim_mysql(&mut tx, table, limit, now).await?;
+                Claim {
+                    entries,
+                    tx: ClaimTx::MySql(tx),
+                    table: table.clone(),
+                }
+            }
+            OutboxStore::Sqlite(p) => {
+                // IMMEDIATE takes the write lock first: two deferred readers could both read
+                // the same rows before either writes.
+                let mut tx = p.begin_with("BEGIN IMMEDIATE").await.map_err(begin)?;
+                let entries = claim_sqlite(&mut tx, table, limit, now).await?;
+                Claim {
+                    entries,
+                    tx: ClaimTx::Sqlite(tx),
+                    table: table.clone(),
+                }
+            }
+        })
+    }
+}
+
+pub(crate) const STATE_PENDING: i64 = 0;
+pub(crate) const STATE_DELIVERED: i64 = 1;
+pub(crate) const STATE_DEAD: i64 = 2;
+
+enum ClaimTx {
+    Postgres(Transaction<'static, Postgres>),
+    MySql(Transaction<'static, MySql>),
+    Sqlite(Transaction<'static, Sqlite>),
+}
+
+/// A claimed batch: its entries, locked by an open transaction until [`finish`](Self::finish).
+/// Dropping it rolls back: the entries are claimable again, nothing is recorded.
+pub struct Claim {
+    entries: Vec<ClaimedEntry>,
+    tx: ClaimTx,
+    table: TableName,
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim")
+            .field("table", &self.table)
+            .field("entries", &self.entries.len())
+            .finish()
+    }
+}
+
+impl Claim {
+    /// The claimed entries, oldest id first.
+    pub fn entries(&self) -> &[ClaimedEntry] {
+        &self.entries
+    }
+
+    /// Writes one outcome per claimed entry (in [`entries`](Self::entries) order) in one
+    /// statement, at `now`, and commits.
+    ///
+    /// # Errors
+    /// On a database error nothing is recorded: the transaction rolls back and the entries
+    /// are claimed and delivered again later.
+    pub async fn finish(self, outcomes: &[Outcome], now: Timestamp) -> Result<()> {
+        assert_eq!(
+            outcomes.len(),
+            self.entries.len(),
+            "one outcome per claimed entry"
+        );
+        let rows: Vec<OutcomeRow> = self
+            .entries
+            .iter()
+            .zip(outcomes)
+            .map(|(c, o)| OutcomeRow::new(c, o, now))
+            .collect();
+        let commit = Error::db("finish: commit");
+        match self.tx {
+            ClaimTx::Postgres(mut tx) => {
+                if !rows.is_empty() {
+                    postgres::write_outcomes(&mut tx, &self.table, &rows).await?;
+                }
+                tx.commit().await.map_err(commit)
+            }
+            ClaimTx::MySql(mut tx) => {
+                if !rows.is_empty() {
+                    mysql::write_outcomes(&mut tx, &self.table, &rows).await?;
+                }
+                tx.commit().await.map_err(commit)
+            }
+            ClaimTx::Sqlite(mut tx) => {
+                if !rows.is_empty() {
+                    sqlite::write_outcomes(&mut tx, &self.table, &rows).await?;
+                }
+                tx.commit().await.map_err(commit)
+            }
+        }
+    }
+}
+
+/// One row of the batch update.
+pub(crate) struct OutcomeRow {
+    pub(crate) id: Uuid,
+    pub(crate) state: i16,
+    pub(crate) attempts: i32,
+    pub(crate) next_attempt_at: i64,
+    pub(crate) last_error: Option<String>,
+    pub(crate) delivered_at: Option<i64>,
+}
+
+impl OutcomeRow {
+    fn new(c: &ClaimedEntry, o: &Outcome, now: Timestamp) -> Self {
+        let attempts = i32::try_from(c.attempts.saturating_add(1)).unwrap_or(i32::MAX);
+        let cut = |e: &str| e.chars().take(MAX_ERROR_CHARS).collect::<String>();
+        let (state, next, err, delivered_at) = match o {
+            Outcome::Delivered => (STATE_DELIVERED, now.millis(), None, Some(now.millis())),
+            Outcome::Retry {
+                next_attempt_at,
+                error,
+            } => (
+                STATE_PENDING,
+                next_attempt_at.millis(),
+                Some(cut(error)),
+                None,
+            ),
+            Outcome::Dead { last_error } => (STATE_DEAD, now.millis(), Some(cut(last_error)), None),
+        };
+        Self {
+            id: c.entry.id,
+            state: state as i16,
+            attempts,
+            next_attempt_at: next,
+            last_error: err,
+            delivered_at,
+        }
+    }
+}
+
+/// The columns every claim selects, in this order.
+pub(crate) const CLAIM_COLUMNS: &str =
+    "id, msg_key, dest_kind, dest, payload, headers, created_at, attempts";
+
+/// A claimed row's columns, decoded by each backend.
+pub(crate) type RawRow = (
+    Uuid,
+    Option<String>,
+    i16,
+    String,
+    Vec<u8>,
+    Vec<u8>,
+    i64,
+    i32,
+);
+
+pub(crate) fn to_claimed(table: &TableName, row: RawRow) -> Result<ClaimedEntry> {
+    let (id, key, kind, dest, payload, headers, created_at, attempts) = row;
+    let corrupt = |reason: String| Error::CorruptEntry {
+        id: id.to_string(),
+        table: table.to_string(),
+        reason,
+    };
+    let destination = Destination::from_columns(kind, dest).ok_or_else(|| {
+        corrupt(format!(
+            "dest_kind {kind} is neither 0 (Kafka) nor 1 (HTTP)"
+        ))
+    })?;
+    let headers = decode_headers(&headers).map_err(corrupt)?;
+    Ok(ClaimedEntry {
+        entry: OutboxEntry {
+            id,
+            key,
+            destination,
+            payload: payload.into(),
+            headers,
+            created_at: Timestamp(created_at),
+        },
+        attempts: u32::try_from(attempts).unwrap_or(0),
+    })
+}
