@@ -86,6 +86,11 @@ impl<D: Deliverer> Relay<D> {
         &self.config
     }
 
+    /// The deliverer.
+    pub fn deliverer(&self) -> &D {
+        &self.deliverer
+    }
+
     /// Claims, delivers and records one batch of entries due now.
     ///
     /// # Errors
