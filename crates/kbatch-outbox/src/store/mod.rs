@@ -82,6 +82,51 @@ pub struct OutboxStatus {
 }
 
 impl OutboxStore {
+    /// Connects to the database `url` names: `postgres://` or `postgresql://`, `mysql://` or
+    /// `mariadb://`, `sqlite:` URLs, or else a SQLite file path (created if missing, WAL
+    /// journal, 10 s busy timeout so a relay waiting for the writer lock does not fail).
+    pub async fn connect(url: &str) -> Result<Self> {
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+        let err = Error::db("connect");
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(OutboxStore::Postgres(
+                PgPool::connect(url).await.map_err(err)?,
+            ));
+        }
+        if let Some(rest) = url.strip_prefix("mariadb://") {
+            let url = format!("mysql://{rest}");
+            return Ok(OutboxStore::MySql(
+                MySqlPool::connect(&url).await.map_err(err)?,
+            ));
+        }
+        if url.starts_with("mysql://") {
+            return Ok(OutboxStore::MySql(
+                MySqlPool::connect(url).await.map_err(err)?,
+            ));
+        }
+        if url.contains("://") && !url.starts_with("sqlite:") {
+            return Err(Error::Config(format!(
+                "database URL {url:?} is not supported: use postgres://, mysql://, mariadb://, \
+                 sqlite: or a SQLite file path"
+            )));
+        }
+        let opts = if url.starts_with("sqlite:") {
+            url.parse::<SqliteConnectOptions>()
+                .map_err(Error::db("connect"))?
+        } else {
+            SqliteConnectOptions::new().filename(url)
+        };
+        let opts = opts
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .connect_with(opts)
+            .await
+            .map_err(err)?;
+        Ok(OutboxStore::Sqlite(pool))
+    }
+
     /// Creates the outbox table (and index) if missing.
     pub async fn migrate(&self, table: &TableName) -> Result<()> {
         let conn_err = Error::db("migrate");

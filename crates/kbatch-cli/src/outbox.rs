@@ -1,0 +1,167 @@
+//! `kbatch outbox migrate|status|relay`: the transactional outbox from the command line.
+//!
+//! ```text
+//!  --database-url (postgres://, mysql://, mariadb://, sqlite:, or a SQLite file; default
+//!  kbatch-outbox.db) ─► OutboxStore ─► migrate: CREATE TABLE IF NOT EXISTS kbatch_outbox_…
+//!                                   ─► status:  pending / delivered / dead, oldest pending age
+//!                                   ─► relay:   Relay + KafkaDeliverer until Ctrl-C (or idle)
+//! ```
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args as ClapArgs, Subcommand};
+use kbatch_core::Timestamp;
+use kbatch_outbox::{KafkaDeliverer, OutboxStore, Relay, RelayConfig, TableName};
+use kbatch_producer::{Producer, ProducerConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::Target;
+
+/// `kbatch outbox` subcommands.
+#[derive(Subcommand, Debug)]
+pub(crate) enum Outbox {
+    /// Create the outbox table if missing (idempotent).
+    Migrate(Db),
+    /// Print entries by state and the age of the oldest pending one, as JSON.
+    Status(Db),
+    /// Deliver pending entries to Kafka until Ctrl-C (or, with --until-idle, until none is due).
+    Relay(RelayArgs),
+}
+
+/// Which database and table.
+#[derive(ClapArgs, Debug)]
+pub(crate) struct Db {
+    /// postgres://…, mysql://… / mariadb://…, sqlite:…, or a SQLite file path.
+    #[arg(
+        long,
+        env = "KBATCH_OUTBOX_DATABASE_URL",
+        default_value = "kbatch-outbox.db"
+    )]
+    database_url: String,
+    /// The outbox table; must start with kbatch_outbox.
+    #[arg(long, default_value = "kbatch_outbox_entries")]
+    table: String,
+}
+
+impl Db {
+    async fn open(&self) -> anyhow::Result<(OutboxStore, TableName)> {
+        let table = TableName::new(&self.table)?;
+        let store = OutboxStore::connect(&self.database_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the outbox database {}",
+                    redact(&self.database_url)
+                )
+            })?;
+        Ok((store, table))
+    }
+}
+
+/// Options of `kbatch outbox relay`.
+#[derive(ClapArgs, Debug)]
+pub(crate) struct RelayArgs {
+    #[command(flatten)]
+    db: Db,
+    #[command(flatten)]
+    target: Target,
+    /// Entries claimed per batch (1..=5000).
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    /// Delivery attempts before an entry is dead.
+    #[arg(long, default_value_t = 10)]
+    max_attempts: u32,
+    /// Stop once a batch finds nothing due, instead of waiting for more.
+    #[arg(long)]
+    until_idle: bool,
+}
+
+pub(crate) async fn run(cmd: Outbox) -> anyhow::Result<()> {
+    match cmd {
+        Outbox::Migrate(db) => {
+            let (store, table) = db.open().await?;
+            store.migrate(&table).await?;
+            eprintln!("outbox table {table} ready");
+            Ok(())
+        }
+        Outbox::Status(db) => {
+            let (store, table) = db.open().await?;
+            let s = store.status(&table).await?;
+            let lag_ms = s
+                .oldest_pending
+                .map(|t| (Timestamp::now().millis() - t.millis()).max(0));
+            let json = serde_json::json!({
+                "table": table.as_str(),
+                "pending": s.pending,
+                "delivered": s.delivered,
+                "dead": s.dead,
+                "oldest_pending_age_ms": lag_ms,
+            });
+            write_line(&json.to_string())
+        }
+        Outbox::Relay(a) => relay(a).await,
+    }
+}
+
+async fn relay(a: RelayArgs) -> anyhow::Result<()> {
+    let (store, table) = a.db.open().await?;
+    let cluster = a.target.connect()?;
+    let producer = Producer::new(ProducerConfig::new(cluster.client()))?;
+    let config = RelayConfig::default()
+        .with_table(table)
+        .with_batch_size(a.batch_size)
+        .with_retry(kbatch_outbox::RetryPolicy {
+            max_attempts: a.max_attempts,
+            ..Default::default()
+        });
+    let relay = Relay::new(store, KafkaDeliverer::new(producer.clone()), config)?;
+    let report = if a.until_idle {
+        let mut total = kbatch_outbox::BatchReport::default();
+        loop {
+            let b = relay.run_once().await?;
+            if b.claimed == 0 {
+                break total;
+            }
+            total.claimed += b.claimed;
+            total.delivered += b.delivered;
+            total.retried += b.retried;
+            total.dead += b.dead;
+        }
+    } else {
+        let cancel = CancellationToken::new();
+        let on_signal = cancel.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            on_signal.cancel();
+        });
+        relay.run(cancel).await?
+    };
+    producer.flush(Duration::from_secs(30)).await?;
+    let json = serde_json::json!({
+        "claimed": report.claimed,
+        "delivered": report.delivered,
+        "retried": report.retried,
+        "dead": report.dead,
+    });
+    write_line(&json.to_string())
+}
+
+fn write_line(s: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{s}")?;
+    Ok(())
+}
+
+/// The URL without its password, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}

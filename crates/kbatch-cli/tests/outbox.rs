@@ -1,0 +1,128 @@
+//! `kbatch outbox migrate|status|relay` on a SQLite file, against the real broker.
+
+#![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::Duration;
+
+use kbatch_client::Isolation;
+use kbatch_outbox::{Destination, ID_HEADER, OutboxEntry, OutboxStore, TableName, enqueue};
+use kbatch_testkit::{brokers, consume_all, create_topic, unique_name};
+
+fn kbatch(db: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kbatch"));
+    c.env_remove("KBATCH_BROKERS")
+        .env("KBATCH_OUTBOX_DATABASE_URL", db)
+        .env("RUST_LOG", "error");
+    c
+}
+
+fn json(c: &mut Command) -> serde_json::Value {
+    let out = c.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kbatch failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_status_and_relay_deliver_a_sqlite_outbox_to_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db").to_str().unwrap().to_owned();
+    let out = kbatch(&db).args(["outbox", "migrate"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The application: entries enqueued in its own transaction.
+    let topic = unique_name("cli-outbox");
+    create_topic(&topic, 2).await;
+    let OutboxStore::Sqlite(pool) = OutboxStore::connect(&db).await.unwrap() else {
+        unreachable!()
+    };
+    let entries: Vec<OutboxEntry> = (0..30)
+        .map(|i| {
+            OutboxEntry::new(Destination::kafka(&topic), format!("event {i}"))
+                .with_key(format!("k{}", i % 4))
+        })
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    for e in &entries {
+        enqueue(&mut tx, &TableName::default(), e).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    pool.close().await;
+
+    let s = json(kbatch(&db).args(["outbox", "status"]));
+    assert_eq!(
+        (s["pending"].as_u64(), s["delivered"].as_u64()),
+        (Some(30), Some(0)),
+        "{s}"
+    );
+    assert!(s["oldest_pending_age_ms"].as_i64().unwrap() >= 0);
+
+    let r = json(kbatch(&db).args([
+        "outbox",
+        "relay",
+        "--until-idle",
+        "--batch-size",
+        "8",
+        "--brokers",
+        brokers(),
+    ]));
+    assert_eq!(
+        (r["delivered"].as_u64(), r["dead"].as_u64()),
+        (Some(30), Some(0)),
+        "{r}"
+    );
+    let s = json(kbatch(&db).args(["outbox", "status"]));
+    assert_eq!(
+        (s["pending"].as_u64(), s["delivered"].as_u64()),
+        (Some(0), Some(30)),
+        "{s}"
+    );
+
+    let parts = tokio::task::spawn_blocking(move || {
+        consume_all(
+            &topic,
+            Isolation::ReadUncommitted,
+            None,
+            Duration::from_secs(3),
+        )
+    })
+    .await
+    .unwrap();
+    let ids: Vec<String> = parts
+        .into_values()
+        .flatten()
+        .map(|r| {
+            let h = r.headers.iter().find(|h| h.key == ID_HEADER).unwrap();
+            String::from_utf8(h.value.clone().unwrap().to_vec()).unwrap()
+        })
+        .collect();
+    assert_eq!(ids.len(), 30, "each entry once");
+    let want: HashSet<String> = entries.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(ids.into_iter().collect::<HashSet<_>>(), want);
+}
+
+#[test]
+fn a_table_without_the_prefix_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("x.db").to_str().unwrap().to_owned();
+    let out = kbatch(&db)
+        .args(["outbox", "migrate", "--table", "outbox"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"outbox\"") && err.contains("kbatch_outbox"),
+        "{err}"
+    );
+}
