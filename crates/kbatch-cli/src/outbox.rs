@@ -1,10 +1,11 @@
-//! `kbatch outbox migrate|status|relay`: the transactional outbox from the command line.
+//! `kbatch outbox migrate|status|relay|redrive|purge`: the transactional outbox from the command line.
 //!
 //! ```text
 //!  --database-url (postgres://, mysql://, mariadb://, sqlite:, or a SQLite file; default
 //!  kbatch-outbox.db) ─► OutboxStore ─► migrate: CREATE TABLE IF NOT EXISTS kbatch_outbox_…
 //!                                   ─► status:  pending / delivered / dead, oldest pending age
 //!                                   ─► relay:   Relay + KafkaDeliverer until Ctrl-C (or idle)
+//!                                   ─► redrive: dead → pending;  purge: old delivered rows
 //! ```
 
 use std::time::Duration;
@@ -27,6 +28,20 @@ pub(crate) enum Outbox {
     Status(Db),
     /// Deliver pending entries to Kafka until Ctrl-C (or, with --until-idle, until none is due).
     Relay(RelayArgs),
+    /// Move every dead entry back to pending, due now, with its attempts reset.
+    Redrive(Db),
+    /// Delete delivered entries older than the retention (pending and dead ones stay).
+    Purge(PurgeArgs),
+}
+
+/// Options of `kbatch outbox purge`.
+#[derive(ClapArgs, Debug)]
+pub(crate) struct PurgeArgs {
+    #[command(flatten)]
+    db: Db,
+    /// Keep delivered entries this many seconds after delivery.
+    #[arg(long, default_value_t = 7 * 86_400)]
+    retention_secs: u64,
 }
 
 /// Which database and table.
@@ -101,6 +116,18 @@ pub(crate) async fn run(cmd: Outbox) -> anyhow::Result<()> {
             write_line(&json.to_string())
         }
         Outbox::Relay(a) => relay(a).await,
+        Outbox::Redrive(db) => {
+            let (store, table) = db.open().await?;
+            let n = store.redrive(&table, Timestamp::now()).await?;
+            write_line(&serde_json::json!({ "redriven": n }).to_string())
+        }
+        Outbox::Purge(a) => {
+            let (store, table) = a.db.open().await?;
+            let keep_ms = i64::try_from(a.retention_secs.saturating_mul(1_000)).unwrap_or(i64::MAX);
+            let before = Timestamp(Timestamp::now().millis().saturating_sub(keep_ms));
+            let n = store.purge_delivered(&table, before).await?;
+            write_line(&serde_json::json!({ "purged": n }).to_string())
+        }
     }
 }
 

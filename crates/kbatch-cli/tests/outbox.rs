@@ -88,6 +88,19 @@ async fn migrate_status_and_relay_deliver_a_sqlite_outbox_to_kafka() {
         "{s}"
     );
 
+    // Nothing is dead; retention keeps the fresh deliveries, retention 0 purges them.
+    assert_eq!(
+        json(kbatch(&db).args(["outbox", "redrive"]))["redriven"].as_u64(),
+        Some(0)
+    );
+    assert_eq!(
+        json(kbatch(&db).args(["outbox", "purge"]))["purged"].as_u64(),
+        Some(0)
+    );
+    std::thread::sleep(Duration::from_millis(5));
+    let p = json(kbatch(&db).args(["outbox", "purge", "--retention-secs", "0"]));
+    assert_eq!(p["purged"].as_u64(), Some(30), "{p}");
+
     let parts = tokio::task::spawn_blocking(move || {
         consume_all(
             &topic,

@@ -458,6 +458,51 @@ async fn retriable_failures_back_off_then_deliver_or_die_at_max_attempts(db: Db)
     );
     let s = f.store.status(&f.table).await.unwrap();
     assert_eq!((s.pending, s.delivered, s.dead), (0, 6, 1));
+
+    // Redrive: the dead entry is pending and due again, with a fresh attempt budget.
+    assert_eq!(
+        f.store.redrive(&f.table, Timestamp::now()).await.unwrap(),
+        1
+    );
+    let s = f.store.status(&f.table).await.unwrap();
+    assert_eq!((s.pending, s.delivered, s.dead), (1, 6, 0));
+    let relay = Relay::new(
+        f.store.clone(),
+        FailFirst(Default::default()),
+        RelayConfig::default()
+            .with_table(f.table.clone())
+            .with_retry(RetryPolicy {
+                max_attempts: 3,
+                ..RetryPolicy::default()
+            }),
+    )
+    .unwrap();
+    let again = relay.run_once().await.unwrap();
+    assert_eq!(
+        (again.claimed, again.retried),
+        (1, 1),
+        "attempts were reset: not dead at once"
+    );
+
+    // Purge: delivered entries older than the cut-off go, the pending one stays.
+    assert_eq!(
+        f.store
+            .purge_delivered(&f.table, Timestamp(0))
+            .await
+            .unwrap(),
+        0,
+        "none delivered before 1970"
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        f.store
+            .purge_delivered(&f.table, Timestamp::now())
+            .await
+            .unwrap(),
+        6
+    );
+    let s = f.store.status(&f.table).await.unwrap();
+    assert_eq!((s.pending, s.delivered, s.dead), (1, 0, 0));
 }
 
 macro_rules! per_db {

@@ -179,6 +179,62 @@ impl OutboxStore {
         Ok(s)
     }
 
+    /// Moves every dead entry back to pending, due `now`, with its attempts reset; its last
+    /// error stays until the next attempt. Returns how many were moved.
+    pub async fn redrive(&self, table: &TableName, now: Timestamp) -> Result<u64> {
+        let set = "UPDATE {table} SET state = 0, attempts = 0, next_attempt_at = ";
+        self.execute_with_time(
+            table,
+            &format!("{set}$1 WHERE state = 2"),
+            &format!("{set}? WHERE state = 2"),
+            now,
+            "redrive",
+        )
+        .await
+    }
+
+    /// Deletes delivered entries delivered before `before` (now less the retention).
+    /// Returns how many were deleted. Pending and dead entries are never purged.
+    pub async fn purge_delivered(&self, table: &TableName, before: Timestamp) -> Result<u64> {
+        let del = "DELETE FROM {table} WHERE state = 1 AND delivered_at < ";
+        self.execute_with_time(
+            table,
+            &format!("{del}$1"),
+            &format!("{del}?"),
+            before,
+            "purge",
+        )
+        .await
+    }
+
+    async fn execute_with_time(
+        &self,
+        table: &TableName,
+        pg_sql: &str,
+        qm_sql: &str,
+        t: Timestamp,
+        during: &'static str,
+    ) -> Result<u64> {
+        let done = match self {
+            OutboxStore::Postgres(p) => sqlx::query(table.sql(pg_sql))
+                .bind(t.millis())
+                .execute(p)
+                .await
+                .map(|d| d.rows_affected()),
+            OutboxStore::MySql(p) => sqlx::query(table.sql(qm_sql))
+                .bind(t.millis())
+                .execute(p)
+                .await
+                .map(|d| d.rows_affected()),
+            OutboxStore::Sqlite(p) => sqlx::query(table.sql(qm_sql))
+                .bind(t.millis())
+                .execute(p)
+                .await
+                .map(|d| d.rows_affected()),
+        };
+        done.map_err(Error::db(during))
+    }
+
     /// Opens a transaction and claims up to `limit` entries due at `now`, oldest id first,
     /// locking them until [`Claim::finish`] (or drop, which rolls back).
     pub async fn claim(&self, table: &TableName, limit: usize, now: Timestamp) -> Result<Claim> {
