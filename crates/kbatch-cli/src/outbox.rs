@@ -4,7 +4,7 @@
 //!  --database-url (postgres://, mysql://, mariadb://, sqlite:, or a SQLite file; default
 //!  kbatch-outbox.db) ─► OutboxStore ─► migrate: CREATE TABLE IF NOT EXISTS kbatch_outbox_…
 //!                                   ─► status:  pending / delivered / dead, oldest pending age
-//!                                   ─► relay:   Relay + KafkaDeliverer until Ctrl-C (or idle)
+//!                                   ─► relay:   Relay + Kafka / HTTP deliverers until Ctrl-C (or idle)
 //!                                   ─► redrive: dead → pending;  purge: old delivered rows
 //! ```
 
@@ -13,7 +13,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args as ClapArgs, Subcommand};
 use kbatch_core::Timestamp;
-use kbatch_outbox::{KafkaDeliverer, OutboxStore, Relay, RelayConfig, TableName};
+use kbatch_outbox::{
+    HttpConfig, HttpDeliverer, KafkaDeliverer, OutboxStore, Relay, RelayConfig, Routed, TableName,
+};
 use kbatch_producer::{Producer, ProducerConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +28,7 @@ pub(crate) enum Outbox {
     Migrate(Db),
     /// Print entries by state and the age of the oldest pending one, as JSON.
     Status(Db),
-    /// Deliver pending entries to Kafka until Ctrl-C (or, with --until-idle, until none is due).
+    /// Deliver pending entries (Kafka topics, HTTP endpoints) until Ctrl-C (or, with --until-idle, until none is due).
     Relay(RelayArgs),
     /// Move every dead entry back to pending, due now, with its attempts reset.
     Redrive(Db),
@@ -142,7 +144,12 @@ async fn relay(a: RelayArgs) -> anyhow::Result<()> {
             max_attempts: a.max_attempts,
             ..Default::default()
         });
-    let relay = Relay::new(store, KafkaDeliverer::new(producer.clone()), config)?;
+    // Kafka entries through the producer, HTTP entries POSTed: one relay for a mixed table.
+    let deliverer = Routed::new(
+        KafkaDeliverer::new(producer.clone()),
+        HttpDeliverer::new(HttpConfig::default())?,
+    );
+    let relay = Relay::new(store, deliverer, config)?;
     let report = if a.until_idle {
         let mut total = kbatch_outbox::BatchReport::default();
         loop {

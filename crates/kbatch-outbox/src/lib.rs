@@ -43,7 +43,8 @@ pub use enqueue::{OutboxTransaction, enqueue};
 pub use entry::{Destination, OutboxEntry};
 pub use error::{Error, Result};
 pub use relay::{
-    Attempt, BatchReport, Deliverer, ID_HEADER, KafkaDeliverer, Outcome, Relay, RetryPolicy,
+    Attempt, BatchReport, Deliverer, HttpConfig, HttpDeliverer, ID_HEADER, KafkaDeliverer, Outcome,
+    Relay, RetryPolicy, Routed,
 };
 pub use schema::{TableName, migrate_mysql, migrate_postgres, migrate_sqlite};
 pub use store::{ClaimedEntry, OutboxStatus, OutboxStore};

@@ -92,3 +92,45 @@ impl Deliverer for KafkaDeliverer {
         attempts
     }
 }
+
+/// Kafka entries to one deliverer, HTTP entries to another, both at once; the attempts come
+/// back in the batch's order. A table holding both kinds needs one of these.
+#[derive(Clone, Debug)]
+pub struct Routed<K, H> {
+    kafka: K,
+    http: H,
+}
+
+impl<K: Deliverer, H: Deliverer> Routed<K, H> {
+    /// Kafka destinations to `kafka`, HTTP ones to `http`.
+    pub fn new(kafka: K, http: H) -> Self {
+        Self { kafka, http }
+    }
+}
+
+impl<K: Deliverer, H: Deliverer> Deliverer for Routed<K, H> {
+    async fn deliver(&self, entries: &[&OutboxEntry]) -> Vec<Attempt> {
+        let (to_kafka, to_http): (Vec<(usize, &OutboxEntry)>, Vec<_>) = entries
+            .iter()
+            .copied()
+            .enumerate()
+            .partition(|(_, e)| matches!(e.destination, Destination::Kafka { .. }));
+        let kafka_entries: Vec<&OutboxEntry> = to_kafka.iter().map(|(_, e)| *e).collect();
+        let http_entries: Vec<&OutboxEntry> = to_http.iter().map(|(_, e)| *e).collect();
+        let (kafka, http) = tokio::join!(
+            self.kafka.deliver(&kafka_entries),
+            self.http.deliver(&http_entries)
+        );
+        let mut out: Vec<Option<Attempt>> = vec![None; entries.len()];
+        for ((i, _), a) in to_kafka.iter().zip(kafka).chain(to_http.iter().zip(http)) {
+            out[*i] = Some(a);
+        }
+        out.into_iter()
+            .map(|a| {
+                a.unwrap_or_else(|| {
+                    Attempt::failed(ErrorClass::Fatal, "deliverer returned too few attempts")
+                })
+            })
+            .collect()
+    }
+}

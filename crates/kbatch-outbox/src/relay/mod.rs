@@ -23,9 +23,11 @@
 //! ```
 
 mod deliver;
+mod http;
 mod outcome;
 
-pub use deliver::{Deliverer, ID_HEADER, KafkaDeliverer};
+pub use deliver::{Deliverer, ID_HEADER, KafkaDeliverer, Routed};
+pub use http::{HttpConfig, HttpDeliverer};
 pub use outcome::{Attempt, Outcome, RetryPolicy};
 
 use kbatch_core::{Classify, Timestamp};
