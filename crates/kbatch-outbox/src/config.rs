@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::relay::RetryPolicy;
 use crate::schema::TableName;
+use crate::store::ClaimOrder;
 
 /// Largest batch: the outcome update binds six values per entry, and SQLite allows 32,766
 /// bound values per statement (MySQL 65,535).
@@ -21,6 +22,9 @@ pub struct RelayConfig {
     pub retry: RetryPolicy,
     /// Sleep when nothing is due. Default 200 ms; 1 ms..=60 s.
     pub idle_poll: Duration,
+    /// Which entries a batch may claim. Default [`ClaimOrder::Id`]; [`ClaimOrder::PerKey`]
+    /// delivers each key's entries in order (one per key per batch).
+    pub order: ClaimOrder,
 }
 
 impl Default for RelayConfig {
@@ -30,6 +34,7 @@ impl Default for RelayConfig {
             batch_size: 500,
             retry: RetryPolicy::default(),
             idle_poll: Duration::from_millis(200),
+            order: ClaimOrder::Id,
         }
     }
 }
@@ -56,6 +61,12 @@ impl RelayConfig {
     /// Sleeps `d` when nothing is due.
     pub fn with_idle_poll(mut self, d: Duration) -> Self {
         self.idle_poll = d;
+        self
+    }
+
+    /// Claims entries in `order`.
+    pub fn with_order(mut self, order: ClaimOrder) -> Self {
+        self.order = order;
         self
     }
 

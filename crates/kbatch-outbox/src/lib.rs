@@ -47,4 +47,4 @@ pub use relay::{
     Relay, RetryPolicy, Routed,
 };
 pub use schema::{TableName, migrate_mysql, migrate_postgres, migrate_sqlite};
-pub use store::{ClaimedEntry, OutboxStatus, OutboxStore};
+pub use store::{ClaimOrder, ClaimedEntry, OutboxStatus, OutboxStore};

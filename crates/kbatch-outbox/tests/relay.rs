@@ -8,8 +8,8 @@ use kbatch_client::Isolation;
 use kbatch_core::{ErrorClass, Timestamp};
 use kbatch_outbox::store::{claim_mysql, claim_postgres, claim_sqlite};
 use kbatch_outbox::{
-    Attempt, Deliverer, Destination, Error, ID_HEADER, KafkaDeliverer, OutboxEntry, OutboxStore,
-    Relay, RelayConfig, RetryPolicy, TableName, enqueue,
+    Attempt, ClaimOrder, Deliverer, Destination, Error, ID_HEADER, KafkaDeliverer, OutboxEntry,
+    OutboxStore, Relay, RelayConfig, RetryPolicy, TableName, enqueue,
 };
 use kbatch_producer::{Producer, ProducerConfig};
 use kbatch_testkit::{consume_all, create_topic, mysql_url, pg_url, producer_config, unique_name};
@@ -331,13 +331,34 @@ async fn a_claim_outside_a_transaction_is_refused(db: Db) {
     let now = Timestamp::now();
     let err = match &f.store {
         OutboxStore::Postgres(p) => {
-            claim_postgres(&mut p.acquire().await.unwrap(), &f.table, 10, now).await
+            claim_postgres(
+                &mut p.acquire().await.unwrap(),
+                &f.table,
+                10,
+                now,
+                ClaimOrder::Id,
+            )
+            .await
         }
         OutboxStore::MySql(p) => {
-            claim_mysql(&mut p.acquire().await.unwrap(), &f.table, 10, now).await
+            claim_mysql(
+                &mut p.acquire().await.unwrap(),
+                &f.table,
+                10,
+                now,
+                ClaimOrder::Id,
+            )
+            .await
         }
         OutboxStore::Sqlite(p) => {
-            claim_sqlite(&mut p.acquire().await.unwrap(), &f.table, 10, now).await
+            claim_sqlite(
+                &mut p.acquire().await.unwrap(),
+                &f.table,
+                10,
+                now,
+                ClaimOrder::Id,
+            )
+            .await
         }
         _ => unreachable!(),
     }
@@ -351,7 +372,9 @@ async fn a_claim_outside_a_transaction_is_refused(db: Db) {
     macro_rules! in_tx {
         ($pool:expr, $claim:ident) => {{
             let mut tx = $pool.begin().await.unwrap();
-            let got = $claim(&mut tx, &f.table, 10, now).await.unwrap();
+            let got = $claim(&mut tx, &f.table, 10, now, ClaimOrder::Id)
+                .await
+                .unwrap();
             assert_eq!(got.len(), 1);
             assert_eq!(got[0].entry, e);
         }};
@@ -505,6 +528,135 @@ async fn retriable_failures_back_off_then_deliver_or_die_at_max_attempts(db: Db)
     assert_eq!((s.pending, s.delivered, s.dead), (1, 0, 0));
 }
 
+/// Fails chosen entries once (retriable) before they reach Kafka; the rest go to Kafka.
+struct FlakyKafka {
+    kafka: KafkaDeliverer,
+    flaky: std::collections::HashSet<Uuid>,
+    failed: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+}
+
+impl Deliverer for FlakyKafka {
+    async fn deliver(&self, entries: &[&OutboxEntry]) -> Vec<Attempt> {
+        let fail: Vec<bool> = {
+            let mut failed = self.failed.lock().unwrap();
+            entries
+                .iter()
+                .map(|e| self.flaky.contains(&e.id) && failed.insert(e.id))
+                .collect()
+        };
+        let send: Vec<&OutboxEntry> = entries
+            .iter()
+            .zip(&fail)
+            .filter(|(_, f)| !**f)
+            .map(|(e, _)| *e)
+            .collect();
+        let mut sent = self.kafka.deliver(&send).await.into_iter();
+        fail.iter()
+            .map(|f| {
+                if *f {
+                    Attempt::failed(ErrorClass::Retriable, "injected")
+                } else {
+                    sent.next().unwrap()
+                }
+            })
+            .collect()
+    }
+}
+
+async fn per_key_order_holds_under_failures_and_a_failing_head_blocks_only_its_key(db: Db) {
+    let f = fixture(db).await;
+    let topic = unique_name("outbox-order");
+    create_topic(&topic, 2).await;
+    // 4 keys x 8 entries, interleaved; some fail once, the heads of k0 among them.
+    let entries: Vec<OutboxEntry> = (0..8)
+        .flat_map(|seq| (0..4).map(move |k| (k, seq)))
+        .map(|(k, seq)| {
+            OutboxEntry::new(Destination::kafka(&topic), format!("{seq}")).with_key(format!("k{k}"))
+        })
+        .collect();
+    enqueue_all(&f, &entries, true).await;
+    let key_seq = |e: &OutboxEntry| (e.key.clone().unwrap(), e.payload.clone());
+    let flaky: std::collections::HashSet<Uuid> = entries
+        .iter()
+        .filter(|e| {
+            let (k, seq) = key_seq(e);
+            (k == "k0" && (&seq[..] == b"0" || &seq[..] == b"4")) || (k == "k2" && &seq[..] == b"2")
+        })
+        .map(|e| e.id)
+        .collect();
+    let retry = RetryPolicy {
+        max_attempts: 5,
+        initial_backoff: Duration::from_millis(300),
+        max_backoff: Duration::from_millis(300),
+        jitter: 0.0,
+    };
+    let config = RelayConfig::default()
+        .with_table(f.table.clone())
+        .with_order(ClaimOrder::PerKey)
+        .with_retry(retry);
+    let flaky_kafka = || FlakyKafka {
+        kafka: KafkaDeliverer::new(producer()),
+        flaky: flaky.clone(),
+        failed: Default::default(),
+    };
+    let a = Relay::new(f.store.clone(), flaky_kafka(), config.clone()).unwrap();
+    let first = a.run_once().await.unwrap();
+    assert_eq!(
+        (first.claimed, first.delivered, first.retried),
+        (4, 3, 1),
+        "one head per key: {first:?}"
+    );
+    let second = a.run_once().await.unwrap();
+    assert_eq!(
+        second.claimed, 3,
+        "k0 waits behind its backing-off head, the others flow: {second:?}"
+    );
+
+    // Then two relays at once until everything is delivered.
+    let b = Relay::new(f.store.clone(), flaky_kafka(), config).unwrap();
+    // b must not fail what a already failed once: share a's record of injected failures.
+    *b.deliverer().failed.lock().unwrap() = a.deliverer().failed.lock().unwrap().clone();
+    for _ in 0..400 {
+        if f.store.status(&f.table).await.unwrap().pending == 0 {
+            break;
+        }
+        let (ra, rb) = tokio::join!(a.run_once(), b.run_once());
+        if ra.unwrap().claimed + rb.unwrap().claimed == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let s = f.store.status(&f.table).await.unwrap();
+    assert_eq!((s.pending, s.delivered, s.dead), (0, 32, 0));
+
+    let topic2 = topic.clone();
+    let parts = tokio::task::spawn_blocking(move || {
+        consume_all(
+            &topic2,
+            Isolation::ReadUncommitted,
+            None,
+            Duration::from_secs(3),
+        )
+    })
+    .await
+    .unwrap();
+    let mut per_key: HashMap<String, Vec<String>> = HashMap::new();
+    for r in parts.into_values().flatten() {
+        let key = String::from_utf8(r.key.unwrap().to_vec()).unwrap();
+        per_key
+            .entry(key)
+            .or_default()
+            .push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+    }
+    let want: Vec<String> = (0..8).map(|i| i.to_string()).collect();
+    for k in 0..4 {
+        assert_eq!(
+            per_key.get(&format!("k{k}")),
+            Some(&want),
+            "key k{k} in order, once each"
+        );
+    }
+}
+
 macro_rules! per_db {
     ($name:ident) => {
         mod $name {
@@ -530,3 +682,4 @@ per_db!(parallel_relays_deliver_every_entry_once);
 per_db!(undeliverable_entries_die_with_their_error_and_the_rest_is_delivered);
 per_db!(a_claim_outside_a_transaction_is_refused);
 per_db!(retriable_failures_back_off_then_deliver_or_die_at_max_attempts);
+per_db!(per_key_order_holds_under_failures_and_a_failing_head_blocks_only_its_key);

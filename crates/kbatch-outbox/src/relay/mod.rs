@@ -105,7 +105,12 @@ impl<D: Deliverer> Relay<D> {
     pub async fn run_once(&self) -> Result<BatchReport> {
         let claim = self
             .store
-            .claim(&self.config.table, self.config.batch_size, Timestamp::now())
+            .claim(
+                &self.config.table,
+                self.config.batch_size,
+                Timestamp::now(),
+                self.config.order,
+            )
             .await?;
         let claimed = claim.entries();
         if claimed.is_empty() {

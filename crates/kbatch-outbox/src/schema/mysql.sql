@@ -14,5 +14,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     next_attempt_at BIGINT        NOT NULL,
     last_error      TEXT          NULL,
     delivered_at    BIGINT        NULL,
-    KEY {table}_pending (state, id)
+    KEY {table}_pending (state, id),
+    -- Per-key order looks up the oldest pending entry of a key (a prefix: utf8mb4 keys).
+    KEY {table}_key (msg_key(191), state, id)
 ) ENGINE = InnoDB;

@@ -19,3 +19,5 @@ CREATE TABLE IF NOT EXISTS {table} (
 -- Only pending rows are ever claimed: a partial index stays small however many delivered
 -- rows wait for the purge.
 CREATE INDEX IF NOT EXISTS {table}_pending ON {table} (id) WHERE state = 0;
+-- Per-key order looks up the oldest pending entry of a key.
+CREATE INDEX IF NOT EXISTS {table}_key ON {table} (msg_key, id) WHERE state = 0;

@@ -16,3 +16,4 @@ CREATE TABLE IF NOT EXISTS {table} (
     delivered_at    INTEGER
 );
 CREATE INDEX IF NOT EXISTS {table}_pending ON {table} (id) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS {table}_key ON {table} (msg_key, id) WHERE state = 0;

@@ -47,6 +47,35 @@ use crate::schema::{self, TableName};
 /// Longest `last_error` stored; longer messages are cut (MySQL's TEXT holds 64 KiB).
 const MAX_ERROR_CHARS: usize = 2_000;
 
+/// Which due entries a claim may take.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClaimOrder {
+    /// Any due entry, oldest id first. Entries of one key may overtake each other when one
+    /// is retried.
+    #[default]
+    Id,
+    /// Per key, only the oldest pending entry (keyless entries are always free): a key's
+    /// next entry is claimed once the one before it is delivered or dead, so a head that
+    /// backs off blocks its own key only, while other keys keep flowing. Holds across relays:
+    /// a locked head is still pending, so no relay can take the entry behind it. A dead head
+    /// stops blocking its key (it is out of the flow until redriven).
+    PerKey,
+}
+
+impl ClaimOrder {
+    /// The claim's WHERE clause after `state = 0 AND next_attempt_at <= ?`.
+    pub(crate) fn filter(self) -> &'static str {
+        match self {
+            ClaimOrder::Id => "",
+            ClaimOrder::PerKey => {
+                " AND NOT EXISTS (SELECT 1 FROM {table} AS prior WHERE prior.msg_key = c.msg_key \
+                 AND prior.state = 0 AND prior.id < c.id)"
+            }
+        }
+    }
+}
+
 /// An entry claimed for delivery, with the attempts it had before.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClaimedEntry {
@@ -237,12 +266,18 @@ impl OutboxStore {
 
     /// Opens a transaction and claims up to `limit` entries due at `now`, oldest id first,
     /// locking them until [`Claim::finish`] (or drop, which rolls back).
-    pub async fn claim(&self, table: &TableName, limit: usize, now: Timestamp) -> Result<Claim> {
+    pub async fn claim(
+        &self,
+        table: &TableName,
+        limit: usize,
+        now: Timestamp,
+        order: ClaimOrder,
+    ) -> Result<Claim> {
         let begin = Error::db("claim: begin");
         Ok(match self {
             OutboxStore::Postgres(p) => {
                 let mut tx = p.begin().await.map_err(begin)?;
-                let entries = claim_postgres(&mut tx, table, limit, now).await?;
+                let entries = claim_postgres(&mut tx, table, limit, now, order).await?;
                 Claim {
                     entries,
                     tx: ClaimTx::Postgres(tx),
@@ -256,7 +291,7 @@ impl OutboxStore {
                     .begin_with("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION")
                     .await
                     .map_err(begin)?;
-                let entries = claim_mysql(&mut tx, table, limit, now).await?;
+                let entries = claim_mysql(&mut tx, table, limit, now, order).await?;
                 Claim {
                     entries,
                     tx: ClaimTx::MySql(tx),
@@ -267,7 +302,7 @@ impl OutboxStore {
                 // IMMEDIATE takes the write lock first: two deferred readers could both read
                 // the same rows before either writes.
                 let mut tx = p.begin_with("BEGIN IMMEDIATE").await.map_err(begin)?;
-                let entries = claim_sqlite(&mut tx, table, limit, now).await?;
+                let entries = claim_sqlite(&mut tx, table, limit, now, order).await?;
                 Claim {
                     entries,
                     tx: ClaimTx::Sqlite(tx),

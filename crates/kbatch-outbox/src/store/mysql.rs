@@ -5,7 +5,7 @@ use kbatch_core::Timestamp;
 use sqlx::MySqlConnection;
 
 use super::postgres::check_count;
-use super::{CLAIM_COLUMNS, ClaimedEntry, OutcomeRow, RawRow, to_claimed};
+use super::{CLAIM_COLUMNS, ClaimOrder, ClaimedEntry, OutcomeRow, RawRow, to_claimed};
 use crate::error::{Error, Result};
 use crate::schema::TableName;
 
@@ -20,6 +20,7 @@ pub async fn claim_mysql(
     table: &TableName,
     limit: usize,
     now: Timestamp,
+    order: ClaimOrder,
 ) -> Result<Vec<ClaimedEntry>> {
     let (in_tx,): (i64,) = sqlx::query_as("SELECT CAST(@@in_transaction AS SIGNED)")
         .fetch_one(&mut *conn)
@@ -29,8 +30,9 @@ pub async fn claim_mysql(
         return Err(Error::ClaimOutsideTransaction { backend: "mysql" });
     }
     let sql = format!(
-        "SELECT {CLAIM_COLUMNS} FROM {{table}} WHERE state = 0 AND next_attempt_at <= ? \
-         ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED"
+        "SELECT {CLAIM_COLUMNS} FROM {{table}} AS c WHERE state = 0 AND next_attempt_at <= ?{} \
+         ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
+        order.filter()
     );
     let rows: Vec<RawRow> = sqlx::query_as(table.sql(&sql))
         .bind(now.millis())

@@ -3,7 +3,7 @@
 use kbatch_core::Timestamp;
 use sqlx::PgConnection;
 
-use super::{CLAIM_COLUMNS, ClaimedEntry, OutcomeRow, RawRow, to_claimed};
+use super::{CLAIM_COLUMNS, ClaimOrder, ClaimedEntry, OutcomeRow, RawRow, to_claimed};
 use crate::error::{Error, Result};
 use crate::schema::TableName;
 
@@ -18,10 +18,12 @@ pub async fn claim_postgres(
     table: &TableName,
     limit: usize,
     now: Timestamp,
+    order: ClaimOrder,
 ) -> Result<Vec<ClaimedEntry>> {
     let sql = format!(
-        "SELECT {CLAIM_COLUMNS} FROM {{table}} WHERE state = 0 AND next_attempt_at <= $1 \
-         ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED"
+        "SELECT {CLAIM_COLUMNS} FROM {{table}} AS c WHERE state = 0 AND next_attempt_at <= $1{} \
+         ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+        order.filter()
     );
     let rows: Vec<RawRow> = sqlx::query_as(table.sql(&sql))
         .bind(now.millis())

@@ -17,7 +17,7 @@ type SqliteRow = (
     i64,
 );
 
-use super::{CLAIM_COLUMNS, ClaimedEntry, OutcomeRow, to_claimed};
+use super::{CLAIM_COLUMNS, ClaimOrder, ClaimedEntry, OutcomeRow, to_claimed};
 use crate::error::{Error, Result};
 use crate::schema::TableName;
 
@@ -32,6 +32,7 @@ pub async fn claim_sqlite(
     table: &TableName,
     limit: usize,
     now: Timestamp,
+    order: ClaimOrder,
 ) -> Result<Vec<ClaimedEntry>> {
     // SQL cannot ask SQLite whether a transaction is open, but BEGIN can: it fails inside one.
     if sqlx::raw_sql("BEGIN").execute(&mut *conn).await.is_ok() {
@@ -48,8 +49,9 @@ pub async fn claim_sqlite(
         .await
         .map_err(Error::db("claim: write lock"))?;
     let sql = format!(
-        "SELECT {CLAIM_COLUMNS} FROM {{table}} WHERE state = 0 AND next_attempt_at <= ? \
-         ORDER BY id LIMIT ?"
+        "SELECT {CLAIM_COLUMNS} FROM {{table}} AS c WHERE state = 0 AND next_attempt_at <= ?{} \
+         ORDER BY id LIMIT ?",
+        order.filter()
     );
     let rows: Vec<SqliteRow> = sqlx::query_as(table.sql(&sql))
         .bind(now.millis())
