@@ -24,6 +24,7 @@
 
 mod deliver;
 mod http;
+mod metrics;
 mod outcome;
 
 pub use deliver::{Deliverer, ID_HEADER, KafkaDeliverer, Routed};
@@ -36,6 +37,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RelayConfig;
 use crate::error::Result;
 use crate::store::OutboxStore;
+
+/// How often [`Relay::run`] publishes the status gauges.
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What one batch did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -118,7 +122,9 @@ impl<D: Deliverer> Relay<D> {
             return Ok(BatchReport::default());
         }
         let entries: Vec<_> = claimed.iter().map(|c| &c.entry).collect();
+        let started = std::time::Instant::now();
         let attempts = self.deliverer.deliver(&entries).await;
+        let took = started.elapsed();
         assert_eq!(
             attempts.len(),
             entries.len(),
@@ -148,8 +154,25 @@ impl<D: Deliverer> Relay<D> {
                 outcome
             })
             .collect();
+        let lags: Vec<i64> = claimed
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| matches!(o, Outcome::Delivered))
+            .map(|(c, _)| now.millis() - c.entry.created_at.millis())
+            .collect();
         claim.finish(&outcomes, now).await?;
+        // Recorded once committed: a rolled-back batch is delivered again and counted then.
+        metrics::record_batch(self.config.table.as_str(), &report, took, &lags);
         Ok(report)
+    }
+
+    /// Publishes the table's pending / dead counts and oldest pending age as gauges.
+    /// Failures are logged only: metrics never stop the relay.
+    pub async fn publish_status(&self) {
+        match self.store.status(&self.config.table).await {
+            Ok(s) => metrics::record_status(self.config.table.as_str(), &s, Timestamp::now()),
+            Err(e) => tracing::warn!(error = %e, "outbox status for metrics failed"),
+        }
     }
 
     /// Runs batches until `cancel` fires, sleeping `idle_poll` when nothing is due.
@@ -160,7 +183,14 @@ impl<D: Deliverer> Relay<D> {
     /// The first non-retriable error.
     pub async fn run(&self, cancel: CancellationToken) -> Result<BatchReport> {
         let mut total = BatchReport::default();
+        let mut status_at = std::time::Instant::now();
+        self.publish_status().await;
         while !cancel.is_cancelled() {
+            // The status is a COUNT over the table: published every few seconds, not per batch.
+            if status_at.elapsed() >= STATUS_EVERY {
+                status_at = std::time::Instant::now();
+                self.publish_status().await;
+            }
             let pause = match self.run_once().await {
                 Ok(batch) => {
                     total.add(&batch);
