@@ -136,3 +136,46 @@ async fn a_connection_cut_after_publish_redelivers_the_batch_with_the_same_ids_a
 fn relay_first_batch(relay: &Relay<CutAfterPublish>) -> Vec<Uuid> {
     relay.deliverer().first_batch.lock().unwrap().clone()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_relay_on_postgres_is_woken_by_the_insert_not_its_poll() {
+    let pool = PgPool::connect(pg_url()).await.unwrap();
+    let table = TableName::new(format!(
+        "kbatch_outbox_wake{}",
+        unique_name("t").trim_start_matches("t-")
+    ))
+    .unwrap();
+    let store = OutboxStore::Postgres(pool.clone());
+    store.migrate(&table).await.unwrap();
+    let topic = unique_name("outbox-wake");
+    create_topic(&topic, 1).await;
+    let producer = Producer::new(ProducerConfig::default().with_kafka(producer_config())).unwrap();
+    // A 30 s poll: only the notification can deliver within the 5 s the test waits.
+    let config = RelayConfig::default()
+        .with_table(table.clone())
+        .with_idle_poll(Duration::from_secs(30));
+    let relay = Relay::new(store.clone(), KafkaDeliverer::new(producer), config).unwrap();
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn({
+        let cancel = cancel.clone();
+        async move { relay.run(cancel).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1_000)).await; // the relay found nothing and waits
+    let mut tx = pool.begin().await.unwrap();
+    let e = OutboxEntry::new(Destination::kafka(&topic), "wake up");
+    enqueue(&mut tx, &table, &e).await.unwrap();
+    tx.commit().await.unwrap();
+    let started = std::time::Instant::now();
+    wait_until(
+        Duration::from_secs(5),
+        "the entry delivered without waiting for the poll",
+        || {
+            let (store, table) = (store.clone(), table.clone());
+            async move { store.status(&table).await.unwrap().delivered == 1 }
+        },
+    )
+    .await;
+    eprintln!("delivered {:?} after commit", started.elapsed());
+    cancel.cancel();
+    running.await.unwrap().unwrap();
+}

@@ -175,7 +175,9 @@ impl<D: Deliverer> Relay<D> {
         }
     }
 
-    /// Runs batches until `cancel` fires, sleeping `idle_poll` when nothing is due.
+    /// Runs batches until `cancel` fires, sleeping `idle_poll` when nothing is due — on
+    /// PostgreSQL woken early by the insert trigger's NOTIFY, so `idle_poll` is only the
+    /// fallback there (and what brings back entries whose backoff ran out).
     /// Retriable database errors (a lost connection, a deadlock) are logged and the loop
     /// goes on after `idle_poll`; others end it.
     ///
@@ -185,6 +187,7 @@ impl<D: Deliverer> Relay<D> {
         let mut total = BatchReport::default();
         let mut status_at = std::time::Instant::now();
         self.publish_status().await;
+        let mut wake = self.listen().await;
         while !cancel.is_cancelled() {
             // The status is a COUNT over the table: published every few seconds, not per batch.
             if status_at.elapsed() >= STATUS_EVERY {
@@ -204,12 +207,48 @@ impl<D: Deliverer> Relay<D> {
                 Err(e) => return Err(e),
             };
             if pause {
+                let notified = async {
+                    match wake.as_mut() {
+                        Some(listener) => {
+                            if let Err(e) = listener.recv().await {
+                                // The listener reconnects by itself on the next recv; until
+                                // then the poll below is the fallback.
+                                tracing::warn!(error = %e, "outbox LISTEN failed; polling");
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
                 tokio::select! {
                     () = cancel.cancelled() => break,
                     () = tokio::time::sleep(self.config.idle_poll) => {}
+                    () = notified => {}
                 }
             }
         }
         Ok(total)
+    }
+
+    /// On PostgreSQL, a listener on the table's insert notifications (see the schema's
+    /// trigger); `None` elsewhere or if it cannot connect (polling still works).
+    async fn listen(&self) -> Option<sqlx::postgres::PgListener> {
+        let OutboxStore::Postgres(pool) = &self.store else {
+            return None;
+        };
+        let mut listener = match sqlx::postgres::PgListener::connect_with(pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox LISTEN unavailable; polling");
+                return None;
+            }
+        };
+        match listener.listen(self.config.table.as_str()).await {
+            Ok(()) => Some(listener),
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox LISTEN unavailable; polling");
+                None
+            }
+        }
     }
 }

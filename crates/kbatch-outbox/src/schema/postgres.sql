@@ -21,3 +21,13 @@ CREATE TABLE IF NOT EXISTS {table} (
 CREATE INDEX IF NOT EXISTS {table}_pending ON {table} (id) WHERE state = 0;
 -- Per-key order looks up the oldest pending entry of a key.
 CREATE INDEX IF NOT EXISTS {table}_key ON {table} (msg_key, id) WHERE state = 0;
+-- Wake-up: an insert notifies channel {table} once per statement, so an idle relay that
+-- LISTENs starts at once instead of at its next poll. The payload is empty: it only wakes.
+CREATE OR REPLACE FUNCTION {table}_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('{table}', '');
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS {table}_wake ON {table};
+CREATE TRIGGER {table}_wake AFTER INSERT ON {table}
+    FOR EACH STATEMENT EXECUTE FUNCTION {table}_notify();
