@@ -55,6 +55,17 @@ pub enum Error {
         /// Rows claimed.
         claimed: usize,
     },
+    /// A deliverer returned a different number of attempts than it was given entries (a bug
+    /// in the deliverer). The batch is rolled back, so its entries are delivered again.
+    #[error(
+        "the deliverer returned {got} attempts for {expected} entries; the batch is rolled back"
+    )]
+    DelivererContract {
+        /// Entries handed to the deliverer.
+        expected: usize,
+        /// Attempts it returned.
+        got: usize,
+    },
     /// An entry given to `enqueue` is invalid; the message says what would be right.
     #[error("invalid outbox entry {id}: {reason}")]
     InvalidEntry {
@@ -88,6 +99,7 @@ impl Classify for Error {
             | Error::ClaimOutsideTransaction { .. }
             | Error::CorruptEntry { .. }
             | Error::OutcomeMismatch { .. }
+            | Error::DelivererContract { .. }
             | Error::InvalidEntry { .. } => ErrorClass::Permanent,
         }
     }

@@ -224,3 +224,45 @@ async fn a_mixed_batch_goes_to_kafka_and_http_in_one_pass() {
     in_kafka.sort();
     assert_eq!(in_kafka, ["m0", "m2", "m4", "m6", "m8"]);
 }
+
+#[tokio::test]
+async fn a_deliverer_that_loses_count_rolls_the_batch_back() {
+    struct Short;
+    impl kbatch_outbox::Deliverer for Short {
+        async fn deliver(&self, entries: &[&OutboxEntry]) -> Vec<kbatch_outbox::Attempt> {
+            entries
+                .iter()
+                .skip(1)
+                .map(|_| kbatch_outbox::Attempt::Delivered)
+                .collect()
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = OutboxStore::connect(dir.path().join("o.db").to_str().unwrap())
+        .await
+        .unwrap();
+    let table = TableName::default();
+    store.migrate(&table).await.unwrap();
+    let OutboxStore::Sqlite(pool) = &store else {
+        unreachable!()
+    };
+    let mut tx = pool.begin().await.unwrap();
+    for i in 0..3 {
+        enqueue(
+            &mut tx,
+            &table,
+            &OutboxEntry::new(Destination::http("http://127.0.0.1:9/"), format!("{i}")),
+        )
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let relay = Relay::new(store.clone(), Short, RelayConfig::default()).unwrap();
+    let err = relay.run_once().await.unwrap_err();
+    assert!(
+        err.to_string().contains("2 attempts for 3 entries"),
+        "{err}"
+    );
+    let s = store.status(&table).await.unwrap();
+    assert_eq!((s.pending, s.delivered), (3, 0), "nothing recorded");
+}

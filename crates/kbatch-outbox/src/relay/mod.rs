@@ -125,11 +125,14 @@ impl<D: Deliverer> Relay<D> {
         let started = std::time::Instant::now();
         let attempts = self.deliverer.deliver(&entries).await;
         let took = started.elapsed();
-        assert_eq!(
-            attempts.len(),
-            entries.len(),
-            "a deliverer returns one attempt per entry"
-        );
+        if attempts.len() != entries.len() {
+            // Dropping the claim rolls it back: nothing is recorded for a batch we cannot
+            // account for entry by entry.
+            return Err(crate::Error::DelivererContract {
+                expected: entries.len(),
+                got: attempts.len(),
+            });
+        }
         let now = Timestamp::now();
         let mut report = BatchReport {
             claimed: entries.len(),

@@ -352,6 +352,9 @@ impl Claim {
     /// # Errors
     /// On a database error nothing is recorded: the transaction rolls back and the entries
     /// are claimed and delivered again later.
+    ///
+    /// # Panics
+    /// When `outcomes` is not exactly one per claimed entry (a caller bug).
     pub async fn finish(self, outcomes: &[Outcome], now: Timestamp) -> Result<()> {
         assert_eq!(
             outcomes.len(),
