@@ -9,6 +9,7 @@ mod cluster;
 mod consume;
 mod demo;
 mod gateway;
+mod outbox;
 mod produce;
 mod stats;
 
@@ -41,6 +42,9 @@ enum Command {
     Demo(demo::Args),
     /// Serve the HTTP ingest gateway: records over HTTP into Kafka, answered once acknowledged.
     Gateway(gateway::Args),
+    /// The transactional outbox: create its table, show its state, relay it to Kafka.
+    #[command(subcommand)]
+    Outbox(outbox::Outbox),
     /// End-to-end benchmarks against a real broker, peers side by side.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -74,6 +78,7 @@ fn main() -> anyhow::Result<()> {
             Command::Consume(a) => consume::run(a).await,
             Command::Demo(a) => demo::run(a).await,
             Command::Gateway(a) => gateway::run(a).await,
+            Command::Outbox(o) => outbox::run(o).await,
             Command::Bench(b) => bench::run(b).await,
             // SQLite is synchronous: off the runtime's workers.
             Command::Calibration(c) => tokio::task::spawn_blocking(move || calibration::run(c))

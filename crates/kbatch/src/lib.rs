@@ -81,6 +81,13 @@ pub mod gateway {
     pub use kbatch_gateway::*;
 }
 
+/// The transactional outbox: [`enqueue`](outbox::enqueue) inside your own sqlx transaction
+/// (PostgreSQL, MariaDB/MySQL, SQLite), and a [`Relay`](outbox::Relay) that delivers the
+/// committed entries to Kafka in batches.
+pub mod outbox {
+    pub use kbatch_outbox::*;
+}
+
 /// Kafka client settings, admin operations and the in-memory development broker.
 pub mod client {
     pub use kbatch_client::{
