@@ -76,7 +76,10 @@ fn assert_outbox_verified(s: &serde_json::Value) {
     let o = &s["outbox"];
     let committed = o["committed"].as_u64().unwrap();
     assert!(committed > 0, "{s}");
-    assert!(o["rolled_back"].as_u64().unwrap() > 0, "nothing rolled back: {s}");
+    assert!(
+        o["rolled_back"].as_u64().unwrap() > 0,
+        "nothing rolled back: {s}"
+    );
     assert_eq!(o["received"], committed, "{s}");
     assert_eq!(o["lost"], 0, "{s}");
     assert_eq!(o["duplicates"], 0, "{s}");
@@ -151,7 +154,10 @@ fn demo_through_the_gateway_verifies_zero_loss_on_the_real_broker() {
     assert_eq!(s["via_gateway"], true);
     assert_eq!(s["embedded_broker"], false);
     assert_verified(&s, 20_000);
-    assert!(s["outbox"].is_null(), "--no-outbox still ran the outbox act: {s}");
+    assert!(
+        s["outbox"].is_null(),
+        "--no-outbox still ran the outbox act: {s}"
+    );
 }
 
 #[test]

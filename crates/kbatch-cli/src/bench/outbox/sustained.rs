@@ -38,6 +38,12 @@ pub(crate) async fn run(
     writers: usize,
     payload: &bytes::Bytes,
 ) -> anyhow::Result<Sustained> {
+    // One record first, so the lag of the first entries is not the producer's connection
+    // and the new topic's metadata lookup.
+    producer
+        .send(kbatch_core::Record::new(topic, "warm-up"))
+        .await?
+        .await?;
     let relay = Relay::new(
         OutboxStore::Postgres(pool.clone()),
         KafkaDeliverer::new(producer),
@@ -51,6 +57,12 @@ pub(crate) async fn run(
         let cancel = cancel.clone();
         async move { relay.run(cancel).await }
     });
+    // The writers are the application: a pool of their own, so the relay never waits behind
+    // them for a connection (the relay's pool holds its claim, its LISTEN and the status).
+    let app = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(writers as u32)
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await?;
     let tick = Duration::from_millis(10);
     let per_tick = rate * tick.as_secs_f64() / writers as f64;
     let started = Instant::now();
@@ -89,6 +101,7 @@ pub(crate) async fn run(
         enqueued += t.await??;
     }
     let wrote_for = started.elapsed().as_secs_f64();
+    app.close().await;
     // Let the relay catch up (bounded), then stop it.
     let deadline = Instant::now() + Duration::from_secs(60);
     let store = OutboxStore::Postgres(pool.clone());
