@@ -70,6 +70,22 @@ fn assert_adaptive_verified(s: &serde_json::Value) {
     );
 }
 
+/// The demo's third act: every committed outbox entry read back exactly once (by its id
+/// header), none of the rolled-back ones.
+fn assert_outbox_verified(s: &serde_json::Value) {
+    let o = &s["outbox"];
+    let committed = o["committed"].as_u64().unwrap();
+    assert!(committed > 0, "{s}");
+    assert!(
+        o["rolled_back"].as_u64().unwrap() > 0,
+        "nothing rolled back: {s}"
+    );
+    assert_eq!(o["received"], committed, "{s}");
+    assert_eq!(o["lost"], 0, "{s}");
+    assert_eq!(o["duplicates"], 0, "{s}");
+    assert_eq!(o["rolled_back_seen"], 0, "{s}");
+}
+
 #[test]
 fn version_is_printed() {
     let out = kbatch().arg("--version").output().unwrap();
@@ -90,6 +106,7 @@ fn demo_on_the_embedded_broker_verifies_zero_loss() {
     assert_eq!(s["embedded_broker"], true);
     assert_verified(&s, 30_000);
     assert_adaptive_verified(&s);
+    assert_outbox_verified(&s);
 }
 
 #[test]
@@ -112,6 +129,7 @@ fn demo_against_the_real_broker_verifies_zero_loss() {
     assert_eq!(s["partitions"], 4);
     assert_verified(&s, 50_000);
     assert_adaptive_verified(&s);
+    assert_outbox_verified(&s);
 }
 
 #[test]
@@ -125,6 +143,7 @@ fn demo_through_the_gateway_verifies_zero_loss_on_the_real_broker() {
             "4",
             "--via-gateway",
             "--no-adaptive",
+            "--no-outbox",
             "--json",
             "--brokers",
             brokers(),
@@ -135,6 +154,10 @@ fn demo_through_the_gateway_verifies_zero_loss_on_the_real_broker() {
     assert_eq!(s["via_gateway"], true);
     assert_eq!(s["embedded_broker"], false);
     assert_verified(&s, 20_000);
+    assert!(
+        s["outbox"].is_null(),
+        "--no-outbox still ran the outbox act: {s}"
+    );
 }
 
 #[test]

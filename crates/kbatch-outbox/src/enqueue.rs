@@ -20,6 +20,8 @@ use crate::schema::TableName;
 
 const INSERT_PG: &str = "INSERT INTO {table} (id, msg_key, dest_kind, dest, payload, headers, \
      created_at, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)";
+const INSERT_MANY_HEAD: &str = "INSERT INTO {table} (id, msg_key, dest_kind, dest, payload, \
+     headers, created_at, next_attempt_at) ";
 const INSERT_QM: &str = "INSERT INTO {table} (id, msg_key, dest_kind, dest, payload, headers, \
      created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
 
@@ -32,7 +34,19 @@ pub trait OutboxTransaction: sealed::Sealed + Send {
         table: &'a TableName,
         entry: &'a OutboxEntry,
     ) -> impl Future<Output = Result<()>> + Send + 'a;
+
+    /// Inserts `entries` into `table` within this transaction, up to
+    /// [`ROWS_PER_INSERT`] rows per statement.
+    fn insert_entries<'a>(
+        &'a mut self,
+        table: &'a TableName,
+        entries: &'a [OutboxEntry],
+    ) -> impl Future<Output = Result<()>> + Send + 'a;
 }
+
+/// Rows per multi-row `INSERT` of [`enqueue_batch`]: 8 bind parameters a row stays under
+/// every backend's limit (SQLite's 32,766, the wire protocols' 65,535) with room to spare.
+pub const ROWS_PER_INSERT: usize = 1_000;
 
 mod sealed {
     pub trait Sealed {}
@@ -57,6 +71,48 @@ pub async fn enqueue<T: OutboxTransaction>(
     tx.insert_entry(table, entry).await
 }
 
+/// Writes every entry of `entries` into `table` inside the caller's transaction `tx`, with
+/// multi-row inserts (one round trip per [`ROWS_PER_INSERT`] entries instead of one per
+/// entry): for an application that produces many events in one transaction, and for loading
+/// a backlog. Same rules as [`enqueue`]: delivered only if `tx` commits.
+///
+/// # Errors
+/// As [`enqueue`]; every entry is checked before anything is written.
+pub async fn enqueue_batch<T: OutboxTransaction>(
+    tx: &mut T,
+    table: &TableName,
+    entries: &[OutboxEntry],
+) -> Result<()> {
+    entries.iter().try_for_each(check)?;
+    for chunk in entries.chunks(ROWS_PER_INSERT) {
+        tx.insert_entries(table, chunk).await?;
+    }
+    Ok(())
+}
+
+/// One multi-row insert of `entries` (the chunking is the caller's), for any backend.
+macro_rules! insert_many {
+    ($db:ty, $conn:expr, $table:expr, $entries:expr) => {{
+        let mut q = sqlx::QueryBuilder::<$db>::new($table.sql(INSERT_MANY_HEAD).0);
+        q.push_values($entries, |mut row, e| {
+            let (kind, dest) = e.destination.to_columns();
+            row.push_bind(e.id)
+                .push_bind(e.key.clone())
+                .push_bind(kind)
+                .push_bind(dest.to_owned())
+                .push_bind(e.payload.to_vec())
+                .push_bind(encode_headers(&e.headers))
+                .push_bind(e.created_at.millis())
+                .push_bind(e.created_at.millis());
+        });
+        q.build()
+            .execute($conn)
+            .await
+            .map_err(Error::db("enqueue"))?;
+        Ok(())
+    }};
+}
+
 fn check(entry: &OutboxEntry) -> Result<()> {
     use crate::entry::Destination;
     let reason = match &entry.destination {
@@ -75,6 +131,10 @@ fn check(entry: &OutboxEntry) -> Result<()> {
 }
 
 impl OutboxTransaction for Transaction<'_, Postgres> {
+    async fn insert_entries(&mut self, table: &TableName, entries: &[OutboxEntry]) -> Result<()> {
+        insert_many!(Postgres, &mut **self, table, entries)
+    }
+
     async fn insert_entry(&mut self, table: &TableName, e: &OutboxEntry) -> Result<()> {
         let (kind, dest) = e.destination.to_columns();
         sqlx::query(table.sql(INSERT_PG))
@@ -93,6 +153,10 @@ impl OutboxTransaction for Transaction<'_, Postgres> {
 }
 
 impl OutboxTransaction for Transaction<'_, MySql> {
+    async fn insert_entries(&mut self, table: &TableName, entries: &[OutboxEntry]) -> Result<()> {
+        insert_many!(MySql, &mut **self, table, entries)
+    }
+
     async fn insert_entry(&mut self, table: &TableName, e: &OutboxEntry) -> Result<()> {
         let (kind, dest) = e.destination.to_columns();
         sqlx::query(table.sql(INSERT_QM))
@@ -112,6 +176,10 @@ impl OutboxTransaction for Transaction<'_, MySql> {
 }
 
 impl OutboxTransaction for Transaction<'_, Sqlite> {
+    async fn insert_entries(&mut self, table: &TableName, entries: &[OutboxEntry]) -> Result<()> {
+        insert_many!(Sqlite, &mut **self, table, entries)
+    }
+
     async fn insert_entry(&mut self, table: &TableName, e: &OutboxEntry) -> Result<()> {
         let (kind, dest) = e.destination.to_columns();
         sqlx::query(table.sql(INSERT_QM))

@@ -39,7 +39,7 @@ mod schema;
 pub mod store;
 
 pub use config::{MAX_BATCH_SIZE, RelayConfig};
-pub use enqueue::{OutboxTransaction, enqueue};
+pub use enqueue::{OutboxTransaction, ROWS_PER_INSERT, enqueue, enqueue_batch};
 pub use entry::{Destination, OutboxEntry};
 pub use error::{Error, Result};
 pub use relay::{

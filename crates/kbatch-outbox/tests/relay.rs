@@ -9,7 +9,8 @@ use kbatch_core::{ErrorClass, Timestamp};
 use kbatch_outbox::store::{claim_mysql, claim_postgres, claim_sqlite};
 use kbatch_outbox::{
     Attempt, ClaimOrder, Deliverer, Destination, Error, ID_HEADER, KafkaDeliverer, OutboxEntry,
-    OutboxStore, Relay, RelayConfig, RetryPolicy, TableName, enqueue,
+    OutboxStore, ROWS_PER_INSERT, Relay, RelayConfig, RetryPolicy, TableName, enqueue,
+    enqueue_batch,
 };
 use kbatch_producer::{Producer, ProducerConfig};
 use kbatch_testkit::{consume_all, create_topic, mysql_url, pg_url, producer_config, unique_name};
@@ -94,6 +95,33 @@ async fn enqueue_all(f: &Fixture, entries: &[OutboxEntry], commit: bool) {
             } else {
                 tx.rollback().await.unwrap()
             }
+        }};
+    }
+    match &f.store {
+        OutboxStore::Postgres(p) => run!(p),
+        OutboxStore::MySql(p) => run!(p),
+        OutboxStore::Sqlite(p) => run!(p),
+        _ => unreachable!(),
+    }
+}
+
+/// As [`enqueue_all`], with the multi-row `enqueue_batch`; its result is returned before the
+/// commit or rollback.
+async fn enqueue_batch_all(
+    f: &Fixture,
+    entries: &[OutboxEntry],
+    commit: bool,
+) -> kbatch_outbox::Result<()> {
+    macro_rules! run {
+        ($pool:expr) => {{
+            let mut tx = $pool.begin().await.unwrap();
+            let r = enqueue_batch(&mut tx, &f.table, entries).await;
+            if commit && r.is_ok() {
+                tx.commit().await.unwrap()
+            } else {
+                tx.rollback().await.unwrap()
+            }
+            r
         }};
     }
     match &f.store {
@@ -201,6 +229,58 @@ async fn committed_entries_are_delivered_once_and_rolled_back_ones_never(db: Db)
     assert_eq!((status.pending, status.delivered, status.dead), (0, 40, 0));
     // Nothing left to claim: a second pass delivers nothing again.
     assert_eq!(relay.run_once().await.unwrap().claimed, 0);
+}
+
+/// `enqueue_batch` over more than one multi-row insert: every committed entry delivered once
+/// with its key, payload and headers; a rolled-back batch never; a batch with one invalid
+/// entry is refused by that entry's id before anything is written.
+async fn batch_enqueue_commits_and_rolls_back_whole_and_delivers_intact(db: Db) {
+    let f = fixture(db).await;
+    let topic = unique_name("outbox-batch");
+    create_topic(&topic, 3).await;
+    let n = ROWS_PER_INSERT + 7;
+    let committed: Vec<OutboxEntry> = (0..n)
+        .map(|i| {
+            OutboxEntry::new(Destination::kafka(&topic), format!("bulk {i}"))
+                .with_key(format!("order-{}", i % 11))
+                .with_header("seq", i.to_string())
+        })
+        .collect();
+    let rolled_back: Vec<OutboxEntry> = (0..ROWS_PER_INSERT + 1)
+        .map(|i| OutboxEntry::new(Destination::kafka(&topic), format!("ghost {i}")))
+        .collect();
+    let mut invalid: Vec<OutboxEntry> = (0..3)
+        .map(|i| OutboxEntry::new(Destination::kafka(&topic), format!("never {i}")))
+        .collect();
+    invalid[2].destination = Destination::kafka("");
+    let bad_id = invalid[2].id;
+    let err = enqueue_batch_all(&f, &invalid, true).await.unwrap_err();
+    assert!(err.to_string().contains(&bad_id.to_string()), "{err}");
+    enqueue_batch_all(&f, &rolled_back, false).await.unwrap();
+    enqueue_batch_all(&f, &committed, true).await.unwrap();
+    assert_eq!(f.store.status(&f.table).await.unwrap().pending, n as u64);
+
+    let config = RelayConfig::default()
+        .with_table(f.table.clone())
+        .with_batch_size(500);
+    let relay = Relay::new(f.store.clone(), KafkaDeliverer::new(producer()), config).unwrap();
+    let report = drain(&relay).await;
+    assert_eq!((report.delivered, report.dead), (n, 0), "{report:?}");
+    let (ids, records) = read_ids(&topic).await;
+    let want: HashMap<Uuid, usize> = committed.iter().map(|e| (e.id, 1)).collect();
+    assert_eq!(ids, want, "every committed entry once, nothing else");
+    for r in &records {
+        let h = &r.headers.iter().find(|h| h.key == ID_HEADER).unwrap().value;
+        let id = Uuid::parse_str(std::str::from_utf8(h.as_ref().unwrap()).unwrap()).unwrap();
+        let e = committed.iter().find(|e| e.id == id).unwrap();
+        assert_eq!(r.value.as_deref(), Some(&e.payload[..]));
+        assert_eq!(r.key.as_deref(), e.key.as_deref().map(str::as_bytes));
+        let seq = r.headers.iter().find(|h| h.key == "seq").unwrap();
+        assert_eq!(
+            seq.value, e.headers[0].value,
+            "the entry's own headers travel"
+        );
+    }
 }
 
 async fn parallel_relays_deliver_every_entry_once(db: Db) {
@@ -679,6 +759,7 @@ macro_rules! per_db {
 
 per_db!(committed_entries_are_delivered_once_and_rolled_back_ones_never);
 per_db!(parallel_relays_deliver_every_entry_once);
+per_db!(batch_enqueue_commits_and_rolls_back_whole_and_delivers_intact);
 per_db!(undeliverable_entries_die_with_their_error_and_the_rest_is_delivered);
 per_db!(a_claim_outside_a_transaction_is_refused);
 per_db!(retriable_failures_back_off_then_deliver_or_die_at_max_attempts);

@@ -4,6 +4,7 @@
 mod adaptive;
 mod consumer;
 mod gateway;
+mod outbox;
 mod plot;
 mod producer;
 mod recovery;
@@ -31,6 +32,10 @@ pub(crate) enum Bench {
     /// (records/s), single-record requests at a concurrency (req/s, p50/p99) and at an offered
     /// rate (latency from the schedule).
     Gateway(gateway::Args),
+    /// The transactional outbox relay draining 200,000 pending entries to Kafka from
+    /// PostgreSQL, MariaDB and SQLite (batch 1,000 and 100), a sustained run with writers
+    /// (end-to-end lag), and Debezium's outbox event router on the same PostgreSQL rows.
+    Outbox(outbox::Args),
 }
 
 pub(crate) async fn run(b: Bench) -> anyhow::Result<()> {
@@ -40,6 +45,7 @@ pub(crate) async fn run(b: Bench) -> anyhow::Result<()> {
         Bench::Recovery(a) => recovery::run(a).await,
         Bench::Adaptive(a) => adaptive::run(a).await,
         Bench::Gateway(a) => gateway::run(a).await,
+        Bench::Outbox(a) => outbox::run(a).await,
     }
 }
 

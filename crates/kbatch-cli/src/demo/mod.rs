@@ -8,6 +8,9 @@
 //! printing the level as it moves, read back by the parallel consumer, which unpacks the
 //! envelopes into events and counts each once, in key order.
 //!
+//! A third act: a transactional outbox on SQLite, some transactions rolled back, relayed to
+//! the same broker and read back: every committed entry once, no rolled-back one.
+//!
 //! The consumer joins its group first; once it is assigned its partitions, produce and consume
 //! run at the same time, so end-to-end latency is the pipeline's, not the group join's. The
 //! ledger proves nothing was lost, duplicated or reordered within a partition, by counting
@@ -16,6 +19,7 @@
 mod adaptive;
 mod gateway;
 mod ledger;
+mod outbox;
 mod run;
 
 use clap::Args as ClapArgs;
@@ -48,6 +52,9 @@ pub(crate) struct Args {
     /// Skip the second act (adaptive microbatching under a changing load, ~10 s).
     #[arg(long)]
     pub(crate) no_adaptive: bool,
+    /// Skip the third act (a transactional outbox on SQLite relayed to the broker, ~2 s).
+    #[arg(long)]
+    pub(crate) no_outbox: bool,
     /// Send the records through the HTTP ingest gateway (started in this process on
     /// 127.0.0.1, with an API key) instead of straight to the producer: NDJSON requests over
     /// 8 connections, each record counted once the gateway's answer gives its offset.

@@ -56,6 +56,8 @@ struct Summary {
     /// The second act: adaptive microbatching under a changing load (absent with
     /// `--no-adaptive`).
     adaptive: Option<super::adaptive::AdaptiveSummary>,
+    /// The third act: the transactional outbox on SQLite (absent with `--no-outbox`).
+    outbox: Option<super::outbox::OutboxSummary>,
 }
 
 pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
@@ -186,12 +188,16 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
         end_to_end_latency: Percentiles::of(&e2e),
         verdict,
         adaptive: None,
+        outbox: None,
     };
     producer.close().await;
     let mut summary = summary;
     if !a.no_adaptive && produced.first_error.is_none() && summary.verdict.is_clean() {
         summary.adaptive =
             Some(super::adaptive::run(&cluster, a.partitions, a.keys, a.json).await?);
+    }
+    if !a.no_outbox && produced.first_error.is_none() && summary.verdict.is_clean() {
+        summary.outbox = Some(super::outbox::run(&cluster, a.partitions, a.json).await?);
     }
     print_summary(&summary, a.json)?;
     if let Some(e) = produced.first_error.take() {
@@ -208,6 +214,9 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<()> {
     );
     if let Some(ad) = &summary.adaptive {
         anyhow::ensure!(ad.is_clean(), "adaptive verification failed: {ad:?}");
+    }
+    if let Some(ob) = &summary.outbox {
+        anyhow::ensure!(ob.is_clean(), "outbox verification failed: {ob:?}");
     }
     Ok(())
 }
@@ -463,6 +472,21 @@ fn print_summary(s: &Summary, json: bool) -> anyhow::Result<()> {
             ad.duplicates,
             ad.reordered,
             if ad.is_clean() { "OK" } else { "FAILED" }
+        );
+    }
+    if let Some(ob) = &s.outbox {
+        println!(
+            "  outbox        SQLite: {} entries committed, {} rolled back; relayed in {} batches, {:.2} s",
+            ob.committed, ob.rolled_back, ob.batches, ob.relay_seconds
+        );
+        println!(
+            "  verified      {} of {} committed entries read back by id: lost = {}, duplicates = {}, rolled back seen = {}  [{}]",
+            ob.received,
+            ob.committed,
+            ob.lost,
+            ob.duplicates,
+            ob.rolled_back_seen,
+            if ob.is_clean() { "OK" } else { "FAILED" }
         );
     }
     Ok(())
