@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::schema::TableName;
 
 const INSERT_PG: &str = "INSERT INTO {table} (id, msg_key, dest_kind, dest, payload, headers, \
-     created_at, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)";
+     created_at, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 const INSERT_MANY_HEAD: &str = "INSERT INTO {table} (id, msg_key, dest_kind, dest, payload, \
      headers, created_at, next_attempt_at) ";
 const INSERT_QM: &str = "INSERT INTO {table} (id, msg_key, dest_kind, dest, payload, headers, \
@@ -130,14 +130,13 @@ fn check(entry: &OutboxEntry) -> Result<()> {
     })
 }
 
-impl OutboxTransaction for Transaction<'_, Postgres> {
-    async fn insert_entries(&mut self, table: &TableName, entries: &[OutboxEntry]) -> Result<()> {
-        insert_many!(Postgres, &mut **self, table, entries)
-    }
-
-    async fn insert_entry(&mut self, table: &TableName, e: &OutboxEntry) -> Result<()> {
+/// One entry inserted; the same binds on every database (placeholders differ: `sql`). Due at
+/// once: `next_attempt_at` is its `created_at`.
+macro_rules! insert_one {
+    ($conn:expr, $sql:expr, $e:expr) => {{
+        let e = $e;
         let (kind, dest) = e.destination.to_columns();
-        sqlx::query(table.sql(INSERT_PG))
+        sqlx::query($sql)
             .bind(e.id)
             .bind(e.key.as_deref())
             .bind(kind)
@@ -145,10 +144,21 @@ impl OutboxTransaction for Transaction<'_, Postgres> {
             .bind(&e.payload[..])
             .bind(encode_headers(&e.headers))
             .bind(e.created_at.millis())
-            .execute(&mut **self)
+            .bind(e.created_at.millis())
+            .execute($conn)
             .await
             .map_err(Error::db("enqueue"))?;
         Ok(())
+    }};
+}
+
+impl OutboxTransaction for Transaction<'_, Postgres> {
+    async fn insert_entries(&mut self, table: &TableName, entries: &[OutboxEntry]) -> Result<()> {
+        insert_many!(Postgres, &mut **self, table, entries)
+    }
+
+    async fn insert_entry(&mut self, table: &TableName, e: &OutboxEntry) -> Result<()> {
+        insert_one!(&mut **self, table.sql(INSERT_PG), e)
     }
 }
 
@@ -158,20 +168,7 @@ impl OutboxTransaction for Transaction<'_, MySql> {
     }
 
     async fn insert_entry(&mut self, table: &TableName, e: &OutboxEntry) -> Result<()> {
-        let (kind, dest) = e.destination.to_columns();
-        sqlx::query(table.sql(INSERT_QM))
-            .bind(e.id)
-            .bind(e.key.as_deref())
-            .bind(kind)
-            .bind(dest)
-            .bind(&e.payload[..])
-            .bind(encode_headers(&e.headers))
-            .bind(e.created_at.millis())
-            .bind(e.created_at.millis())
-            .execute(&mut **self)
-            .await
-            .map_err(Error::db("enqueue"))?;
-        Ok(())
+        insert_one!(&mut **self, table.sql(INSERT_QM), e)
     }
 }
 
@@ -181,19 +178,6 @@ impl OutboxTransaction for Transaction<'_, Sqlite> {
     }
 
     async fn insert_entry(&mut self, table: &TableName, e: &OutboxEntry) -> Result<()> {
-        let (kind, dest) = e.destination.to_columns();
-        sqlx::query(table.sql(INSERT_QM))
-            .bind(e.id)
-            .bind(e.key.as_deref())
-            .bind(kind)
-            .bind(dest)
-            .bind(&e.payload[..])
-            .bind(encode_headers(&e.headers))
-            .bind(e.created_at.millis())
-            .bind(e.created_at.millis())
-            .execute(&mut **self)
-            .await
-            .map_err(Error::db("enqueue"))?;
-        Ok(())
+        insert_one!(&mut **self, table.sql(INSERT_QM), e)
     }
 }
