@@ -109,7 +109,7 @@ async fn produce_inner(
         state.config.max_records_per_request,
     )?;
     let count = records.len();
-    let outcomes = produce_all_with_budget(state, &topic, records, deadline, budget).await?;
+    let outcomes = produce_all(state, &topic, records, deadline, budget).await?;
     crate::metrics::count_records(&outcomes);
     let mut results = Vec::with_capacity(count);
     let mut first_failure: Option<&RequestError> = None;
@@ -196,30 +196,13 @@ pub(super) async fn read_body(state: &AppState, request: Request) -> Result<Byte
 
 /// Hands every record to the producer and awaits each acknowledgement until `deadline`;
 /// one outcome per record, in order. Fails as a whole only when the topic is unknown or
-/// cannot be looked up.
+/// cannot be looked up. No record waits in an adaptive batch longer than `budget` (`None`: as
+/// the pressure level decides).
 ///
 /// # Cancellation
 /// Dropping the future (the client went away) drops the delivery futures, not the records:
 /// those handed in are still delivered; they are just not reported to anyone.
-#[allow(
-    dead_code,
-    reason = "the entry point without a budget, kept for routes that have none (REST Proxy v3)"
-)]
 pub(super) async fn produce_all(
-    state: &AppState,
-    topic: &Topic,
-    records: Vec<Record>,
-    deadline: Instant,
-) -> Result<Vec<Result<Sent, RequestError>>, RequestError> {
-    produce_all_with_budget(state, topic, records, deadline, None).await
-}
-
-/// As [`produce_all`], no record waiting in an adaptive batch longer than `budget` (`None`:
-/// as the pressure level decides).
-///
-/// # Cancellation
-/// As [`produce_all`].
-pub(super) async fn produce_all_with_budget(
     state: &AppState,
     topic: &Topic,
     records: Vec<Record>,
@@ -238,23 +221,21 @@ pub(super) async fn produce_all_with_budget(
         options = options.with_budget(b);
     }
     for record in records {
-        let outcome = match record.partition {
+        let outcome = if full {
             // Once the producer is full, later records are not handed in either: a record
             // must not overtake an earlier one of its key that was refused.
-            _ if full => Outcome::Failed(RequestError::ProducerFull),
-            Some(p) if p >= partitions => Outcome::Failed(RequestError::UnknownPartition {
-                topic: topic.to_string(),
-                partition: p,
-                partitions,
-            }),
-            _ => match state.sink.try_send(record, options) {
+            Outcome::Failed(RequestError::ProducerFull)
+        } else if let Err(e) = check_partition(topic, &record, partitions) {
+            Outcome::Failed(e)
+        } else {
+            match state.sink.try_send(record, options) {
                 Ok(f) => Outcome::Sent(f),
                 Err(RequestError::ProducerFull) => {
                     full = true;
                     Outcome::Failed(RequestError::ProducerFull)
                 }
                 Err(e) => Outcome::Failed(e),
-            },
+            }
         };
         outcomes.push(outcome);
     }
@@ -263,11 +244,7 @@ pub(super) async fn produce_all_with_budget(
     let mut results = Vec::with_capacity(outcomes.len());
     for outcome in outcomes {
         results.push(match outcome {
-            Outcome::Sent(f) => match tokio::time::timeout_at(deadline, f).await {
-                Ok(Ok(d)) => Ok(d),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(RequestError::NotAcknowledged(state.config.request_timeout)),
-            },
+            Outcome::Sent(f) => await_delivery(state, f, deadline).await,
             Outcome::Failed(e) => Err(e),
         });
     }
@@ -279,7 +256,6 @@ pub(super) async fn produce_all_with_budget(
 /// order, and returns its delivery future for [`await_delivery`]. Where `produce_all` fails a
 /// record at once when the producer is full, a stream waits (up to `deadline`) instead:
 /// reading of the body pauses meanwhile, which is the back-pressure a streaming client sees.
-/// Keep its checks in step with `produce_all`'s.
 pub(super) async fn hand_in(
     state: &AppState,
     topic: &Topic,
@@ -291,13 +267,7 @@ pub(super) async fn hand_in(
         .topics
         .partitions(&state.producer, topic, deadline)
         .await?;
-    if let Some(p) = record.partition.filter(|p| *p >= partitions) {
-        return Err(RequestError::UnknownPartition {
-            topic: topic.to_string(),
-            partition: p,
-            partitions,
-        });
-    }
+    check_partition(topic, &record, partitions)?;
     loop {
         match state
             .sink
@@ -312,6 +282,18 @@ pub(super) async fn hand_in(
             Err(Refused::Full(_)) => return Err(RequestError::ProducerFull),
             Err(Refused::Failed(e)) => return Err(e),
         }
+    }
+}
+
+/// 404 for a record naming a partition `topic` (with `partitions`) does not have.
+fn check_partition(topic: &Topic, record: &Record, partitions: i32) -> Result<(), RequestError> {
+    match record.partition {
+        Some(p) if p >= partitions => Err(RequestError::UnknownPartition {
+            topic: topic.to_string(),
+            partition: p,
+            partitions,
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::body::{compact_json, decode_base64, json_error};
-use super::records::{produce_all_with_budget, read_body};
+use super::records::{produce_all, read_body};
 use crate::error::{RequestError, add_status_headers};
 use crate::server::AppState;
 
@@ -117,7 +117,7 @@ async fn inner(
         embedded,
         state.config.max_records_per_request,
     )?;
-    let outcomes = produce_all_with_budget(state, &topic, records, deadline, budget).await?;
+    let outcomes = produce_all(state, &topic, records, deadline, budget).await?;
     crate::metrics::count_records(&outcomes);
     let offsets: Vec<Value> = outcomes
         .iter()
