@@ -27,6 +27,30 @@
 //! that one is open: [`Error::ClaimOutsideTransaction`] otherwise, before anything is
 //! delivered.
 
+/// Writes a batch's outcomes in the one statement `sql` (six placeholders per row: id, state,
+/// attempts, next_attempt_at, last_error, delivered_at) and checks every claimed row was
+/// updated. A macro because each database has its own sqlx query type.
+macro_rules! write_outcome_rows {
+    ($conn:expr, $table:expr, $sql:expr, $rows:expr) => {{
+        let rows = $rows;
+        let mut q = sqlx::query($table.sql($sql));
+        for r in rows {
+            q = q
+                .bind(r.id)
+                .bind(r.state)
+                .bind(r.attempts)
+                .bind(r.next_attempt_at)
+                .bind(r.last_error.clone())
+                .bind(r.delivered_at);
+        }
+        let done = q
+            .execute($conn)
+            .await
+            .map_err(Error::db("finish: write outcomes"))?;
+        check_count($table, done.rows_affected(), rows.len())
+    }};
+}
+
 mod mysql;
 mod postgres;
 mod rows;

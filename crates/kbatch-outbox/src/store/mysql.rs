@@ -61,19 +61,5 @@ pub(super) async fn write_outcomes(
          t.attempts = v.attempts, t.next_attempt_at = v.next_at, t.last_error = v.err, \
          t.delivered_at = v.delivered_at"
     );
-    let mut q = sqlx::query(table.sql(&sql));
-    for r in rows {
-        q = q
-            .bind(r.id)
-            .bind(r.state)
-            .bind(r.attempts)
-            .bind(r.next_attempt_at)
-            .bind(r.last_error.clone())
-            .bind(r.delivered_at);
-    }
-    let done = q
-        .execute(conn)
-        .await
-        .map_err(Error::db("finish: write outcomes"))?;
-    check_count(table, done.rows_affected(), rows.len())
+    write_outcome_rows!(conn, table, &sql, rows)
 }

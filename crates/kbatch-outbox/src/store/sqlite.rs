@@ -84,19 +84,5 @@ pub(super) async fn write_outcomes(
          next_attempt_at = v.column4, last_error = v.column5, delivered_at = v.column6 \
          FROM (VALUES {values}) AS v WHERE {{table}}.id = v.column1"
     );
-    let mut q = sqlx::query(table.sql(&sql));
-    for r in rows {
-        q = q
-            .bind(r.id)
-            .bind(r.state)
-            .bind(r.attempts)
-            .bind(r.next_attempt_at)
-            .bind(r.last_error.clone())
-            .bind(r.delivered_at);
-    }
-    let done = q
-        .execute(conn)
-        .await
-        .map_err(Error::db("finish: write outcomes"))?;
-    check_count(table, done.rows_affected(), rows.len())
+    write_outcome_rows!(conn, table, &sql, rows)
 }
