@@ -57,7 +57,7 @@ mod rows;
 mod sqlite;
 
 pub use mysql::claim_mysql;
-pub use postgres::claim_postgres;
+pub use postgres::{POSTGRES_CLAIM_BEGIN, claim_postgres};
 pub use sqlite::claim_sqlite;
 
 pub(crate) use rows::{CLAIM_COLUMNS, OutcomeRow, RawRow, to_claimed};
@@ -299,7 +299,7 @@ impl OutboxStore {
         let begin = Error::db("claim: begin");
         Ok(match self {
             OutboxStore::Postgres(p) => {
-                let mut tx = p.begin().await.map_err(begin)?;
+                let mut tx = p.begin_with(POSTGRES_CLAIM_BEGIN).await.map_err(begin)?;
                 let entries = claim_postgres(&mut tx, table, limit, now, order).await?;
                 Claim {
                     entries,
