@@ -86,6 +86,9 @@ pub(crate) struct RelayArgs {
     /// Entries claimed per batch (1..=5000).
     #[arg(long, default_value_t = 500)]
     batch_size: usize,
+    /// Batches claimed and in delivery at once (1..=16; SQLite always goes one at a time).
+    #[arg(long, default_value_t = RelayConfig::default().batches_in_flight)]
+    batches_in_flight: usize,
     /// Delivery attempts before an entry is dead.
     #[arg(long, default_value_t = 10)]
     max_attempts: u32,
@@ -140,6 +143,7 @@ async fn relay(a: RelayArgs) -> anyhow::Result<()> {
     let config = RelayConfig::default()
         .with_table(table)
         .with_batch_size(a.batch_size)
+        .with_batches_in_flight(a.batches_in_flight)
         .with_retry(kbatch_outbox::RetryPolicy {
             max_attempts: a.max_attempts,
             ..Default::default()
@@ -151,17 +155,7 @@ async fn relay(a: RelayArgs) -> anyhow::Result<()> {
     );
     let relay = Relay::new(store, deliverer, config)?;
     let report = if a.until_idle {
-        let mut total = kbatch_outbox::BatchReport::default();
-        loop {
-            let b = relay.run_once().await?;
-            if b.claimed == 0 {
-                break total;
-            }
-            total.claimed += b.claimed;
-            total.delivered += b.delivered;
-            total.retried += b.retried;
-            total.dead += b.dead;
-        }
+        relay.drain().await?
     } else {
         let cancel = CancellationToken::new();
         let on_signal = cancel.clone();

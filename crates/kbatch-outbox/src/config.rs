@@ -11,6 +11,10 @@ use crate::store::ClaimOrder;
 /// bound values per statement (MySQL 65,535).
 pub const MAX_BATCH_SIZE: usize = 5_000;
 
+/// Most batches a relay keeps in flight: each holds a database connection and an open
+/// transaction.
+pub const MAX_BATCHES_IN_FLIGHT: usize = 16;
+
 /// How a [`Relay`](crate::Relay) claims and retries.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RelayConfig {
@@ -25,6 +29,15 @@ pub struct RelayConfig {
     /// Which entries a batch may claim. Default [`ClaimOrder::Id`]; [`ClaimOrder::PerKey`]
     /// delivers each key's entries in order (one per key per batch).
     pub order: ClaimOrder,
+    /// Batches claimed and in delivery at once by [`Relay::run`](crate::Relay::run) and
+    /// [`Relay::drain`](crate::Relay::drain). Default 2; 1..=16. With 2, one batch's outcome
+    /// update and commit and the next batch's claim run while the other is being delivered,
+    /// instead of the destination idling during database work and the database during
+    /// delivery. Batches are handed to the destination in claim order (see
+    /// [`Deliverer::deliver_with_handoff`](crate::Deliverer::deliver_with_handoff)). Each
+    /// batch in flight holds a database connection. On SQLite, whose one writer lock a claim
+    /// holds until its outcomes commit, batches always go one at a time.
+    pub batches_in_flight: usize,
 }
 
 impl Default for RelayConfig {
@@ -35,6 +48,7 @@ impl Default for RelayConfig {
             retry: RetryPolicy::default(),
             idle_poll: Duration::from_millis(200),
             order: ClaimOrder::Id,
+            batches_in_flight: 2,
         }
     }
 }
@@ -70,6 +84,12 @@ impl RelayConfig {
         self
     }
 
+    /// Keeps up to `n` batches in flight.
+    pub fn with_batches_in_flight(mut self, n: usize) -> Self {
+        self.batches_in_flight = n;
+        self
+    }
+
     /// Checks every field against its documented range; the error names the field.
     pub fn validate(&self) -> Result<()> {
         if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
@@ -82,6 +102,12 @@ impl RelayConfig {
             return Err(Error::Config(format!(
                 "idle_poll = {:?} is out of range; allowed: 1ms..=60s",
                 self.idle_poll
+            )));
+        }
+        if !(1..=MAX_BATCHES_IN_FLIGHT).contains(&self.batches_in_flight) {
+            return Err(Error::Config(format!(
+                "batches_in_flight = {} is out of range; allowed: 1..={MAX_BATCHES_IN_FLIGHT}",
+                self.batches_in_flight
             )));
         }
         self.retry.validate()
@@ -110,5 +136,15 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(e.to_string().contains("idle_poll"), "{e}");
+        for n in [0, MAX_BATCHES_IN_FLIGHT + 1] {
+            let e = RelayConfig::default()
+                .with_batches_in_flight(n)
+                .validate()
+                .unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("batches_in_flight = {n}")),
+                "{e}"
+            );
+        }
     }
 }

@@ -38,13 +38,13 @@ pub mod relay;
 mod schema;
 pub mod store;
 
-pub use config::{MAX_BATCH_SIZE, RelayConfig};
+pub use config::{MAX_BATCH_SIZE, MAX_BATCHES_IN_FLIGHT, RelayConfig};
 pub use enqueue::{OutboxTransaction, ROWS_PER_INSERT, enqueue, enqueue_batch};
 pub use entry::{Destination, OutboxEntry};
 pub use error::{Error, Result};
 pub use relay::{
-    Attempt, BatchReport, Deliverer, HttpConfig, HttpDeliverer, ID_HEADER, KafkaDeliverer, Outcome,
-    Relay, RetryPolicy, Routed,
+    Attempt, BatchReport, Deliverer, Handoff, HttpConfig, HttpDeliverer, ID_HEADER, KafkaDeliverer,
+    Outcome, Relay, RetryPolicy, Routed,
 };
 pub use schema::{TableName, migrate_mysql, migrate_postgres, migrate_sqlite};
 pub use store::{ClaimOrder, ClaimedEntry, OutboxStatus, OutboxStore};

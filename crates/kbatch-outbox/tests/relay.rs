@@ -2,14 +2,15 @@
 #![allow(clippy::unwrap_used, reason = "tests: a panic is a failure")]
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use kbatch_client::Isolation;
 use kbatch_core::{ErrorClass, Timestamp};
 use kbatch_outbox::store::{claim_mysql, claim_postgres, claim_sqlite};
 use kbatch_outbox::{
-    Attempt, ClaimOrder, Deliverer, Destination, Error, ID_HEADER, KafkaDeliverer, OutboxEntry,
-    OutboxStore, ROWS_PER_INSERT, Relay, RelayConfig, RetryPolicy, TableName, enqueue,
+    Attempt, ClaimOrder, Deliverer, Destination, Error, Handoff, ID_HEADER, KafkaDeliverer,
+    OutboxEntry, OutboxStore, ROWS_PER_INSERT, Relay, RelayConfig, RetryPolicy, TableName, enqueue,
     enqueue_batch,
 };
 use kbatch_producer::{Producer, ProducerConfig};
@@ -737,6 +738,109 @@ async fn per_key_order_holds_under_failures_and_a_failing_head_blocks_only_its_k
     }
 }
 
+/// Records the order entries are handed off in and how many deliveries overlap. The first
+/// batch is slow to hand off; acknowledgements take a while after every handoff.
+#[derive(Default)]
+struct Overlap {
+    handed: std::sync::Mutex<Vec<Uuid>>,
+    calls: AtomicUsize,
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Deliverer for Overlap {
+    fn deliver<'a>(
+        &'a self,
+        entries: &'a [&'a OutboxEntry],
+    ) -> impl Future<Output = Vec<Attempt>> + Send + 'a {
+        self.deliver_with_handoff(entries, Handoff::detached())
+    }
+
+    async fn deliver_with_handoff(
+        &self,
+        entries: &[&OutboxEntry],
+        handoff: Handoff,
+    ) -> Vec<Attempt> {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(now, Ordering::SeqCst);
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            // A relay that claimed and started the next batch before this handoff would hand
+            // that batch's entries off first.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        self.handed
+            .lock()
+            .unwrap()
+            .extend(entries.iter().map(|e| e.id));
+        handoff.complete();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        entries.iter().map(|_| Attempt::Delivered).collect()
+    }
+}
+
+async fn batches_overlap_yet_are_handed_off_in_claim_order(db: Db) {
+    let f = fixture(db).await;
+    let entries: Vec<OutboxEntry> = (0..50)
+        .map(|i| OutboxEntry::new(Destination::kafka("t"), format!("{i}")))
+        .collect();
+    enqueue_batch_all(&f, &entries, true).await.unwrap();
+    let config = RelayConfig::default()
+        .with_table(f.table.clone())
+        .with_batch_size(10)
+        .with_batches_in_flight(3);
+    let relay = Relay::new(f.store.clone(), Overlap::default(), config).unwrap();
+    let report = relay.drain().await.unwrap();
+    assert_eq!(
+        (report.batches, report.claimed, report.delivered),
+        (5, 50, 50)
+    );
+    let mut by_id: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
+    by_id.sort();
+    assert_eq!(
+        *relay.deliverer().handed.lock().unwrap(),
+        by_id,
+        "batches handed off in claim (id) order"
+    );
+    // SQLite's claim holds the one writer lock until its batch commits: one at a time.
+    let want = if matches!(db, Db::Sqlite) { 1 } else { 3 };
+    assert_eq!(
+        relay.deliverer().max.load(Ordering::SeqCst),
+        want,
+        "batches in flight at once"
+    );
+    let s = f.store.status(&f.table).await.unwrap();
+    assert_eq!((s.pending, s.delivered, s.dead), (0, 50, 0));
+}
+
+async fn batches_in_flight_reach_kafka_in_claim_order(db: Db) {
+    let f = fixture(db).await;
+    let topic = unique_name("outbox-inflight");
+    create_topic(&topic, 1).await;
+    let entries: Vec<OutboxEntry> = (0..3_000)
+        .map(|i| OutboxEntry::new(Destination::kafka(&topic), format!("{i}")).with_key("one"))
+        .collect();
+    enqueue_batch_all(&f, &entries, true).await.unwrap();
+    let config = RelayConfig::default()
+        .with_table(f.table.clone())
+        .with_batch_size(100)
+        .with_batches_in_flight(4);
+    let relay = Relay::new(f.store.clone(), KafkaDeliverer::new(producer()), config).unwrap();
+    let report = relay.drain().await.unwrap();
+    assert_eq!((report.claimed, report.delivered), (3_000, 3_000));
+    let (ids, records) = read_ids(&topic).await;
+    assert_eq!(ids.len(), 3_000);
+    assert!(ids.values().all(|n| *n == 1), "each entry once");
+    let mut by_id: Vec<&OutboxEntry> = entries.iter().collect();
+    by_id.sort_by_key(|e| e.id);
+    let want: Vec<&[u8]> = by_id.iter().map(|e| &e.payload[..]).collect();
+    let got: Vec<&[u8]> = records
+        .iter()
+        .map(|r| r.value.as_deref().unwrap())
+        .collect();
+    assert!(got == want, "one partition: records in claim order");
+}
+
 macro_rules! per_db {
     ($name:ident) => {
         mod $name {
@@ -764,3 +868,5 @@ per_db!(undeliverable_entries_die_with_their_error_and_the_rest_is_delivered);
 per_db!(a_claim_outside_a_transaction_is_refused);
 per_db!(retriable_failures_back_off_then_deliver_or_die_at_max_attempts);
 per_db!(per_key_order_holds_under_failures_and_a_failing_head_blocks_only_its_key);
+per_db!(batches_overlap_yet_are_handed_off_in_claim_order);
+per_db!(batches_in_flight_reach_kafka_in_claim_order);

@@ -19,6 +19,51 @@ pub trait Deliverer: Send + Sync {
         &'a self,
         entries: &'a [&'a OutboxEntry],
     ) -> impl Future<Output = Vec<Attempt>> + Send + 'a;
+
+    /// [`deliver`](Self::deliver), completing `handoff` as soon as every entry has been
+    /// handed to its destination in order (for Kafka: enqueued in the producer), before the
+    /// acknowledgements are awaited. The relay starts the next batch's delivery only then, so
+    /// consecutive batches overlap while reaching the destination in claim order.
+    ///
+    /// The default completes `handoff` when the delivery is over: no overlap, which is
+    /// always correct.
+    fn deliver_with_handoff<'a>(
+        &'a self,
+        entries: &'a [&'a OutboxEntry],
+        handoff: Handoff,
+    ) -> impl Future<Output = Vec<Attempt>> + Send + 'a {
+        async move {
+            let attempts = self.deliver(entries).await;
+            handoff.complete();
+            attempts
+        }
+    }
+}
+
+/// Tells the relay a batch has been handed to its destination in order (see
+/// [`Deliverer::deliver_with_handoff`]). Dropping it completes it too.
+#[derive(Debug)]
+pub struct Handoff(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Handoff {
+    /// A handoff and what its completion wakes.
+    pub(crate) fn new() -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Self(Some(tx)), rx)
+    }
+
+    /// A handoff nobody waits for (a single batch, or a deliverer used on its own).
+    pub fn detached() -> Self {
+        Self(None)
+    }
+
+    /// Every entry of the batch is with its destination.
+    pub fn complete(mut self) {
+        if let Some(tx) = self.0.take() {
+            // The relay may have stopped waiting (cancelled): nothing to tell then.
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// Kafka through [`Producer`]: fire every record of the batch, then await each delivery —
@@ -62,7 +107,18 @@ fn record_of(entry: &OutboxEntry, topic: &str) -> Record {
 }
 
 impl Deliverer for KafkaDeliverer {
-    async fn deliver(&self, entries: &[&OutboxEntry]) -> Vec<Attempt> {
+    fn deliver<'a>(
+        &'a self,
+        entries: &'a [&'a OutboxEntry],
+    ) -> impl Future<Output = Vec<Attempt>> + Send + 'a {
+        self.deliver_with_handoff(entries, Handoff::detached())
+    }
+
+    async fn deliver_with_handoff(
+        &self,
+        entries: &[&OutboxEntry],
+        handoff: Handoff,
+    ) -> Vec<Attempt> {
         // Fire: every record enqueued before any is awaited.
         let mut fired = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -78,6 +134,8 @@ impl Deliverer for KafkaDeliverer {
                 )),
             });
         }
+        // The producer keeps its queue's order per partition: the next batch may be fired now.
+        handoff.complete();
         // Await each: the futures resolve as the producer's batches are acknowledged.
         let mut attempts = Vec::with_capacity(fired.len());
         for f in fired {
@@ -109,7 +167,18 @@ impl<K: Deliverer, H: Deliverer> Routed<K, H> {
 }
 
 impl<K: Deliverer, H: Deliverer> Deliverer for Routed<K, H> {
-    async fn deliver(&self, entries: &[&OutboxEntry]) -> Vec<Attempt> {
+    fn deliver<'a>(
+        &'a self,
+        entries: &'a [&'a OutboxEntry],
+    ) -> impl Future<Output = Vec<Attempt>> + Send + 'a {
+        self.deliver_with_handoff(entries, Handoff::detached())
+    }
+
+    async fn deliver_with_handoff(
+        &self,
+        entries: &[&OutboxEntry],
+        handoff: Handoff,
+    ) -> Vec<Attempt> {
         let (to_kafka, to_http): (Vec<(usize, &OutboxEntry)>, Vec<_>) = entries
             .iter()
             .copied()
@@ -117,9 +186,19 @@ impl<K: Deliverer, H: Deliverer> Deliverer for Routed<K, H> {
             .partition(|(_, e)| matches!(e.destination, Destination::Kafka { .. }));
         let kafka_entries: Vec<&OutboxEntry> = to_kafka.iter().map(|(_, e)| *e).collect();
         let http_entries: Vec<&OutboxEntry> = to_http.iter().map(|(_, e)| *e).collect();
-        let (kafka, http) = tokio::join!(
-            self.kafka.deliver(&kafka_entries),
-            self.http.deliver(&http_entries)
+        // Handed off when both halves are.
+        let (kafka_handoff, kafka_handed) = Handoff::new();
+        let (http_handoff, http_handed) = Handoff::new();
+        let (kafka, http, ()) = tokio::join!(
+            self.kafka
+                .deliver_with_handoff(&kafka_entries, kafka_handoff),
+            self.http.deliver_with_handoff(&http_entries, http_handoff),
+            async move {
+                // An error only means the sender was dropped: handed off as well.
+                let _ = kafka_handed.await;
+                let _ = http_handed.await;
+                handoff.complete();
+            }
         );
         let mut out: Vec<Option<Attempt>> = vec![None; entries.len()];
         for ((i, _), a) in to_kafka.iter().zip(kafka).chain(to_http.iter().zip(http)) {

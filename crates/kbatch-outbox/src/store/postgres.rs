@@ -122,7 +122,7 @@ mod tests {
             suffix.trim_start_matches("p-")
         ))
         .unwrap();
-        crate::schema::migrate_postgres(&mut *pool.acquire().await.unwrap(), &table)
+        crate::schema::migrate_postgres(&mut pool.acquire().await.unwrap(), &table)
             .await
             .unwrap();
         let load = "INSERT INTO {table} (id, msg_key, dest_kind, dest, payload, headers, \
