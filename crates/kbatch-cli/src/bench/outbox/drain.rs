@@ -63,13 +63,15 @@ pub(crate) async fn load(
     Ok(())
 }
 
-/// Runs batches until one claims nothing; the clock runs from the first claim to the end of
-/// the last batch that claimed something (its outcomes committed).
+/// Drains the table with [`Relay::drain`] at `in_flight` batches in flight; the clock runs
+/// from the first claim to the end of the drain (the last batch's outcomes committed, and
+/// the one empty claim that shows nothing is left).
 pub(crate) async fn drain(
     store: &OutboxStore,
     table: &TableName,
     producer: Producer,
     batch: usize,
+    in_flight: usize,
     entries: u64,
 ) -> anyhow::Result<Drained> {
     let relay = Relay::new(
@@ -77,31 +79,22 @@ pub(crate) async fn drain(
         KafkaDeliverer::new(producer),
         RelayConfig::default()
             .with_table(table.clone())
-            .with_batch_size(batch),
+            .with_batch_size(batch)
+            .with_batches_in_flight(in_flight),
     )?;
     let started = Instant::now();
-    let mut last = started;
-    let (mut batches, mut claimed) = (0u64, 0u64);
-    loop {
-        let r = relay.run_once().await?;
-        if r.claimed == 0 {
-            break;
-        }
-        batches += 1;
-        claimed += r.claimed as u64;
-        last = Instant::now();
-    }
-    let seconds = last.duration_since(started).as_secs_f64();
+    let report = relay.drain().await?;
+    let seconds = started.elapsed().as_secs_f64();
     let status = store.status(table).await?;
     Ok(Drained {
         entries,
         seconds,
         msg_per_s: if seconds > 0.0 {
-            claimed as f64 / seconds
+            report.claimed as f64 / seconds
         } else {
             0.0
         },
-        batches,
+        batches: report.batches as u64,
         delivered: status.delivered,
         pending_after: status.pending,
         dead_after: status.dead,

@@ -4,9 +4,10 @@
 //!
 //! ```text
 //!  round r = 1..R:
-//!    for store in postgres, mariadb, sqlite; batch in 1000, 100:
+//!    for store in postgres, mariadb, sqlite; batch in 1000, 100 (and 1000 with one batch
+//!    in flight, a labelled row, on postgres and mariadb):
 //!      load N pending entries (multi-row enqueue, untimed)
-//!      Relay::run_once until empty ─► msg/s (first claim → last outcomes committed)
+//!      Relay::drain ─► msg/s (first claim → last outcomes committed)
 //!      the table afterwards: delivered = N, pending = dead = 0 (nothing lost)
 //!    debezium: same N rows (ids, keys, payloads) in its outbox shape, one transaction
 //!      ─► msg/s (first record seen → last broker ack)
@@ -15,7 +16,8 @@
 //!  ─► min / median / max per row; targets: postgres batch 1000 ≥ 50,000 msg/s, > Debezium
 //! ```
 //!
-//! Every relay uses kbatch's `Producer` with its defaults (acks=all, idempotent, linger 5 ms,
+//! Every relay uses the Relay's defaults (2 batches in flight) unless its row says otherwise,
+//! and kbatch's `Producer` with its defaults (acks=all, idempotent, linger 5 ms,
 //! 1 MiB batches); the Debezium peer's KafkaProducer gets acks=all, linger 5 ms, 1 MiB
 //! batches and the engine batch size of the relay rows it is compared with.
 
@@ -27,7 +29,7 @@ use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
 use kbatch_client::{Admin, ClientConfig, NewTopic};
-use kbatch_outbox::{OutboxStore, TableName};
+use kbatch_outbox::{OutboxStore, RelayConfig, TableName};
 use kbatch_producer::{Producer, ProducerConfig};
 
 use super::Spread;
@@ -89,6 +91,17 @@ pub(crate) struct Args {
 }
 
 const BATCHES: [usize; 2] = [1_000, 100];
+/// Batches in flight per row: the relay's default, and one at a time as a labelled row (at
+/// batch 1,000, on the stores where more than one can be in flight) to show what overlapping
+/// batches is worth.
+fn in_flights(store: &str, batch: usize) -> Vec<usize> {
+    let default = RelayConfig::default().batches_in_flight;
+    if batch == BATCHES[0] && store != "sqlite" && default != 1 {
+        vec![default, 1]
+    } else {
+        vec![default]
+    }
+}
 const STORES: [&str; 3] = ["postgres", "mariadb", "sqlite"];
 
 #[derive(serde::Serialize)]
@@ -96,6 +109,8 @@ struct Run {
     round: u32,
     store: String,
     batch: usize,
+    /// The relay's `batches_in_flight`.
+    in_flight: usize,
     #[serde(flatten)]
     drained: Drained,
 }
@@ -160,7 +175,10 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
     let mut dbz_error = None;
     for round in 1..=a.rounds {
         for (name, store) in &stores {
-            for batch in BATCHES {
+            for (batch, in_flight) in BATCHES
+                .into_iter()
+                .flat_map(|b| in_flights(name, b).into_iter().map(move |f| (b, f)))
+            {
                 let suffix = crate::cluster::random_suffix();
                 let topic = format!("kbatch-bench-outbox-{name}-{batch}-{suffix:08x}");
                 admin
@@ -172,13 +190,14 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
                 drain::load(store, &table, &entries).await?;
                 drop(entries);
                 let producer = Producer::new(producer_config.clone())?;
-                let d = drain::drain(store, &table, producer.clone(), batch, a.entries).await;
+                let d = drain::drain(store, &table, producer.clone(), batch, in_flight, a.entries)
+                    .await;
                 producer.close().await;
                 drop_table(store, &table).await;
                 admin.delete_topics(&[&topic]).await?;
                 let d = d?;
                 eprintln!(
-                    "bench: round {round} {name} batch {batch}: {:.0} msg/s ({} entries in {:.2} s, {} batches); delivered {}, pending {}, dead {}",
+                    "bench: round {round} {name} batch {batch}, {in_flight} in flight: {:.0} msg/s ({} entries in {:.2} s, {} batches); delivered {}, pending {}, dead {}",
                     d.msg_per_s,
                     d.entries,
                     d.seconds,
@@ -191,6 +210,7 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
                     round,
                     store: name.clone(),
                     batch,
+                    in_flight,
                     drained: d,
                 });
             }
@@ -358,13 +378,21 @@ impl Report {
     ) -> Self {
         let mut summaries = Vec::new();
         for store in &a.stores {
-            for batch in BATCHES {
+            for (batch, in_flight) in BATCHES
+                .into_iter()
+                .flat_map(|b| in_flights(store, b).into_iter().map(move |f| (b, f)))
+            {
                 let of: Vec<&Run> = runs
                     .iter()
-                    .filter(|r| &r.store == store && r.batch == batch)
+                    .filter(|r| &r.store == store && r.batch == batch && r.in_flight == in_flight)
                     .collect();
+                let labelled = if in_flight == in_flights(store, batch)[0] {
+                    String::new()
+                } else {
+                    format!(", {in_flight} in flight")
+                };
                 summaries.push(Summary {
-                    row: format!("{store} batch {batch}"),
+                    row: format!("{store} batch {batch}{labelled}"),
                     msg_per_s: Spread::of(
                         &of.iter().map(|r| r.drained.msg_per_s).collect::<Vec<_>>(),
                     ),
@@ -400,7 +428,11 @@ impl Report {
         });
         let pg1000: Vec<(u32, f64)> = runs
             .iter()
-            .filter(|r| r.store == "postgres" && r.batch == BATCHES[0])
+            .filter(|r| {
+                r.store == "postgres"
+                    && r.batch == BATCHES[0]
+                    && r.in_flight == in_flights("postgres", BATCHES[0])[0]
+            })
             .map(|r| (r.round, r.drained.msg_per_s))
             .collect();
         let mut targets = Vec::new();
@@ -446,14 +478,14 @@ impl Report {
     fn print(&self, a: &Args) {
         eprintln!(
             "outbox benchmark: {} round(s); {} pending entries per drain, {}-byte payloads, {} keys, {} partitions; \
-             relay = kbatch Relay + KafkaDeliverer, Producer defaults (acks=all, idempotent, linger 5 ms); \
+             relay = kbatch Relay + KafkaDeliverer, Relay defaults (2 batches in flight; rows marked '1 in flight' go one batch at a time; SQLite always does), Producer defaults (acks=all, idempotent, linger 5 ms); \
              msg/s from the first claim to the last batch's outcomes committed; \
              debezium = 3.6.1.Final embedded, pgoutput + outbox event router, KafkaProducer acks=all linger 5 ms, \
              msg/s from the first record seen to the last ack",
             a.rounds, a.entries, a.size, a.keys, a.partitions
         );
         eprintln!(
-            "  {:<36} {:>30} {:>6}",
+            "  {:<48} {:>30} {:>6}",
             "row", "msg/s min/median/max", "lost"
         );
         let f = |s: &Option<Spread>, p: usize| {
@@ -463,7 +495,7 @@ impl Report {
             )
         };
         for s in &self.summaries {
-            eprintln!("  {:<36} {:>30} {:>6}", s.row, f(&s.msg_per_s, 0), s.lost);
+            eprintln!("  {:<48} {:>30} {:>6}", s.row, f(&s.msg_per_s, 0), s.lost);
         }
         if let Some((p50, p99, max)) = &self.lag {
             eprintln!(
