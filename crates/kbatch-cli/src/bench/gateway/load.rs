@@ -18,15 +18,25 @@ pub(super) struct Data {
     keys: Vec<String>,
     /// JSON string values (quotes included): the bytes the gateway writes for them.
     values: Vec<String>,
+    /// Single-record bodies, made before anything is timed (the load generator shares the
+    /// CPU with the gateway: formatting JSON while measuring would be counted against it).
+    singles: Vec<Bytes>,
+    /// NDJSON bodies of `per` records each, likewise made up front; request `n` posts body
+    /// `n % len`.
+    batches: Vec<Bytes>,
 }
 
 /// Distinct values cycled through.
 const VALUE_POOL: usize = 1_024;
+/// Distinct NDJSON bodies cycled through (together at least every key once at the default
+/// 10,000 keys and 1,000 records per body).
+const BATCH_POOL: u64 = 16;
 
 impl Data {
-    pub(super) fn new(keys: u64, value_bytes: usize) -> Self {
+    /// `keys` keys, values of `value_bytes`, NDJSON bodies of `per` records.
+    pub(super) fn new(keys: u64, value_bytes: usize, per: u64) -> Self {
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x6761_7465);
-        Self {
+        let mut data = Self {
             keys: (0..keys).map(|k| format!("key-{k}")).collect(),
             values: (0..VALUE_POOL)
                 .map(|_| {
@@ -36,7 +46,23 @@ impl Data {
                     format!("\"{s}\"")
                 })
                 .collect(),
-        }
+            singles: Vec::new(),
+            batches: Vec::new(),
+        };
+        let singles = (keys.max(1)).max(VALUE_POOL as u64);
+        data.singles = (0..singles).map(|i| Bytes::from(data.json(i))).collect();
+        data.batches = (0..BATCH_POOL).map(|n| data.ndjson(n * per, per)).collect();
+        data
+    }
+
+    /// The single-record body of request `i`.
+    pub(super) fn single(&self, i: u64) -> Bytes {
+        self.singles[(i % self.singles.len() as u64) as usize].clone()
+    }
+
+    /// The NDJSON body of request `n`.
+    fn batch(&self, n: u64) -> Bytes {
+        self.batches[(n % self.batches.len() as u64) as usize].clone()
     }
 
     fn key(&self, i: u64) -> &str {
@@ -151,7 +177,7 @@ pub(super) async fn probe(
         .await?
         .await
         .map_err(|err| anyhow::anyhow!("the new topic {topic} is not writable: {err}"))?;
-    e.post(Bytes::from(data.json(0)), false, 1)
+    e.post(data.single(0), false, 1)
         .await
         .map_err(|err| anyhow::anyhow!("the gateway does not take {topic}: {err}"))?;
     Ok(())
@@ -186,11 +212,15 @@ impl Endpoint {
             .await
             .map_err(|e| e.to_string())?;
         let status = r.status();
-        let text = r.text().await.map_err(|e| e.to_string())?;
+        // Read whole (the answer is part of the exchange), decoded only to report a failure.
+        let body = r.bytes().await.map_err(|e| e.to_string())?;
         if status != reqwest::StatusCode::OK {
             return Err(format!(
                 "{status}: {}",
-                text.chars().take(300).collect::<String>()
+                String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
             ));
         }
         Ok(records)
@@ -245,11 +275,10 @@ pub(super) async fn closed_loop(
             tokio::spawn(async move {
                 let mut n = w;
                 while Instant::now() < until {
-                    let first = n * per;
                     let body = if per == 1 {
-                        Bytes::from(data.json(first))
+                        data.single(n)
                     } else {
-                        data.ndjson(first, per)
+                        data.batch(n)
                     };
                     let sent = Instant::now();
                     let r = e.post(body, per > 1, per).await;
@@ -287,7 +316,7 @@ pub(super) async fn open_loop(
             break;
         };
         let (e, shared) = (e.clone(), Arc::clone(&shared));
-        let body = Bytes::from(data.json(i));
+        let body = data.single(i);
         tasks.spawn(async move {
             let r = e.post(body, false, 1).await;
             tally(&shared, r, due.elapsed());
@@ -306,7 +335,7 @@ mod tests {
 
     #[test]
     fn an_ndjson_line_carries_what_the_direct_record_carries() {
-        let d = Data::new(10, 100);
+        let d = Data::new(10, 100, 5);
         let t: Topic = "t".into();
         let line: serde_json::Value = serde_json::from_str(&d.json(3)).unwrap();
         let r = d.record(&t, 3);

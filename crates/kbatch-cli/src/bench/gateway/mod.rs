@@ -133,7 +133,7 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
         shutdown.clone(),
     )?;
     let direct = Producer::new(producer_config)?;
-    let data = Arc::new(Data::new(a.keys, a.size));
+    let data = Arc::new(Data::new(a.keys, a.size, a.batch));
     // Every connection opened stays open (reqwest's default: no idle bound). With a bound
     // (it was 128), the open loop's connections beyond it were closed after each answer and
     // opened again for the next request after any stall, so the bench measured TCP set-up
