@@ -19,6 +19,7 @@ fn quick_run_measures_every_load_through_the_gateway_and_direct() {
         "ndjson",
         "single",
         "open",
+        "direct_open",
         "ndjson_adaptive",
         "single_adaptive",
         "open_adaptive",

@@ -100,7 +100,7 @@ impl Data {
 pub(super) struct Measured {
     /// Records acknowledged (direct: by the broker; HTTP: in 200 answers).
     pub(super) records: u64,
-    /// HTTP requests answered 200 (0 for the direct contender).
+    /// HTTP requests answered 200 (0 for `direct`; one per record for `direct_open`).
     pub(super) requests: u64,
     /// Answers other than 200, and failed sends.
     pub(super) failed: u64,
@@ -109,7 +109,8 @@ pub(super) struct Measured {
     pub(super) seconds: f64,
     pub(super) records_per_s: f64,
     pub(super) requests_per_s: f64,
-    /// Request latency, ms (HTTP only; open loop: from each request's scheduled time).
+    /// Request latency, ms (not for `direct`; open loops: from each request's scheduled
+    /// time).
     pub(super) p50_ms: Option<f64>,
     pub(super) p99_ms: Option<f64>,
     pub(super) max_ms: Option<f64>,
@@ -163,6 +164,44 @@ pub(super) async fn direct(p: &Producer, topic: &Topic, data: &Data, seconds: f6
         }
     }
     m.finish(start.elapsed(), None)
+}
+
+/// The open loop's schedule through `p` with no HTTP: record `i` due at `start + i / rate`,
+/// latency from the due time to its acknowledgement (at most `outstanding` unacknowledged).
+/// What the broker and client alone give at that rate, under the gateway's open loop.
+pub(super) async fn direct_open(
+    p: &Producer,
+    topic: &Topic,
+    data: &Data,
+    rate: f64,
+    seconds: f64,
+    outstanding: usize,
+) -> Measured {
+    let shared: Shared = Arc::new(Mutex::new((Measured::default(), histogram())));
+    let permits = Arc::new(Semaphore::new(outstanding));
+    let start = Instant::now();
+    let total = (rate * seconds).ceil() as u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due).await;
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            break;
+        };
+        let sent = p.send(data.record(topic, i)).await;
+        let shared = Arc::clone(&shared);
+        tasks.spawn(async move {
+            let r = match sent {
+                Ok(delivery) => delivery.await.map(|_| 1).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            tally(&shared, r, due.elapsed());
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    summed(&shared, start.elapsed())
 }
 
 /// One record through the gateway and one through `p`, each awaited and not counted: a new
