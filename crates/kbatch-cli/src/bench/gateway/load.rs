@@ -183,6 +183,10 @@ pub(super) async fn direct(p: &Producer, topic: &Topic, data: &Data, seconds: f6
 /// The open loop's schedule through `p` with no HTTP: record `i` due at `start + i / rate`,
 /// latency from the due time to its acknowledgement (at most `outstanding` unacknowledged).
 /// What the broker and client alone give at that rate, under the gateway's open loop.
+#[allow(
+    clippy::async_yields_async,
+    reason = "the handing in is awaited in schedule order, the future it yields on its own task"
+)]
 pub(super) async fn direct_open(
     p: &Producer,
     topic: &Topic,
@@ -191,6 +195,31 @@ pub(super) async fn direct_open(
     seconds: f64,
     outstanding: usize,
 ) -> Measured {
+    on_schedule(rate, seconds, outstanding, async |i| {
+        let sent = p.send(data.record(topic, i)).await;
+        async move {
+            match sent {
+                Ok(delivery) => delivery.await.map(|_| 1).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await
+}
+
+/// Request `i` due at `start + i / rate` for `seconds`: `begin(i)` hands it in (in schedule
+/// order) and returns what completes it, which runs on its own task; latency from the due
+/// time, so a late sender pays for it (at most `outstanding` in flight: beyond that the
+/// schedule waits, and that counts too).
+async fn on_schedule<F>(
+    rate: f64,
+    seconds: f64,
+    outstanding: usize,
+    mut begin: impl AsyncFnMut(u64) -> F,
+) -> Measured
+where
+    F: Future<Output = Result<u64, String>> + Send + 'static,
+{
     let shared: Shared = Arc::new(Mutex::new((Measured::default(), histogram())));
     let permits = Arc::new(Semaphore::new(outstanding));
     let start = Instant::now();
@@ -202,16 +231,14 @@ pub(super) async fn direct_open(
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             break;
         };
-        let sent = p.send(data.record(topic, i)).await;
+        let done = begin(i).await;
         let shared = Arc::clone(&shared);
         tasks.spawn(async move {
-            let r = match sent {
-                Ok(delivery) => delivery.await.map(|_| 1).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
+            let r = done.await;
             tally(&shared, r, due.elapsed());
             drop(permit);
         });
+        // Reap finished tasks as we go, so the set stays as small as what is in flight.
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
@@ -347,9 +374,11 @@ pub(super) async fn closed_loop(
     summed(&shared, start.elapsed())
 }
 
-/// Single-record requests at `rate` per second for `seconds`, request `i` due at
-/// `start + i / rate`; latency from the due time, so a late sender pays for it (at most
-/// `outstanding` requests in flight: beyond that the schedule waits, and that counts too).
+/// Single-record requests at `rate` per second for `seconds` (see [`on_schedule`]).
+#[allow(
+    clippy::async_yields_async,
+    reason = "the handing in is awaited in schedule order, the future it yields on its own task"
+)]
 pub(super) async fn open_loop(
     e: &Endpoint,
     data: &Arc<Data>,
@@ -357,29 +386,11 @@ pub(super) async fn open_loop(
     seconds: f64,
     outstanding: usize,
 ) -> Measured {
-    let shared: Shared = Arc::new(Mutex::new((Measured::default(), histogram())));
-    let permits = Arc::new(Semaphore::new(outstanding));
-    let start = Instant::now();
-    let total = (rate * seconds).ceil() as u64;
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..total {
-        let due = start + Duration::from_secs_f64(i as f64 / rate);
-        tokio::time::sleep_until(due).await;
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            break;
-        };
-        let (e, shared) = (e.clone(), Arc::clone(&shared));
-        let body = data.single(i);
-        tasks.spawn(async move {
-            let r = e.post(body, false, 1).await;
-            tally(&shared, r, due.elapsed());
-            drop(permit);
-        });
-        // Reap finished tasks as we go, so the set stays as small as what is in flight.
-        while tasks.try_join_next().is_some() {}
-    }
-    while tasks.join_next().await.is_some() {}
-    summed(&shared, start.elapsed())
+    on_schedule(rate, seconds, outstanding, async |i| {
+        let (e, body) = (e.clone(), data.single(i));
+        async move { e.post(body, false, 1).await }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -148,6 +148,11 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(60))
         .build()?;
 
+    let endpoint = |addr: std::net::SocketAddr, topic: &str| Endpoint {
+        client: http.clone(),
+        url: format!("http://{addr}/topics/{topic}/records"),
+        token: token.as_str().into(),
+    };
     // Warm-up, not counted: on a broker just started (its JIT, new log segments) the first
     // round's first load ran at under half the speed of the same load later (409,182 against
     // 1,051,051 records/s direct), which made the first round's ratios say nothing.
@@ -162,11 +167,7 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
             .await?;
         let t: Topic = topic.as_str().into();
         for addr in [plain_addr, adaptive_addr] {
-            let endpoint = Endpoint {
-                client: http.clone(),
-                url: format!("http://{addr}/topics/{topic}/records"),
-                token: token.as_str().into(),
-            };
+            let endpoint = endpoint(addr, &topic);
             load::probe(&direct, &endpoint, &t, &data).await?;
             load::closed_loop(&endpoint, &data, a.batch_concurrency, a.batch, warm).await;
             load::closed_loop(&endpoint, &data, a.concurrency, 1, warm).await;
@@ -192,11 +193,7 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
             } else {
                 plain_addr
             };
-            let endpoint = Endpoint {
-                client: http.clone(),
-                url: format!("http://{addr}/topics/{topic}/records"),
-                token: token.as_str().into(),
-            };
+            let endpoint = endpoint(addr, &topic);
             let t: Topic = topic.as_str().into();
             // The topic answers, through the gateway and the direct producer alike, before
             // it is counted against anyone (leaders, metadata, the gateway's topic lookup).
