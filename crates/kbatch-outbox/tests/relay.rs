@@ -297,9 +297,12 @@ async fn parallel_relays_deliver_every_entry_once(db: Db) {
     for chunk in entries.chunks(100) {
         enqueue_all(&f, chunk, true).await;
     }
+    // Each relay keeps 2 batches in flight (the fixture's pools hold the 6 transactions):
+    // claims race within a relay as well as across them.
     let config = RelayConfig::default()
         .with_table(f.table.clone())
-        .with_batch_size(25);
+        .with_batch_size(25)
+        .with_batches_in_flight(2);
     let a = Relay::new(
         f.store.clone(),
         KafkaDeliverer::new(producer()),
@@ -313,7 +316,8 @@ async fn parallel_relays_deliver_every_entry_once(db: Db) {
     )
     .unwrap();
     let c = Relay::new(f.store.clone(), KafkaDeliverer::new(producer()), config).unwrap();
-    let (ra, rb, rc) = tokio::join!(drain(&a), drain(&b), drain(&c));
+    let (ra, rb, rc) = tokio::join!(a.drain(), b.drain(), c.drain());
+    let (ra, rb, rc) = (ra.unwrap(), rb.unwrap(), rc.unwrap());
     assert_eq!(
         ra.delivered + rb.delivered + rc.delivered,
         400,
