@@ -18,7 +18,8 @@ use crate::codec::{self, OffsetMap};
 pub(crate) enum Seen {
     /// New work: process it.
     Process,
-    /// Already completed (per the metadata found at assignment, or before a re-poll): skip.
+    /// Already completed (per the metadata found at assignment, or before a re-poll), or
+    /// polled before in this assignment and still held: skip.
     Skip,
 }
 
@@ -29,6 +30,12 @@ pub(crate) struct Tracker {
     floor: Option<i64>,
     incomplete: BTreeSet<i64>,
     highest_seen: Option<i64>,
+    /// Highest offset polled in this assignment. A record polled again at or below it was
+    /// handed over already — in flight, retrying, buffered or done — and must not run a
+    /// second time: librdkafka can fetch a partition it keeps again from an older position
+    /// (seen once in the cooperative churn test: one instance ran one record twice, 127 ms
+    /// apart, with no rebalance of its own in between).
+    polled: Option<i64>,
     /// Highest offset completed so far in this assignment.
     highest_completed: Option<i64>,
     /// Records dispatched to a handler and not yet back.
@@ -44,6 +51,7 @@ impl Tracker {
             floor: committed,
             incomplete: BTreeSet::new(),
             highest_seen: None,
+            polled: None,
             highest_completed: None,
             in_flight: 0,
             last_commit: None,
@@ -63,6 +71,10 @@ impl Tracker {
 
     /// A record at `offset` was polled.
     pub(crate) fn seen(&mut self, offset: i64) -> Seen {
+        if self.polled.is_some_and(|p| offset <= p) {
+            return Seen::Skip;
+        }
+        self.polled = Some(offset);
         if self.floor.is_none() {
             // First record of a partition never committed: the floor starts here.
             self.floor = Some(offset);
@@ -245,6 +257,36 @@ mod tests {
         for o in m.base..m.end {
             assert_eq!(m.is_completed(o), o > 0 && done(o), "offset {o}");
         }
+    }
+
+    #[test]
+    fn a_record_polled_again_in_the_same_assignment_runs_once() {
+        // Incomplete from the metadata, polled for the first time: processed once.
+        let mut t = Tracker::new(Some(100), None);
+        for o in 100..104 {
+            t.seen(o);
+        }
+        t.completed(101);
+        let (commit, meta) = t.commit(4096).unwrap();
+        let mut again = Tracker::new(Some(commit), Some(codec::decode(commit, &meta).unwrap()));
+        assert_eq!(
+            again.seen(100),
+            Seen::Process,
+            "incomplete per the metadata"
+        );
+        assert_eq!(again.seen(101), Seen::Skip, "completed per the metadata");
+        assert_eq!(again.seen(102), Seen::Process);
+        // Polled again while 100 and 102 are still in flight: not a second time.
+        for o in 100..103 {
+            assert_eq!(again.seen(o), Seen::Skip, "offset {o} polled again");
+        }
+        assert_eq!(again.seen(103), Seen::Process);
+        assert_eq!(again.seen(104), Seen::Process, "new work goes on");
+        assert_eq!(
+            again.commit_point(),
+            Some(100),
+            "the in-flight 100 holds the commit"
+        );
     }
 
     #[test]
