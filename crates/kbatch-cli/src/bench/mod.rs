@@ -70,6 +70,68 @@ impl Spread {
     }
 }
 
+/// A speed target judged over rounds: the value of each round and whether their median meets
+/// it. What the gateway and outbox benches end with.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Target {
+    pub(crate) target: String,
+    /// Per round, in round order.
+    pub(crate) values: Vec<f64>,
+    pub(crate) median: Option<f64>,
+    /// `None`: not evaluated (no values).
+    pub(crate) met: Option<bool>,
+    /// Why it could not be evaluated, when it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) note: Option<String>,
+}
+
+impl Target {
+    /// `target`, met when `ok` holds for the median of `values`.
+    pub(crate) fn judge(target: String, values: Vec<f64>, ok: impl Fn(f64) -> bool) -> Self {
+        let median = median(&values);
+        Self {
+            met: median.map(ok),
+            target,
+            values,
+            median,
+            note: None,
+        }
+    }
+
+    /// Says why the target was not evaluated (kept only when it was not).
+    pub(crate) fn unless_evaluated(mut self, note: impl FnOnce() -> String) -> Self {
+        if self.met.is_none() {
+            self.note = Some(note());
+        }
+        self
+    }
+
+    /// Prints `targets`, one verdict line each with its per-round values.
+    pub(crate) fn print_all(targets: &[Target]) {
+        eprintln!("  targets (median over rounds; per round):");
+        for t in targets {
+            let verdict = match t.met {
+                Some(true) => "[MET]",
+                Some(false) => "[MISSED]",
+                None => "[NOT EVALUATED]",
+            };
+            eprintln!(
+                "    {verdict} {}: {}{}",
+                t.target,
+                t.values
+                    .iter()
+                    .map(|v| format!("{v:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                t.note
+                    .as_deref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+}
+
 /// The median of `v` (mean of the middle two for an even count).
 pub(crate) fn median(v: &[f64]) -> Option<f64> {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();

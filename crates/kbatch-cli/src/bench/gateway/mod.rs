@@ -32,7 +32,7 @@ use kbatch_producer::{Producer, ProducerConfig};
 use rand::Rng as _;
 use tokio_util::sync::CancellationToken;
 
-use super::Spread;
+use super::{Spread, Target};
 use load::{Data, Endpoint, Measured};
 
 /// Options of `kbatch bench gateway`.
@@ -326,15 +326,6 @@ struct Summary {
     failed: u64,
 }
 
-#[derive(serde::Serialize)]
-struct Target {
-    target: String,
-    /// Per round, in round order.
-    values: Vec<f64>,
-    median: Option<f64>,
-    met: Option<bool>,
-}
-
 struct Report {
     summaries: Vec<Summary>,
     targets: Vec<Target>,
@@ -378,21 +369,12 @@ impl Report {
                 })
                 .collect()
         };
-        let target = |target: String, values: Vec<f64>, ok: fn(f64) -> bool| {
-            let median = super::median(&values);
-            Target {
-                met: median.map(ok),
-                target,
-                values,
-                median,
-            }
-        };
         let mut targets = Vec::new();
         for (suffix, which) in [
             ("", "plain producer, equal settings"),
             ("_adaptive", "adaptive producer, the gateway's default"),
         ] {
-            targets.push(target(
+            targets.push(Target::judge(
                 format!(
                     "NDJSON ({} records per request) records/s ≥ 0.8 × the direct Producer's [{which}]",
                     a.batch
@@ -400,7 +382,7 @@ impl Report {
                 ratios(&format!("ndjson{suffix}")),
                 |r| r >= 0.8,
             ));
-            targets.push(target(
+            targets.push(Target::judge(
                 format!(
                     "single-record p99 < 10 ms at {} req/s offered [{which}]",
                     a.rate
@@ -448,23 +430,7 @@ impl Report {
                 s.failed
             );
         }
-        eprintln!("  targets (median over rounds; min / median / max):");
-        for t in &self.targets {
-            let verdict = match t.met {
-                Some(true) => "[MET]",
-                Some(false) => "[MISSED]",
-                None => "[NOT EVALUATED]",
-            };
-            eprintln!(
-                "    {verdict} {}: per round {}",
-                t.target,
-                t.values
-                    .iter()
-                    .map(|v| format!("{v:.2}"))
-                    .collect::<Vec<_>>()
-                    .join(" / ")
-            );
-        }
+        Target::print_all(&self.targets);
         if a.rounds < 3 {
             eprintln!("  NOTE: {} round(s) only: no meaningful spread", a.rounds);
         }

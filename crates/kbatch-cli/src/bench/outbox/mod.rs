@@ -32,7 +32,7 @@ use kbatch_client::{Admin, ClientConfig, NewTopic};
 use kbatch_outbox::{OutboxStore, RelayConfig, TableName};
 use kbatch_producer::{Producer, ProducerConfig};
 
-use super::Spread;
+use super::{Spread, Target};
 use debezium::DebeziumRun;
 use drain::Drained;
 use sustained::Sustained;
@@ -349,18 +349,6 @@ struct Summary {
     lost: u64,
 }
 
-#[derive(serde::Serialize)]
-struct Target {
-    target: String,
-    /// Per round, in round order.
-    values: Vec<f64>,
-    median: Option<f64>,
-    met: Option<bool>,
-    /// Why it could not be evaluated, when it was not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    note: Option<String>,
-}
-
 struct Report {
     summaries: Vec<Summary>,
     lag: Option<(Option<Spread>, Option<Spread>, Option<Spread>)>,
@@ -437,16 +425,14 @@ impl Report {
             .collect();
         let mut targets = Vec::new();
         let values: Vec<f64> = pg1000.iter().map(|(_, v)| *v).collect();
-        let median = super::median(&values);
-        targets.push(Target {
-            target: "PostgreSQL, batch 1,000: ≥ 50,000 msg/s".to_owned(),
-            met: median.map(|m| m >= 50_000.0),
-            note: median
-                .is_none()
-                .then(|| "postgres not measured (--stores)".to_owned()),
-            values,
-            median,
-        });
+        targets.push(
+            Target::judge(
+                "PostgreSQL, batch 1,000: ≥ 50,000 msg/s".to_owned(),
+                values,
+                |m| m >= 50_000.0,
+            )
+            .unless_evaluated(|| "postgres not measured (--stores)".to_owned()),
+        );
         let ratios: Vec<f64> = pg1000
             .iter()
             .filter_map(|(round, ours)| {
@@ -454,20 +440,18 @@ impl Report {
                 Some(ours / theirs.max(1e-9))
             })
             .collect();
-        let median = super::median(&ratios);
-        let note = match (median, dbz_on, dbz_error) {
-            (Some(_), _, _) => None,
-            (None, false, _) => Some("Debezium not run (--no-debezium or no postgres)".to_owned()),
-            (None, true, Some(e)) => Some(format!("Debezium failed: {e}")),
-            (None, true, None) => Some("no round with both rows".to_owned()),
-        };
-        targets.push(Target {
-            target: "PostgreSQL, batch 1,000: ahead of Debezium (ratio > 1)".to_owned(),
-            met: median.map(|m| m > 1.0),
-            note,
-            values: ratios,
-            median,
-        });
+        targets.push(
+            Target::judge(
+                "PostgreSQL, batch 1,000: ahead of Debezium (ratio > 1)".to_owned(),
+                ratios,
+                |m| m > 1.0,
+            )
+            .unless_evaluated(|| match (dbz_on, dbz_error) {
+                (false, _) => "Debezium not run (--no-debezium or no postgres)".to_owned(),
+                (true, Some(e)) => format!("Debezium failed: {e}"),
+                (true, None) => "no round with both rows".to_owned(),
+            }),
+        );
         Self {
             summaries,
             lag,
@@ -509,27 +493,7 @@ impl Report {
                 f(max, 0)
             );
         }
-        eprintln!("  targets (median over rounds; per round):");
-        for t in &self.targets {
-            let verdict = match t.met {
-                Some(true) => "[MET]",
-                Some(false) => "[MISSED]",
-                None => "[NOT EVALUATED]",
-            };
-            eprintln!(
-                "    {verdict} {}: {}{}",
-                t.target,
-                t.values
-                    .iter()
-                    .map(|v| format!("{v:.2}"))
-                    .collect::<Vec<_>>()
-                    .join(" / "),
-                t.note
-                    .as_deref()
-                    .map(|n| format!(" ({n})"))
-                    .unwrap_or_default()
-            );
-        }
+        Target::print_all(&self.targets);
         if a.rounds < 3 {
             eprintln!("  NOTE: {} round(s) only: no meaningful spread", a.rounds);
         }
