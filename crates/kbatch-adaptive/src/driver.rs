@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::partitioner::KeyHash;
 use crate::persist::Persistence;
 use crate::pool::VecPool;
-use crate::producer::{AdaptiveCloseReport, Pending, Shared};
+use crate::producer::{AdaptiveCloseReport, Entry, Pending, Shared};
 use crate::reply::Reply;
 use crate::reply::{EventDelivered, settle_all};
 use crate::topics::{PartitionCount, Topics};
@@ -64,7 +64,8 @@ const TIMER_SLACK: Duration = Duration::from_millis(1);
 const TICK: Duration = Duration::from_millis(10);
 /// …and while idle.
 const IDLE_TICK: Duration = Duration::from_millis(100);
-/// Most events taken from the intake per pass, so timers are checked between passes.
+/// Events taken from the intake per pass (a chunk may take it past), so timers are checked
+/// between passes.
 const PASS: usize = 4_096;
 /// How often what was learned is saved.
 const PERSIST_EVERY: Duration = Duration::from_secs(10);
@@ -260,12 +261,12 @@ impl Driver {
             while let Some(v) = self.spares.pop() {
                 self.batcher.recycle(v);
             }
-            let taken = shared.intake.pop_into(&mut buf, PASS);
+            let taken = shared.intake.pop_events_into(&mut buf, PASS, Entry::events);
             let now = Instant::now();
             if taken > 0 {
                 self.controller.record(taken as u64, now);
                 self.epoch_submitted += taken as u64;
-                for p in buf.drain(..) {
+                for p in buf.drain(..).flatten() {
                     // Synchronous unless a topic's partition count is not known yet: an async
                     // call per event moved each event through its future's state.
                     match self.admit(&shared, p) {
@@ -298,7 +299,7 @@ impl Driver {
                     self.flush(&shared, f).await;
                 }
             }
-            if taken == PASS {
+            if taken >= PASS {
                 continue;
             }
             if shared.intake.is_closed() && shared.intake.is_empty() {

@@ -103,6 +103,28 @@ pub enum TrySendError {
     Closed(Record),
 }
 
+/// Why [`AdaptiveProducer::try_send_many_with`](crate::AdaptiveProducer::try_send_many_with)
+/// took none of the records; every record is handed back, in order.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrySendManyError {
+    /// The intake has no room for all of them.
+    #[error("adaptive producer's intake is full; {} events handed back", .0.len())]
+    Full(Vec<Record>),
+    /// The producer is closed.
+    #[error("adaptive producer closed; {} events handed back", .0.len())]
+    Closed(Vec<Record>),
+}
+
+impl TrySendManyError {
+    /// The records, in the order given.
+    pub fn into_records(self) -> Vec<Record> {
+        match self {
+            TrySendManyError::Full(r) | TrySendManyError::Closed(r) => r,
+        }
+    }
+}
+
 impl TrySendError {
     /// The event.
     pub fn into_record(self) -> Record {

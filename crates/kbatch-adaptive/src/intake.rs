@@ -9,9 +9,15 @@
 //! Events that must stay in order (the same key, the same explicit partition) carry an order
 //! hint and always go to the shard it names: each shard is FIFO, so their order holds. Events
 //! without one go to their thread's shard, or any shard with room. Shards are lock-free and
-//! bounded, so submitting threads rarely touch the same cache line. A full intake is back-pressure: `push` waits on a notification and
-//! `try_push` hands the event back; nobody spins. The driver parks when every shard is empty
-//! and is woken by the next push (one atomic load per push while it runs).
+//! bounded, so submitting threads rarely touch the same cache line. A full intake is
+//! back-pressure: `push` waits on a notification and `try_push` hands the event back; nobody
+//! spins. The driver parks when every shard is empty and is woken by the next push (one atomic
+//! load per push while it runs).
+//!
+//! An item may stand for many events (a chunk of a `send_many` call: one hand-over instead of
+//! one per event). The bound is in events, not items: each shard counts the events its chunks
+//! stand for and refuses an item that would take it past its share of the capacity — except
+//! into an empty shard, so an item larger than a shard's share still goes in, alone.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -30,7 +36,7 @@ pub enum PushError<E> {
 /// The intake. See the [module docs](self).
 #[derive(Debug)]
 pub struct Intake<E> {
-    shards: Box<[ArrayQueue<E>]>,
+    shards: Box<[Shard<E>]>,
     /// Submitters waiting for room.
     space: Notify,
     waiting: AtomicUsize,
@@ -38,6 +44,49 @@ pub struct Intake<E> {
     items: Notify,
     parked: AtomicBool,
     closed: AtomicBool,
+}
+
+/// One FIFO shard and the events its items stand for.
+#[derive(Debug)]
+struct Shard<E> {
+    queue: ArrayQueue<E>,
+    /// Events beyond one per item that its items stand for: the events held are
+    /// `queue.len() + extra`. Only chunks write it, so submitters of single events only read
+    /// it — a counter every push wrote was one more cache line fought over by the submitters
+    /// and the driver (the bare hand-over took twice as long).
+    extra: AtomicUsize,
+    /// Most events held (the queue holds as many items), unless one item alone is larger.
+    capacity: usize,
+}
+
+impl<E> Shard<E> {
+    /// Takes `e`, standing for `events` (at least one), when there is room. Racing
+    /// submitters may take the shard past its capacity by one event each, no more.
+    fn push(&self, e: E, events: usize) -> Result<(), E> {
+        let more = events.saturating_sub(1);
+        if more == 0 {
+            // One event: the queue's own bound, plus the chunks' events when there are any.
+            let extra = self.extra.load(Ordering::Acquire);
+            if extra > 0 && extra + self.queue.len() >= self.capacity {
+                return Err(e);
+            }
+            return self.queue.push(e);
+        }
+        let before = self.extra.fetch_add(more, Ordering::AcqRel);
+        let held = before + self.queue.len();
+        if held > 0 && held + events > self.capacity {
+            self.extra.fetch_sub(more, Ordering::AcqRel);
+            return Err(e);
+        }
+        self.queue.push(e).inspect_err(|_| {
+            self.extra.fetch_sub(more, Ordering::AcqRel);
+        })
+    }
+
+    /// Events held (a snapshot).
+    fn held(&self) -> usize {
+        self.queue.len() + self.extra.load(Ordering::Acquire)
+    }
 }
 
 static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
@@ -52,7 +101,13 @@ impl<E> Intake<E> {
         let shards = shards.clamp(1, capacity.max(1));
         let per = capacity.max(1).div_ceil(shards);
         Self {
-            shards: (0..shards).map(|_| ArrayQueue::new(per)).collect(),
+            shards: (0..shards)
+                .map(|_| Shard {
+                    queue: ArrayQueue::new(per),
+                    extra: AtomicUsize::new(0),
+                    capacity: per,
+                })
+                .collect(),
             space: Notify::new(),
             waiting: AtomicUsize::new(0),
             items: Notify::new(),
@@ -63,28 +118,49 @@ impl<E> Intake<E> {
 
     /// Events it can hold.
     pub fn capacity(&self) -> usize {
-        self.shards.iter().map(ArrayQueue::capacity).sum()
+        self.shards.iter().map(|s| s.capacity).sum()
     }
 
     /// Events held now (a snapshot).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(ArrayQueue::len).sum()
+        self.shards.iter().map(Shard::held).sum()
     }
 
     /// True when nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.shards.iter().all(ArrayQueue::is_empty)
+        self.shards.iter().all(|s| s.queue.is_empty())
+    }
+
+    /// Shards: an order hint `h` names shard `h % shards()`.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The shard events without an order hint go to first from this thread.
+    pub fn home_shard(&self) -> usize {
+        THREAD_INDEX.with(|i| *i) % self.shards.len()
     }
 
     /// Hands `e` in without waiting. Events with the same `order` hint come out in the order
     /// they went in; events without one may overtake each other.
     pub fn try_push(&self, order: Option<u64>, e: E) -> Result<(), PushError<E>> {
+        self.try_push_many(order, e, 1)
+    }
+
+    /// As [`try_push`](Self::try_push), for an item standing for `events` events (counted
+    /// against the capacity as that many).
+    pub fn try_push_many(
+        &self,
+        order: Option<u64>,
+        e: E,
+        events: usize,
+    ) -> Result<(), PushError<E>> {
         if self.closed.load(Ordering::Acquire) {
             return Err(PushError::Closed(e));
         }
         let n = self.shards.len();
         if let Some(h) = order {
-            return match self.shards[(h % n as u64) as usize].push(e) {
+            return match self.shards[(h % n as u64) as usize].push(e, events) {
                 Ok(()) => {
                     self.wake_driver();
                     Ok(())
@@ -92,10 +168,10 @@ impl<E> Intake<E> {
                 Err(e) => Err(PushError::Full(e)),
             };
         }
-        let home = THREAD_INDEX.with(|i| *i) % n;
+        let home = self.home_shard();
         let mut e = e;
         for k in 0..n {
-            match self.shards[(home + k) % n].push(e) {
+            match self.shards[(home + k) % n].push(e, events) {
                 Ok(()) => {
                     self.wake_driver();
                     return Ok(());
@@ -111,7 +187,15 @@ impl<E> Intake<E> {
     /// # Cancellation
     /// Dropping the future while it waits drops `e`; it was not handed in.
     pub async fn push(&self, order: Option<u64>, e: E) -> Result<(), E> {
-        let mut e = match self.try_push(order, e) {
+        self.push_many(order, e, 1).await
+    }
+
+    /// As [`push`](Self::push), for an item standing for `events` events.
+    ///
+    /// # Cancellation
+    /// As [`push`](Self::push).
+    pub async fn push_many(&self, order: Option<u64>, e: E, events: usize) -> Result<(), E> {
+        let mut e = match self.try_push_many(order, e, events) {
             Ok(()) => return Ok(()),
             Err(PushError::Closed(e)) => return Err(e),
             Err(PushError::Full(e)) => e,
@@ -121,7 +205,7 @@ impl<E> Intake<E> {
             tokio::pin!(notified);
             notified.as_mut().enable();
             self.waiting.fetch_add(1, Ordering::SeqCst);
-            let retry = self.try_push(order, e);
+            let retry = self.try_push_many(order, e, events);
             match retry {
                 Ok(()) => {
                     self.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -144,9 +228,21 @@ impl<E> Intake<E> {
         }
     }
 
-    /// Moves up to `max` events into `out`, oldest of each shard first; returns how many.
-    /// Wakes submitters waiting for room.
+    /// Moves up to `max` items into `out`, oldest of each shard first; returns how many.
+    /// Wakes submitters waiting for room. For items that each stand for one event.
     pub fn pop_into(&self, out: &mut Vec<E>, max: usize) -> usize {
+        self.pop_events_into(out, max, |_| 1)
+    }
+
+    /// Moves items into `out`, oldest of each shard first, until they stand for `max` events
+    /// or more (`events` tells what an item stands for, as it was pushed); returns how many
+    /// events. Wakes submitters waiting for room.
+    pub fn pop_events_into(
+        &self,
+        out: &mut Vec<E>,
+        max: usize,
+        events: impl Fn(&E) -> usize,
+    ) -> usize {
         let mut taken = 0;
         // Round-robin over the shards so one busy thread cannot starve the others.
         'outer: while taken < max {
@@ -155,9 +251,13 @@ impl<E> Intake<E> {
                 if taken >= max {
                     break 'outer;
                 }
-                if let Some(e) = s.pop() {
+                if let Some(e) = s.queue.pop() {
+                    let n = events(&e);
+                    if n > 1 {
+                        s.extra.fetch_sub(n - 1, Ordering::AcqRel);
+                    }
                     out.push(e);
-                    taken += 1;
+                    taken += n;
                 }
             }
             if taken == before {
@@ -217,6 +317,51 @@ mod tests {
         assert_eq!(out, [0, 1, 2, 3]);
         q.close();
         assert_eq!(q.try_push(None, 5), Err(PushError::Closed(5)));
+    }
+
+    #[test]
+    fn an_item_counts_as_the_events_it_stands_for() {
+        // Two shards of 4 events each; items are (name, events).
+        let q = Intake::new(8, 2);
+        q.try_push_many(Some(0), ("a", 3), 3).unwrap();
+        assert_eq!(
+            q.try_push_many(Some(0), ("b", 2), 2),
+            Err(PushError::Full(("b", 2))),
+            "3 + 2 events exceed the shard's 4"
+        );
+        q.try_push(Some(0), ("c", 1)).unwrap();
+        assert_eq!(
+            q.try_push(Some(0), ("d", 1)),
+            Err(PushError::Full(("d", 1)))
+        );
+        assert_eq!(q.len(), 4);
+        // An item larger than a shard's share goes into an empty shard, alone.
+        q.try_push_many(Some(1), ("big", 10), 10).unwrap();
+        assert_eq!(
+            q.try_push(Some(1), ("e", 1)),
+            Err(PushError::Full(("e", 1)))
+        );
+        assert_eq!(q.len(), 14);
+        // Popping stops once the items taken stand for `max` events, and frees their room.
+        let mut out = Vec::new();
+        assert_eq!(
+            q.pop_events_into(&mut out, 4, |e| e.1),
+            13,
+            "a (3) and big (10)"
+        );
+        assert_eq!(out, [("a", 3), ("big", 10)]);
+        assert_eq!(q.len(), 1);
+        q.try_push_many(Some(0), ("b", 2), 2).unwrap();
+        q.try_push_many(Some(1), ("f", 4), 4).unwrap();
+        out.clear();
+        assert_eq!(q.pop_events_into(&mut out, 100, |e| e.1), 7);
+        assert_eq!(
+            out,
+            [("c", 1), ("f", 4), ("b", 2)],
+            "each shard in its order"
+        );
+        assert!(q.is_empty());
+        assert_eq!(q.len(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,10 +66,12 @@ mod topics;
 pub use batcher::{Batcher, FlushCause, Flushed};
 pub use config::{AdaptiveConfig, CalibrationSetting, Shape};
 pub use controller::{Controller, ControllerConfig, Rates};
-pub use error::{AdaptiveError, Result, TrySendError};
+pub use error::{AdaptiveError, Result, TrySendError, TrySendManyError};
 pub use intake::{Intake, PushError};
 pub use learner::{Choice, EpochStats, Judged, Learned, Learner, LearnerConfig, Regression};
 pub use levels::{BatchSettings, Level, LevelId, LevelTable};
 pub use partitioner::KeyHash;
 pub use producer::{AdaptiveCloseReport, AdaptiveProducer, AdaptiveStats, SendOptions};
-pub use reply::{EventDelivered, EventFuture, EventResult, ManyFuture};
+pub use reply::{
+    EventDelivered, EventFuture, EventResult, ManyFuture, ManyResults, ManyResultsIter,
+};

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::AdaptiveConfig;
 use crate::driver::{self, Driver};
-use crate::error::{AdaptiveError, TrySendError};
+use crate::error::{AdaptiveError, TrySendError, TrySendManyError};
 use crate::intake::{Intake, PushError};
 use crate::learner::Learned;
 use crate::levels::{BatchSettings, LevelId};
@@ -28,6 +28,53 @@ pub(crate) struct Pending {
     /// key's partition under librdkafka's default partitioner.
     pub(crate) key_crc: Option<u32>,
     pub(crate) reply: Reply,
+}
+
+/// What the intake holds: one event, or a chunk of a `send_many` call — one hand-over for
+/// many events, all of one intake shard (so each key's order holds as if they went one by one).
+#[derive(Debug)]
+pub(crate) enum Entry {
+    One(Pending),
+    Many(Vec<Pending>),
+}
+
+impl Entry {
+    /// Events it stands for.
+    pub(crate) fn events(&self) -> usize {
+        match self {
+            Entry::One(_) => 1,
+            Entry::Many(v) => v.len(),
+        }
+    }
+}
+
+impl IntoIterator for Entry {
+    type Item = Pending;
+    type IntoIter = EntryIter;
+
+    fn into_iter(self) -> EntryIter {
+        match self {
+            Entry::One(p) => EntryIter::One(Some(p)),
+            Entry::Many(v) => EntryIter::Many(v.into_iter()),
+        }
+    }
+}
+
+/// An entry's events, in order.
+pub(crate) enum EntryIter {
+    One(Option<Pending>),
+    Many(std::vec::IntoIter<Pending>),
+}
+
+impl Iterator for EntryIter {
+    type Item = Pending;
+
+    fn next(&mut self) -> Option<Pending> {
+        match self {
+            EntryIter::One(p) => p.take(),
+            EntryIter::Many(v) => v.next(),
+        }
+    }
 }
 
 /// Counters and the current decision.
@@ -89,7 +136,7 @@ pub(crate) struct Counters {
 /// State shared by the handles, the driver and the completion tasks.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) intake: Intake<Pending>,
+    pub(crate) intake: Intake<Entry>,
     pub(crate) counters: Counters,
     /// The level and settings in force, for `level()` and `settings()`.
     pub(crate) decision: Mutex<(LevelId, BatchSettings)>,
@@ -211,9 +258,21 @@ impl AdaptiveProducer {
         reply: Reply,
         arrived: Instant,
     ) -> Pending {
+        let crc = record.key.as_deref().map(crc32fast::hash);
+        self.detached_with_crc(record, budget, reply, arrived, crc)
+    }
+
+    fn detached_with_crc(
+        &self,
+        record: Record,
+        budget: Option<Duration>,
+        reply: Reply,
+        arrived: Instant,
+        key_crc: Option<u32>,
+    ) -> Pending {
         let budget = budget.map_or(self.shared.budget_cap, |b| b.min(self.shared.budget_cap));
         Pending {
-            key_crc: record.key.as_deref().map(crc32fast::hash),
+            key_crc,
             record,
             arrived,
             budget,
@@ -224,7 +283,7 @@ impl AdaptiveProducer {
     /// Puts `p` into the intake, waiting while it is full; hands the record back once closed.
     async fn hand_in(&self, p: Pending) -> Result<(), AdaptiveError> {
         let hint = order_hint(&p);
-        match self.shared.intake.push(hint, p).await {
+        match self.shared.intake.push(hint, Entry::One(p)).await {
             Ok(()) => {
                 self.shared
                     .counters
@@ -232,8 +291,8 @@ impl AdaptiveProducer {
                     .fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
-            Err(p) => Err(AdaptiveError::Closed {
-                record: Some(Box::new(p.record)),
+            Err(e) => Err(AdaptiveError::Closed {
+                record: e.into_iter().next().map(|p| Box::new(p.record)),
             }),
         }
     }
@@ -254,27 +313,38 @@ impl AdaptiveProducer {
     /// for all of them: it resolves when every event is settled, with one outcome per event
     /// in the order given. For callers that produce in batches (a consumed batch, an HTTP
     /// request, a file): it saves the future per event (an allocation and a cross-thread
-    /// wake-up each), which at hundreds of thousands of events a second is most of what an
-    /// event costs beyond its bytes. Events keep their order per key as with [`send`](Self::send).
-    /// Events refused because the producer closed meanwhile settle as `Closed`, each handing
-    /// its record back.
+    /// wake-up each), and the events go to the batcher in a few chunks (one per intake shard
+    /// their keys fall in) instead of one by one. Events keep their order per key as with
+    /// [`send`](Self::send). Events refused because the producer closed meanwhile settle as
+    /// `Closed`, each handing its record back.
     ///
     /// # Cancellation
     /// Dropping this future while it waits for room drops the records not yet handed in;
     /// those handed in are sent.
     pub async fn send_many(&self, records: Vec<Record>) -> ManyFuture {
-        let (replies, f) = Reply::many(records.len());
-        // One clock read for the call: the events arrive together.
-        let arrived = Instant::now();
+        self.send_many_with(records, SendOptions::default()).await
+    }
+
+    /// As [`send_many`](Self::send_many), with `options`: a latency budget for every event,
+    /// and a sequence — then the records go in as one chunk and keep the order given,
+    /// whatever their keys (see [`SendOptions::sequence`]).
+    ///
+    /// # Cancellation
+    /// As [`send_many`](Self::send_many).
+    pub async fn send_many_with(&self, records: Vec<Record>, options: SendOptions) -> ManyFuture {
+        let (chunks, f) = self.chunks(records, options);
         let mut taken = 0u64;
-        for (record, reply) in records.into_iter().zip(replies) {
-            let p = self.detached(record, None, reply, arrived);
-            // Once closed, the intake refuses every later event at once, without waiting.
-            match self.shared.intake.push(order_hint(&p), p).await {
-                Ok(()) => taken += 1,
-                Err(p) => p.reply.send(Err(AdaptiveError::Closed {
-                    record: Some(Box::new(p.record)),
-                })),
+        for (hint, chunk) in chunks {
+            let n = chunk.len();
+            // Once closed, the intake refuses every later chunk at once, without waiting.
+            match self
+                .shared
+                .intake
+                .push_many(Some(hint), Entry::Many(chunk), n)
+                .await
+            {
+                Ok(()) => taken += n as u64,
+                Err(e) => refuse_closed(e),
             }
         }
         self.shared
@@ -282,6 +352,92 @@ impl AdaptiveProducer {
             .submitted
             .fetch_add(taken, Ordering::Relaxed);
         f
+    }
+
+    /// Hands `records` in as one sequence (`options.sequence`, or a new one), all or none,
+    /// without waiting: a full or closed intake hands every record back. The non-waiting form
+    /// of [`send_many_with`](Self::send_many_with), for callers such as an HTTP handler that
+    /// must answer "full" at once rather than queue.
+    pub fn try_send_many_with(
+        &self,
+        records: Vec<Record>,
+        options: SendOptions,
+    ) -> Result<ManyFuture, TrySendManyError> {
+        let sequence = options.sequence.unwrap_or_else(new_sequence);
+        let (mut chunks, f) = self.chunks(records, options.in_sequence(sequence));
+        let Some((hint, chunk)) = chunks.pop() else {
+            return Ok(f);
+        };
+        let n = chunk.len();
+        match self
+            .shared
+            .intake
+            .try_push_many(Some(hint), Entry::Many(chunk), n)
+        {
+            Ok(()) => {
+                self.shared
+                    .counters
+                    .submitted
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                Ok(f)
+            }
+            Err(PushError::Full(e)) => Err(TrySendManyError::Full(records_of(e))),
+            Err(PushError::Closed(e)) => Err(TrySendManyError::Closed(records_of(e))),
+        }
+    }
+
+    /// The events of `records` in the chunks they go to the intake in, each with its order
+    /// hint: one chunk for a sequence; otherwise one per intake shard their keys (or explicit
+    /// partitions) fall in, events without either in this thread's shard. Each chunk keeps
+    /// the order given, so each key's does.
+    fn chunks(
+        &self,
+        records: Vec<Record>,
+        options: SendOptions,
+    ) -> (Vec<(u64, Vec<Pending>)>, ManyFuture) {
+        let (replies, f) = Reply::many(records.len());
+        // One clock read for the call: the events arrive together.
+        let arrived = Instant::now();
+        let budget = options.budget;
+        if let Some(sequence) = options.sequence {
+            let chunk: Vec<Pending> = records
+                .into_iter()
+                .zip(replies)
+                .map(|(r, reply)| self.detached(r, budget, reply, arrived))
+                .collect();
+            let chunks = if chunk.is_empty() {
+                Vec::new()
+            } else {
+                vec![(sequence, chunk)]
+            };
+            return (chunks, f);
+        }
+        let intake = &self.shared.intake;
+        let shards = intake.shards();
+        let home = intake.home_shard();
+        // Each record's shard first, so every chunk is allocated once at its size.
+        let mut counts = vec![0usize; shards];
+        let placed: Vec<(Option<u32>, usize)> = records
+            .iter()
+            .map(|r| {
+                let crc = r.key.as_deref().map(crc32fast::hash);
+                let shard = hint_of(r, crc).map_or(home, |h| (h % shards as u64) as usize);
+                counts[shard] += 1;
+                (crc, shard)
+            })
+            .collect();
+        let mut by_shard: Vec<Vec<Pending>> =
+            counts.iter().map(|&c| Vec::with_capacity(c)).collect();
+        for ((record, reply), (crc, shard)) in records.into_iter().zip(replies).zip(placed) {
+            by_shard[shard].push(self.detached_with_crc(record, budget, reply, arrived, crc));
+        }
+        let chunks = by_shard
+            .into_iter()
+            .enumerate()
+            .filter(|(_, c)| !c.is_empty())
+            .map(|(s, c)| (s as u64, c))
+            .collect();
+        (chunks, f)
     }
 
     /// Hands `record` in, waiting while the intake is full, and returns its future. Fails at
@@ -354,7 +510,7 @@ impl AdaptiveProducer {
     ) -> Result<EventFuture, TrySendError> {
         let (p, f) = self.pending(record, options.budget);
         let hint = options.sequence.or_else(|| order_hint(&p));
-        match self.shared.intake.try_push(hint, p) {
+        match self.shared.intake.try_push(hint, Entry::One(p)) {
             Ok(()) => {
                 self.shared
                     .counters
@@ -362,8 +518,8 @@ impl AdaptiveProducer {
                     .fetch_add(1, Ordering::Relaxed);
                 Ok(f)
             }
-            Err(PushError::Full(p)) => Err(TrySendError::Full(p.record)),
-            Err(PushError::Closed(p)) => Err(TrySendError::Closed(p.record)),
+            Err(PushError::Full(e)) => Err(TrySendError::Full(one_record(e))),
+            Err(PushError::Closed(e)) => Err(TrySendError::Closed(one_record(e))),
         }
     }
 
@@ -448,11 +604,42 @@ impl SendOptions {
 /// Events that must keep their order share a hint: the same explicit partition, else the
 /// same key. Others may go to any intake shard.
 fn order_hint(p: &Pending) -> Option<u64> {
-    match (p.record.partition, p.key_crc) {
-        (Some(part), _) => {
-            Some(u64::from(crc32fast::hash(p.record.topic.as_bytes())) ^ part as u64)
-        }
+    hint_of(&p.record, p.key_crc)
+}
+
+fn hint_of(record: &Record, key_crc: Option<u32>) -> Option<u64> {
+    match (record.partition, key_crc) {
+        (Some(part), _) => Some(u64::from(crc32fast::hash(record.topic.as_bytes())) ^ part as u64),
         (None, crc) => crc.map(u64::from),
+    }
+}
+
+/// A sequence id no caller chose: high bit set, apart from small ids callers count up from.
+fn new_sequence() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1 << 63);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The record of an entry of one event, refused by the intake.
+fn one_record(e: Entry) -> Record {
+    match e {
+        Entry::One(p) => p.record,
+        Entry::Many(_) => unreachable!("try_send_with hands in one event"),
+    }
+}
+
+/// The records of a refused entry, in order (their replies dropped unanswered: the caller
+/// gets the records back instead).
+fn records_of(e: Entry) -> Vec<Record> {
+    e.into_iter().map(|p| p.record).collect()
+}
+
+/// Settles every event of an entry the closed intake refused as `Closed`, with its record.
+fn refuse_closed(e: Entry) {
+    for p in e {
+        p.reply.send(Err(AdaptiveError::Closed {
+            record: Some(Box::new(p.record)),
+        }));
     }
 }
 

@@ -65,7 +65,7 @@ impl Reply {
         let (tx, rx) = oneshot::channel();
         let many = Arc::new(Many {
             state: Mutex::new(ManyState {
-                slots: (0..n).map(|_| Slot::Open).collect(),
+                results: ManyResults::open(n),
                 remaining: n,
                 done: Some(tx),
             }),
@@ -135,20 +135,11 @@ struct Many {
     state: Mutex<ManyState>,
 }
 
-/// One event's outcome while its call waits for the others: a third of an `EventResult`'s
-/// size (the error, rare, is boxed), so settling thousands moves less.
-#[derive(Debug)]
-enum Slot {
-    Open,
-    Delivered(EventDelivered),
-    Failed(Box<AdaptiveError>),
-}
-
 #[derive(Debug)]
 struct ManyState {
-    slots: Vec<Slot>,
+    results: ManyResults,
     remaining: usize,
-    done: Option<oneshot::Sender<Vec<EventResult>>>,
+    done: Option<oneshot::Sender<ManyResults>>,
 }
 
 impl Many {
@@ -162,39 +153,232 @@ impl Many {
 }
 
 impl ManyState {
-    /// Settles slot `i` (once: a second outcome is ignored); the last one finishes the call.
+    /// Settles event `i` (once: a second outcome is ignored); the last one finishes the call.
     fn settle(&mut self, i: u32, r: EventResult) {
-        let Some(slot) = self.slots.get_mut(i as usize) else {
-            return;
-        };
-        if !matches!(slot, Slot::Open) {
-            return;
-        }
-        *slot = match r {
-            Ok(d) => Slot::Delivered(d),
-            Err(e) => Slot::Failed(Box::new(e)),
-        };
-        self.remaining -= 1;
-        if self.remaining == 0 {
-            self.finish();
+        if self.results.settle(i, r) {
+            self.remaining -= 1;
+            if self.remaining == 0 {
+                self.finish();
+            }
         }
     }
 
-    /// Hands every outcome to the caller's future (an unsettled slot, if any, as `Closed`).
+    /// Hands every outcome to the caller's future (an unsettled event, if any, as `Closed`).
     fn finish(&mut self) {
-        let results = std::mem::take(&mut self.slots)
-            .into_iter()
-            .map(|s| match s {
-                Slot::Delivered(d) => Ok(d),
-                Slot::Failed(e) => Err(*e),
-                Slot::Open => Err(AdaptiveError::Closed { record: None }),
-            })
-            .collect();
+        let mut results = std::mem::take(&mut self.results);
+        results.close_open();
         if let Some(tx) = self.done.take() {
             let _ = tx.send(results);
         }
     }
 }
+
+/// An event not settled yet.
+const OPEN: u32 = u32::MAX;
+/// A failed event: its error is in `ManyResults::errors`.
+const FAILED: u32 = u32::MAX - 1;
+/// No index: the event is a Kafka record of its own.
+const NO_INDEX: u32 = u32::MAX;
+
+/// Where one event of a call landed: the acknowledged Kafka record (an entry of
+/// `ManyResults::records`, or a marker) and its index in that record's envelope. Eight bytes
+/// an event: settling a call touches a fifth of the memory a full outcome per event did (the
+/// slots are cold by the time the broker answers, so every cache line is a miss).
+#[derive(Clone, Copy, Debug)]
+struct Landed {
+    record: u32,
+    index: u32,
+}
+
+/// An acknowledged Kafka record some of a call's events are in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Written {
+    partition: i32,
+    offset: Offset,
+    timestamp: Option<Timestamp>,
+}
+
+/// The outcomes of one [`send_many`](crate::AdaptiveProducer::send_many) call, in the order
+/// the events were handed in. Compact: an event's outcome is made when asked for
+/// ([`get`](Self::get), [`iter`](Self::iter), or by value through `into_iter`), so a caller
+/// that only counts ([`delivered`](Self::delivered), [`failed`](Self::failed)) pays nothing
+/// per event.
+#[derive(Debug, Default)]
+pub struct ManyResults {
+    events: Vec<Landed>,
+    records: Vec<Written>,
+    /// Failed events and why, in the order they failed.
+    errors: Vec<(u32, AdaptiveError)>,
+}
+
+impl ManyResults {
+    fn open(n: usize) -> Self {
+        Self {
+            events: vec![
+                Landed {
+                    record: OPEN,
+                    index: NO_INDEX,
+                };
+                n
+            ],
+            records: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Records `r` for event `i`; false when `i` was settled already (or is out of range).
+    fn settle(&mut self, i: u32, r: EventResult) -> bool {
+        let Some(slot) = self.events.get(i as usize) else {
+            return false;
+        };
+        if slot.record != OPEN {
+            return false;
+        }
+        let landed = match r {
+            Ok(d) => {
+                let w = Written {
+                    partition: d.partition,
+                    offset: d.offset,
+                    timestamp: d.timestamp,
+                };
+                // An envelope's events settle one after another: one entry for all of them.
+                if self.records.last() != Some(&w) {
+                    self.records.push(w);
+                }
+                Landed {
+                    record: (self.records.len() - 1) as u32,
+                    index: d.index.unwrap_or(NO_INDEX),
+                }
+            }
+            Err(e) => {
+                self.errors.push((i, e));
+                Landed {
+                    record: FAILED,
+                    index: NO_INDEX,
+                }
+            }
+        };
+        self.events[i as usize] = landed;
+        true
+    }
+
+    /// Settles every open event as `Closed`, and orders the errors by event.
+    fn close_open(&mut self) {
+        for (i, e) in self.events.iter_mut().enumerate() {
+            if e.record == OPEN {
+                e.record = FAILED;
+                self.errors
+                    .push((i as u32, AdaptiveError::Closed { record: None }));
+            }
+        }
+        self.errors.sort_by_key(|(i, _)| *i);
+    }
+
+    /// Events in the call.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// True for a call of no events.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Events acknowledged.
+    pub fn delivered(&self) -> usize {
+        self.events.len() - self.errors.len()
+    }
+
+    /// Events failed.
+    pub fn failed(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// Event `i`'s outcome.
+    pub fn get(&self, i: usize) -> Option<Result<EventDelivered, &AdaptiveError>> {
+        let e = self.events.get(i)?;
+        Some(self.outcome(i as u32, *e))
+    }
+
+    /// Every event's outcome, in hand-in order.
+    pub fn iter(&self) -> impl Iterator<Item = Result<EventDelivered, &AdaptiveError>> + '_ {
+        self.events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| self.outcome(i as u32, *e))
+    }
+
+    /// The failed events (their positions in the call) and why.
+    pub fn errors(&self) -> impl Iterator<Item = (usize, &AdaptiveError)> + '_ {
+        self.errors.iter().map(|(i, e)| (*i as usize, e))
+    }
+
+    fn outcome(&self, i: u32, e: Landed) -> Result<EventDelivered, &AdaptiveError> {
+        match self.records.get(e.record as usize) {
+            Some(w) => Ok(delivered(*w, e.index)),
+            None => Err(self
+                .errors
+                .binary_search_by_key(&i, |(j, _)| *j)
+                .map(|k| &self.errors[k].1)
+                .unwrap_or(&CLOSED)),
+        }
+    }
+}
+
+/// The answer for an event with no outcome at all (not reached: every event settles).
+static CLOSED: AdaptiveError = AdaptiveError::Closed { record: None };
+
+fn delivered(w: Written, index: u32) -> EventDelivered {
+    EventDelivered {
+        partition: w.partition,
+        offset: w.offset,
+        index: (index != NO_INDEX).then_some(index),
+        timestamp: w.timestamp,
+    }
+}
+
+impl IntoIterator for ManyResults {
+    type Item = EventResult;
+    type IntoIter = ManyResultsIter;
+
+    /// Every event's outcome by value (errors hand their records back), in hand-in order.
+    fn into_iter(self) -> ManyResultsIter {
+        ManyResultsIter {
+            events: self.events.into_iter().enumerate(),
+            records: self.records,
+            errors: self.errors.into_iter().peekable(),
+        }
+    }
+}
+
+/// [`ManyResults`] by value.
+#[derive(Debug)]
+pub struct ManyResultsIter {
+    events: std::iter::Enumerate<std::vec::IntoIter<Landed>>,
+    records: Vec<Written>,
+    errors: std::iter::Peekable<std::vec::IntoIter<(u32, AdaptiveError)>>,
+}
+
+impl Iterator for ManyResultsIter {
+    type Item = EventResult;
+
+    fn next(&mut self) -> Option<EventResult> {
+        let (i, e) = self.events.next()?;
+        Some(match self.records.get(e.record as usize) {
+            Some(w) => Ok(delivered(*w, e.index)),
+            None => match self.errors.next_if(|(j, _)| *j as usize == i) {
+                Some((_, err)) => Err(err),
+                None => Err(AdaptiveError::Closed { record: None }),
+            },
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.events.size_hint()
+    }
+}
+
+impl ExactSizeIterator for ManyResultsIter {}
 
 /// Resolves when the event is acknowledged, or with the error that failed it (handing the
 /// event back). Dropping it does not cancel the send.
@@ -218,11 +402,11 @@ impl Future for EventFuture {
 /// cancel the sends.
 #[derive(Debug)]
 pub struct ManyFuture {
-    rx: oneshot::Receiver<Vec<EventResult>>,
+    rx: oneshot::Receiver<ManyResults>,
 }
 
 impl Future for ManyFuture {
-    type Output = Vec<EventResult>;
+    type Output = ManyResults;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Every slot settles (a dropped one as Closed), so the sender never goes unanswered;
@@ -259,7 +443,7 @@ mod tests {
             "one is still out"
         );
         replies[0].take().unwrap().send(delivered(10));
-        let got = fut.await;
+        let got: Vec<EventResult> = fut.await.into_iter().collect();
         assert_eq!(got.len(), 3);
         assert_eq!(got[0].as_ref().unwrap().offset, Offset(10));
         assert!(matches!(got[1], Err(AdaptiveError::Closed { .. })));
@@ -285,10 +469,53 @@ mod tests {
             (c, Err(AdaptiveError::Closed { record: None })),
         ]);
         assert_eq!(fut_one.await.unwrap().offset, Offset(7));
-        let got = fut_many.await;
+        let got: Vec<EventResult> = fut_many.await.into_iter().collect();
         assert_eq!(got[0].as_ref().unwrap().offset, Offset(0));
         assert_eq!(got[1].as_ref().unwrap().offset, Offset(1));
         assert!(got[2].is_err());
+    }
+
+    #[tokio::test]
+    async fn many_results_answer_by_reference_and_by_value_alike() {
+        let (replies, fut) = Reply::many(6);
+        let at = |offset: i64, index: Option<u32>| EventDelivered {
+            partition: 3,
+            offset: Offset(offset),
+            index,
+            timestamp: Some(Timestamp(1_700)),
+        };
+        let mut r: Vec<_> = replies.into_iter().map(Some).collect();
+        // Failures out of order, two envelopes and a record of its own.
+        r[4].take()
+            .unwrap()
+            .send(Err(AdaptiveError::Closed { record: None }));
+        settle_all([
+            (r[0].take().unwrap(), Ok(at(40, Some(0)))),
+            (r[1].take().unwrap(), Ok(at(40, Some(1)))),
+            (r[3].take().unwrap(), Ok(at(41, Some(0)))),
+        ]);
+        r[5].take().unwrap().send(Ok(at(42, None)));
+        r[2].take()
+            .unwrap()
+            .send(Err(AdaptiveError::Closed { record: None }));
+        let got = fut.await;
+        assert_eq!((got.len(), got.delivered(), got.failed()), (6, 4, 2));
+        assert_eq!(got.errors().map(|(i, _)| i).collect::<Vec<_>>(), [2, 4]);
+        let expected = [
+            Some(at(40, Some(0))),
+            Some(at(40, Some(1))),
+            None,
+            Some(at(41, Some(0))),
+            None,
+            Some(at(42, None)),
+        ];
+        let by_ref: Vec<_> = got.iter().map(Result::ok).collect();
+        assert_eq!(by_ref, expected);
+        assert_eq!(got.get(3).unwrap().unwrap(), at(41, Some(0)));
+        assert!(got.get(4).unwrap().is_err());
+        assert!(got.get(6).is_none());
+        let by_value: Vec<_> = got.into_iter().map(Result::ok).collect();
+        assert_eq!(by_value, expected);
     }
 
     #[tokio::test]

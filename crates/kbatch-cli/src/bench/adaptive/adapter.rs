@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use futures::FutureExt as _;
 use futures::future::Map;
-use kbatch_adaptive::{AdaptiveConfig, AdaptiveError, AdaptiveProducer, EventDelivered, Shape};
+use kbatch_adaptive::{
+    AdaptiveConfig, AdaptiveError, AdaptiveProducer, EventDelivered, ManyResults, Shape,
+};
 use kbatch_core::envelope::{EnvelopeWriter, envelope_header};
 use kbatch_core::{Record, Topic};
 use kbatch_producer::ProducerConfig;
@@ -43,13 +45,13 @@ fn to_ack(r: Result<EventDelivered, AdaptiveError>) -> Result<Ack, String> {
 /// Resolves when the event is acknowledged.
 pub(super) type EventFuture = Map<kbatch_adaptive::EventFuture, ToAck>;
 
-type ManyToAck = fn(Vec<Result<EventDelivered, AdaptiveError>>) -> Result<Ack, String>;
+type ManyToAck = fn(ManyResults) -> Result<Ack, String>;
 
 /// A `send_many` call's outcomes as one acknowledgement: every distinct Kafka record its
 /// events landed in, or the first failure.
-fn many_to_ack(results: Vec<Result<EventDelivered, AdaptiveError>>) -> Result<Ack, String> {
+fn many_to_ack(results: ManyResults) -> Result<Ack, String> {
     let mut landed = Vec::with_capacity(results.len());
-    for r in results {
+    for r in results.iter() {
         let d = r.map_err(|e| e.to_string())?;
         landed.push((d.partition, d.offset.0));
     }
