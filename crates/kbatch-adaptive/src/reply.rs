@@ -76,7 +76,7 @@ impl Reply {
         let replies = (0..n)
             .map(|i| Self(Some(Kind::Many(Arc::clone(&many), i as u32))))
             .collect();
-        (replies, ManyFuture { rx })
+        (replies, ManyFuture { rx, many })
     }
 
     /// Settles the event.
@@ -274,6 +274,29 @@ impl ManyResults {
         self.errors.sort_by_key(|(i, _)| *i);
     }
 
+    /// Every outcome by value, `None` for an event not settled.
+    fn into_partial(mut self) -> Vec<Option<EventResult>> {
+        self.errors.sort_by_key(|(i, _)| *i);
+        let mut errors = self.errors.into_iter().peekable();
+        let records = self.records;
+        self.events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                if e.record == OPEN {
+                    return None;
+                }
+                Some(match records.get(e.record as usize) {
+                    Some(w) => Ok(delivered(*w, e.index)),
+                    None => match errors.next_if(|(j, _)| *j as usize == i) {
+                        Some((_, err)) => Err(err),
+                        None => Err(AdaptiveError::Closed { record: None }),
+                    },
+                })
+            })
+            .collect()
+    }
+
     /// Events in the call.
     pub fn len(&self) -> usize {
         self.events.len()
@@ -403,6 +426,30 @@ impl Future for EventFuture {
 #[derive(Debug)]
 pub struct ManyFuture {
     rx: oneshot::Receiver<ManyResults>,
+    many: Arc<Many>,
+}
+
+impl ManyFuture {
+    /// The outcomes settled so far, in hand-in order (`None`: not settled yet), giving up on
+    /// the rest — for a caller whose deadline passed that must still report what was
+    /// acknowledged. The events not settled are still sent; their outcomes go nowhere.
+    pub fn into_settled(mut self) -> Vec<Option<EventResult>> {
+        let mut state = self.many.lock();
+        if state.done.is_none() {
+            // Finished: every outcome was handed to the channel, under this lock.
+            drop(state);
+            return self
+                .rx
+                .try_recv()
+                .map(|r| r.into_iter().map(Some).collect())
+                .unwrap_or_default();
+        }
+        state.done = None;
+        // Later outcomes find no slot and are ignored.
+        let results = std::mem::take(&mut state.results);
+        drop(state);
+        results.into_partial()
+    }
 }
 
 impl Future for ManyFuture {
@@ -516,6 +563,34 @@ mod tests {
         assert!(got.get(6).is_none());
         let by_value: Vec<_> = got.into_iter().map(Result::ok).collect();
         assert_eq!(by_value, expected);
+    }
+
+    #[tokio::test]
+    async fn into_settled_reports_what_settled_and_ignores_the_rest() {
+        let (replies, fut) = Reply::many(4);
+        let mut r: Vec<_> = replies.into_iter().map(Some).collect();
+        r[3].take()
+            .unwrap()
+            .send(Err(AdaptiveError::Closed { record: None }));
+        r[1].take().unwrap().send(delivered(11));
+        let got = fut.into_settled();
+        assert_eq!(got.len(), 4);
+        assert!(got[0].is_none() && got[2].is_none());
+        assert_eq!(
+            got[1].as_ref().unwrap().as_ref().unwrap().offset,
+            Offset(11)
+        );
+        assert!(matches!(got[3], Some(Err(AdaptiveError::Closed { .. }))));
+        // Outcomes after giving up go nowhere (and do not panic).
+        r[0].take().unwrap().send(delivered(10));
+        drop(r);
+        // A call already finished answers whole.
+        let (replies, fut) = Reply::many(2);
+        for (i, reply) in replies.into_iter().enumerate() {
+            reply.send(delivered(i as i64));
+        }
+        let got = fut.into_settled();
+        assert_eq!(got.iter().filter(|o| matches!(o, Some(Ok(_)))).count(), 2);
     }
 
     #[tokio::test]

@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use kbatch_adaptive::{
-    AdaptiveConfig, AdaptiveError, AdaptiveProducer, CalibrationSetting, EventFuture, SendOptions,
-    Shape,
+    AdaptiveConfig, AdaptiveError, AdaptiveProducer, CalibrationSetting, EventDelivered,
+    EventFuture, SendOptions, Shape,
 };
 use kbatch_core::{Classify, ErrorClass, Offset, Record, Timestamp};
 use kbatch_producer::{CloseReport, DeliveryFuture, ProduceError, Producer};
@@ -172,12 +172,7 @@ impl Sink {
         record: Record,
         options: SendOptions,
     ) -> Result<SendFuture, Refused> {
-        let adaptive = if self.is_packed(&record.topic) {
-            self.packed.as_ref()
-        } else {
-            self.adaptive.as_ref()
-        };
-        match adaptive {
+        match self.adaptive_for(&record.topic) {
             Some(a) => {
                 a.try_send_with(record, options)
                     .map(SendFuture::Adaptive)
@@ -197,6 +192,15 @@ impl Sink {
                 }
                 Err(e) => Err(Refused::Failed(RequestError::BadRequest(e.to_string()))),
             },
+        }
+    }
+
+    /// The adaptive producer that takes records to `topic`; `None` with the plain producer.
+    pub(crate) fn adaptive_for(&self, topic: &str) -> Option<&AdaptiveProducer> {
+        if self.is_packed(topic) {
+            self.packed.as_ref()
+        } else {
+            self.adaptive.as_ref()
         }
     }
 
@@ -258,17 +262,22 @@ impl Future for SendFuture {
                 })
                 .map_err(RequestError::Produce)
             }),
-            SendFuture::Adaptive(f) => Pin::new(f).poll(cx).map(|r| {
-                r.map(|d| Sent {
-                    partition: d.partition,
-                    offset: d.offset,
-                    index: d.index,
-                    timestamp: d.timestamp,
-                })
-                .map_err(adaptive_error)
-            }),
+            SendFuture::Adaptive(f) => Pin::new(f).poll(cx).map(adaptive_outcome),
         }
     }
+}
+
+/// An adaptive producer's per-event outcome as the gateway answers it.
+pub(crate) fn adaptive_outcome(
+    r: Result<EventDelivered, AdaptiveError>,
+) -> Result<Sent, RequestError> {
+    r.map(|d| Sent {
+        partition: d.partition,
+        offset: d.offset,
+        index: d.index,
+        timestamp: d.timestamp,
+    })
+    .map_err(adaptive_error)
 }
 
 /// An adaptive producer's per-event failure as the gateway answers it.

@@ -7,11 +7,12 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    Answer, Running, TOKEN, adaptive_config, answer, assert_results_match, config, producer_config,
-    read_back, start, start_adaptive, topic,
+    Answer, Running, TOKEN, adaptive_config, answer, config, producer_config, read_back, start,
+    start_adaptive, topic,
 };
 use kbatch_adaptive::{AdaptiveConfig, LevelId};
 use kbatch_core::envelope::{decode, is_envelope};
@@ -252,48 +253,84 @@ async fn a_packed_topic_answers_each_records_place_in_its_envelope() {
     gw.stop().await;
 }
 
-/// The adaptive intake holds one event. The handler hands a request's records in one
-/// synchronous run, and this test's runtime has one thread, so the driver cannot take the
-/// first out before the others are refused.
-#[tokio::test]
-async fn a_full_adaptive_intake_answers_429_for_what_it_refused() {
-    let gw = start_adaptive(
-        config(),
-        producer_config(),
-        adaptive_config(producer_config()).with_intake_capacity(1),
-    )
-    .await;
+/// The adaptive intake holds one event, and a request's records go in together or not at
+/// all: floods of concurrent 3-record requests until some are refused. Each answer is all
+/// offsets (200) or all `producer_full` (429 with Retry-After), never a mix, and exactly the
+/// acknowledged requests' records are in the topic, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_adaptive_intake_refuses_whole_requests_with_429() {
+    let gw = Arc::new(
+        start_adaptive(
+            config(),
+            producer_config(),
+            adaptive_config(producer_config()).with_intake_capacity(1),
+        )
+        .await,
+    );
     let t = topic("adaptive-full");
     kbatch_testkit::create_topic(&t, 1).await;
-    let (a, _) = timed_post(
-        &gw,
-        &path(&t),
-        JSON,
-        &[],
-        r#"[{"key": "a", "value": 1}, {"key": "a", "value": 2}, {"value": 3}]"#,
-    )
-    .await;
-    assert_eq!(a.status, 207, "{}", a.body);
-    assert_eq!(a.headers["retry-after"], "1");
-    let r = a.results();
-    assert!(r[0]["offset"].as_i64().is_some(), "{}", a.body);
+    let (mut written, mut refused) = (Vec::new(), 0usize);
+    for flood in 0..50u64 {
+        let posts: Vec<_> = (0..32u64)
+            .map(|r| {
+                let (gw, t) = (Arc::clone(&gw), t.clone());
+                let n = (flood * 32 + r) * 3;
+                tokio::spawn(async move {
+                    let body = format!(
+                        r#"[{{"key": "k{r}", "value": {n}}}, {{"key": "k{r}", "value": {}}}, {{"value": {}}}]"#,
+                        n + 1,
+                        n + 2
+                    );
+                    (n, timed_post(&gw, &path(&t), JSON, &[], &body).await.0)
+                })
+            })
+            .collect();
+        for p in posts {
+            let (n, a) = p.await.unwrap();
+            let r = a.results();
+            match a.status {
+                200 => {
+                    assert!(
+                        r.iter().all(|r| r["offset"].as_i64().is_some()),
+                        "{}",
+                        a.body
+                    );
+                    written.extend([n, n + 1, n + 2]);
+                }
+                429 => {
+                    assert_eq!(a.headers["retry-after"], "1");
+                    assert!(
+                        r.iter().all(|r| r["error"]["code"] == "producer_full"),
+                        "all or nothing: {}",
+                        a.body
+                    );
+                    refused += 1;
+                }
+                s => panic!("{s}: {}", a.body),
+            }
+        }
+        if refused > 0 {
+            break;
+        }
+    }
     assert!(
-        r[1..].iter().all(|r| r["error"]["code"] == "producer_full"),
-        "{}",
-        a.body
+        refused > 0,
+        "50 floods of 32 requests into an intake of 1, none refused"
     );
-    let consumed = read_back(&t, 1).await;
-    assert_results_match(
-        r,
-        &[Some(b"a".to_vec()), Some(b"a".to_vec()), None],
-        &[
-            Some(b"1".to_vec()),
-            Some(b"2".to_vec()),
-            Some(b"3".to_vec()),
-        ],
-        &consumed,
-    );
-    gw.stop().await;
+    let mut got: Vec<u64> = read_back(&t, written.len())
+        .await
+        .iter()
+        .map(|c| {
+            std::str::from_utf8(c.value.as_deref().unwrap())
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    got.sort_unstable();
+    written.sort_unstable();
+    assert_eq!(got, written, "exactly the acknowledged records, each once");
+    Arc::into_inner(gw).unwrap().stop().await;
 }
 
 /// Shutdown while a record waits in a packed batch (L8 linger 2.5 s): the request in flight
