@@ -251,13 +251,12 @@ async fn packed_events_travel_in_envelopes_on_their_keys_partition() {
     plain.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn send_many_settles_every_event_where_it_landed_in_both_shapes() {
-    const N: u64 = 20_000;
+/// `n` events handed in as `hand_in` says, in both shapes: each delivered once, in key
+/// order, where its future said.
+async fn once_in_key_order_in_both_shapes(name: &str, n: u64, hand_in: HandIn) {
     for shape in [Shape::Packed, Shape::PerEvent] {
-        let topic = unique_name("adaptive-many");
-        // 333 per call: calls end mid-envelope and mid-key-run.
-        let (p, delivered) = run(shape, &topic, N, HandIn::Many(333)).await;
+        let topic = unique_name(name);
+        let (p, delivered) = run(shape, &topic, n, hand_in).await;
         let report = p.close().await;
         assert_eq!(
             (
@@ -265,43 +264,29 @@ async fn send_many_settles_every_event_where_it_landed_in_both_shapes() {
                 report.stats.delivered,
                 report.stats.failed
             ),
-            (N, N, 0),
+            (n, n, 0),
             "{shape:?}"
         );
         let got = tokio::task::block_in_place(|| {
             consume_all(&topic, Isolation::ReadCommitted, None, IDLE)
         });
         let ev = events(&got);
-        assert_once_in_key_order(&ev, N);
+        assert_once_in_key_order(&ev, n);
         assert_futures_said_where(&ev, &delivered);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_many_settles_every_event_where_it_landed_in_both_shapes() {
+    // 333 per call: calls end mid-envelope and mid-key-run.
+    once_in_key_order_in_both_shapes("adaptive-many", 20_000, HandIn::Many(333)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn send_and_send_many_in_turn_keep_each_keys_order_in_both_shapes() {
     // A `send_many` call goes to the intake in chunks, one per shard its keys fall in: a
     // key's events must still come out after the ones `send` handed in before them.
-    const N: u64 = 40_000;
-    for shape in [Shape::Packed, Shape::PerEvent] {
-        let topic = unique_name("adaptive-mixed");
-        let (p, delivered) = run(shape, &topic, N, HandIn::Mixed(97)).await;
-        let report = p.close().await;
-        assert_eq!(
-            (
-                report.stats.submitted,
-                report.stats.delivered,
-                report.stats.failed
-            ),
-            (N, N, 0),
-            "{shape:?}"
-        );
-        let got = tokio::task::block_in_place(|| {
-            consume_all(&topic, Isolation::ReadCommitted, None, IDLE)
-        });
-        let ev = events(&got);
-        assert_once_in_key_order(&ev, N);
-        assert_futures_said_where(&ev, &delivered);
-    }
+    once_in_key_order_in_both_shapes("adaptive-mixed", 40_000, HandIn::Mixed(97)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
