@@ -131,6 +131,11 @@ impl<E> Intake<E> {
         self.shards.iter().all(|s| s.queue.is_empty())
     }
 
+    /// Events one shard holds (its share of the capacity).
+    pub fn shard_capacity(&self) -> usize {
+        self.shards.first().map_or(0, |s| s.capacity)
+    }
+
     /// Shards: an order hint `h` names shard `h % shards()`.
     pub fn shards(&self) -> usize {
         self.shards.len()

@@ -332,7 +332,7 @@ impl AdaptiveProducer {
     /// # Cancellation
     /// As [`send_many`](Self::send_many).
     pub async fn send_many_with(&self, records: Vec<Record>, options: SendOptions) -> ManyFuture {
-        let (chunks, f) = self.chunks(records, options);
+        let (chunks, f) = self.chunks(records, options, true);
         let mut taken = 0u64;
         for (hint, chunk) in chunks {
             let n = chunk.len();
@@ -364,7 +364,7 @@ impl AdaptiveProducer {
         options: SendOptions,
     ) -> Result<ManyFuture, TrySendManyError> {
         let sequence = options.sequence.unwrap_or_else(new_sequence);
-        let (mut chunks, f) = self.chunks(records, options.in_sequence(sequence));
+        let (mut chunks, f) = self.chunks(records, options.in_sequence(sequence), false);
         let Some((hint, chunk)) = chunks.pop() else {
             return Ok(f);
         };
@@ -387,56 +387,66 @@ impl AdaptiveProducer {
     }
 
     /// The events of `records` in the chunks they go to the intake in, each with its order
-    /// hint: one chunk for a sequence; otherwise one per intake shard their keys (or explicit
-    /// partitions) fall in, events without either in this thread's shard. Each chunk keeps
-    /// the order given, so each key's does.
+    /// hint: one group for a sequence; otherwise one per intake shard their keys (or explicit
+    /// partitions) fall in, events without either in this thread's shard. Each group keeps
+    /// the order given, so each key's does. With `split`, a group larger than a shard's share
+    /// of the intake goes as several chunks of at most that share, one after another into the
+    /// same shard — so the intake holds no more than its capacity, and a large call waits for
+    /// room piece by piece instead of for an empty shard.
     fn chunks(
         &self,
         records: Vec<Record>,
         options: SendOptions,
+        split: bool,
     ) -> (Vec<(u64, Vec<Pending>)>, ManyFuture) {
         let (replies, f) = Reply::many(records.len());
         // One clock read for the call: the events arrive together.
         let arrived = Instant::now();
         let budget = options.budget;
-        if let Some(sequence) = options.sequence {
-            let chunk: Vec<Pending> = records
-                .into_iter()
-                .zip(replies)
-                .map(|(r, reply)| self.detached(r, budget, reply, arrived))
-                .collect();
-            let chunks = if chunk.is_empty() {
-                Vec::new()
-            } else {
-                vec![(sequence, chunk)]
-            };
-            return (chunks, f);
-        }
         let intake = &self.shared.intake;
-        let shards = intake.shards();
-        let home = intake.home_shard();
-        // Each record's shard first, so every chunk is allocated once at its size.
-        let mut counts = vec![0usize; shards];
+        let (groups, home) = match options.sequence {
+            Some(_) => (1, 0),
+            None => (intake.shards(), intake.home_shard()),
+        };
+        let hint = |g: usize| options.sequence.unwrap_or(g as u64);
+        // Each record's group first, so every chunk is allocated once at its size.
+        let mut remaining = vec![0usize; groups];
         let placed: Vec<(Option<u32>, usize)> = records
             .iter()
             .map(|r| {
                 let crc = r.key.as_deref().map(crc32fast::hash);
-                let shard = hint_of(r, crc).map_or(home, |h| (h % shards as u64) as usize);
-                counts[shard] += 1;
-                (crc, shard)
+                let g = match options.sequence {
+                    Some(_) => 0,
+                    None => hint_of(r, crc).map_or(home, |h| (h % groups as u64) as usize),
+                };
+                remaining[g] += 1;
+                (crc, g)
             })
             .collect();
-        let mut by_shard: Vec<Vec<Pending>> =
-            counts.iter().map(|&c| Vec::with_capacity(c)).collect();
-        for ((record, reply), (crc, shard)) in records.into_iter().zip(replies).zip(placed) {
-            by_shard[shard].push(self.detached_with_crc(record, budget, reply, arrived, crc));
-        }
-        let chunks = by_shard
-            .into_iter()
-            .enumerate()
-            .filter(|(_, c)| !c.is_empty())
-            .map(|(s, c)| (s as u64, c))
+        let piece = if split {
+            intake.shard_capacity().max(1)
+        } else {
+            usize::MAX
+        };
+        let mut open: Vec<Vec<Pending>> = remaining
+            .iter()
+            .map(|&n| Vec::with_capacity(n.min(piece)))
             .collect();
+        let mut chunks = Vec::new();
+        for ((record, reply), (crc, g)) in records.into_iter().zip(replies).zip(placed) {
+            open[g].push(self.detached_with_crc(record, budget, reply, arrived, crc));
+            remaining[g] -= 1;
+            if open[g].len() == piece && remaining[g] > 0 {
+                let next = Vec::with_capacity(remaining[g].min(piece));
+                chunks.push((hint(g), std::mem::replace(&mut open[g], next)));
+            }
+        }
+        chunks.extend(
+            open.into_iter()
+                .enumerate()
+                .filter(|(_, c)| !c.is_empty())
+                .map(|(g, c)| (hint(g), c)),
+        );
         (chunks, f)
     }
 
@@ -645,4 +655,61 @@ fn refuse_closed(e: Entry) {
 
 fn intake_shards() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 16) * 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use kbatch_producer::{ClientConfig, KafkaProducerConfig, ProducerConfig};
+
+    use super::*;
+
+    /// A producer whose client never connects: `chunks` only reads the intake's shape.
+    fn unconnected(intake: usize) -> AdaptiveProducer {
+        let kafka = KafkaProducerConfig::new(ClientConfig::new("127.0.0.1:1"));
+        AdaptiveProducer::start(
+            AdaptiveConfig::new(ProducerConfig::default().with_kafka(kafka))
+                .without_calibration()
+                .with_intake_capacity(intake),
+        )
+        .unwrap()
+    }
+
+    fn value(p: &Pending) -> u64 {
+        std::str::from_utf8(p.record.value.as_deref().unwrap())
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_call_larger_than_a_shard_goes_in_pieces_of_a_share_each_in_order() {
+        let p = unconnected(64);
+        let share = p.shared.intake.shard_capacity();
+        let records: Vec<Record> = (0..1_000u64)
+            .map(|i| Record::new("t", i.to_string()).with_key(format!("k{}", i % 3)))
+            .collect();
+        let (chunks, _f) = p.chunks(records.clone(), SendOptions::default(), true);
+        assert!(
+            chunks
+                .iter()
+                .all(|(_, c)| !c.is_empty() && c.len() <= share)
+        );
+        assert_eq!(chunks.iter().map(|(_, c)| c.len()).sum::<usize>(), 1_000);
+        // Per shard, the pieces in the order they are pushed hold the events in call order.
+        let mut last: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+        for (hint, c) in &chunks {
+            for e in c {
+                let v = value(e);
+                if let Some(prev) = last.insert(*hint, v) {
+                    assert!(prev < v, "shard {hint}: {prev} before {v}");
+                }
+            }
+        }
+        // One sequence without splitting (try_send_many_with: all or none) is one chunk.
+        let (chunks, _f) = p.chunks(records, SendOptions::default().in_sequence(7), false);
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].0, 7);
+        assert!(chunks[0].1.iter().map(value).eq(0..1_000));
+        p.close().await;
+    }
 }
