@@ -648,17 +648,23 @@ impl Deliverer for FlakyKafka {
     }
 }
 
+/// `keys` keys (`k0`, `k1`, …) × `seqs` entries to `topic`, interleaved: every key's entry 0,
+/// then every key's entry 1, …; each payload is its sequence number.
+fn interleaved_keys(topic: &str, keys: u32, seqs: u32) -> Vec<OutboxEntry> {
+    (0..seqs)
+        .flat_map(|seq| (0..keys).map(move |k| (k, seq)))
+        .map(|(k, seq)| {
+            OutboxEntry::new(Destination::kafka(topic), format!("{seq}")).with_key(format!("k{k}"))
+        })
+        .collect()
+}
+
 async fn per_key_order_holds_under_failures_and_a_failing_head_blocks_only_its_key(db: Db) {
     let f = fixture(db).await;
     let topic = unique_name("outbox-order");
     create_topic(&topic, 2).await;
     // 4 keys x 8 entries, interleaved; some fail once, the heads of k0 among them.
-    let entries: Vec<OutboxEntry> = (0..8)
-        .flat_map(|seq| (0..4).map(move |k| (k, seq)))
-        .map(|(k, seq)| {
-            OutboxEntry::new(Destination::kafka(&topic), format!("{seq}")).with_key(format!("k{k}"))
-        })
-        .collect();
+    let entries = interleaved_keys(&topic, 4, 8);
     enqueue_all(&f, &entries, true).await;
     let key_seq = |e: &OutboxEntry| (e.key.clone().unwrap(), e.payload.clone());
     let flaky: std::collections::HashSet<Uuid> = entries
@@ -851,12 +857,7 @@ async fn per_key_order_holds_with_batches_in_flight(db: Db) {
     create_topic(&topic, 3).await;
     // 6 keys x 40 entries, interleaved; batches of 4, 3 in flight, so a claim runs while the
     // batches before it (holding the keys' previous heads, uncommitted) are in flight.
-    let entries: Vec<OutboxEntry> = (0..40)
-        .flat_map(|seq| (0..6).map(move |k| (k, seq)))
-        .map(|(k, seq)| {
-            OutboxEntry::new(Destination::kafka(&topic), format!("{seq}")).with_key(format!("k{k}"))
-        })
-        .collect();
+    let entries = interleaved_keys(&topic, 6, 40);
     enqueue_batch_all(&f, &entries, true).await.unwrap();
     // Some entries fail once and back off: without per-key claims the entries behind them
     // would be delivered first.
