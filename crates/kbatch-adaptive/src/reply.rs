@@ -276,24 +276,12 @@ impl ManyResults {
 
     /// Every outcome by value, `None` for an event not settled.
     fn into_partial(mut self) -> Vec<Option<EventResult>> {
+        // `into_iter` pairs errors with events in event order.
         self.errors.sort_by_key(|(i, _)| *i);
-        let mut errors = self.errors.into_iter().peekable();
-        let records = self.records;
-        self.events
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| {
-                if e.record == OPEN {
-                    return None;
-                }
-                Some(match records.get(e.record as usize) {
-                    Some(w) => Ok(delivered(*w, e.index)),
-                    None => match errors.next_if(|(j, _)| *j as usize == i) {
-                        Some((_, err)) => Err(err),
-                        None => Err(AdaptiveError::Closed { record: None }),
-                    },
-                })
-            })
+        let open: Vec<bool> = self.events.iter().map(|e| e.record == OPEN).collect();
+        self.into_iter()
+            .zip(open)
+            .map(|(r, open)| (!open).then_some(r))
             .collect()
     }
 
