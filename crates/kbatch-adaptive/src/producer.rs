@@ -280,9 +280,9 @@ impl AdaptiveProducer {
         }
     }
 
-    /// Puts `p` into the intake, waiting while it is full; hands the record back once closed.
-    async fn hand_in(&self, p: Pending) -> Result<(), AdaptiveError> {
-        let hint = order_hint(&p);
+    /// Puts `p` into the intake's shard for `hint`, waiting while it is full; hands the
+    /// record back once closed.
+    async fn hand_in(&self, hint: Option<u64>, p: Pending) -> Result<(), AdaptiveError> {
         match self.shared.intake.push(hint, Entry::One(p)).await {
             Ok(()) => {
                 self.shared
@@ -305,8 +305,8 @@ impl AdaptiveProducer {
     /// # Cancellation
     /// As [`send`](Self::send).
     pub async fn send_detached(&self, record: Record) -> Result<(), AdaptiveError> {
-        self.hand_in(self.detached(record, None, Reply::detached(), Instant::now()))
-            .await
+        let p = self.detached(record, None, Reply::detached(), Instant::now());
+        self.hand_in(order_hint(&p), p).await
     }
 
     /// Hands `records` in, in order, waiting while the intake is full, and returns one future
@@ -456,7 +456,7 @@ impl AdaptiveProducer {
     /// # Cancellation
     /// Dropping this future while it waits for room drops the record; it was not handed in.
     pub async fn send(&self, record: Record) -> Result<EventFuture, AdaptiveError> {
-        self.send_inner(record, None).await
+        self.send_with(record, SendOptions::default()).await
     }
 
     /// As [`send`](Self::send), and the event waits in a batch at most `budget` (or the
@@ -469,16 +469,25 @@ impl AdaptiveProducer {
         record: Record,
         budget: Duration,
     ) -> Result<EventFuture, AdaptiveError> {
-        self.send_inner(record, Some(budget)).await
+        self.send_with(record, SendOptions::default().with_budget(budget))
+            .await
     }
 
-    async fn send_inner(
+    /// As [`send`](Self::send), with `options`: a latency budget, and a sequence whose events
+    /// keep the order they were handed in, whatever their keys — the waiting form of
+    /// [`try_send_with`](Self::try_send_with), for callers that hand in one event at a time
+    /// and would rather wait for room than be refused (a stream of records).
+    ///
+    /// # Cancellation
+    /// As [`send`](Self::send).
+    pub async fn send_with(
         &self,
         record: Record,
-        budget: Option<Duration>,
+        options: SendOptions,
     ) -> Result<EventFuture, AdaptiveError> {
-        let (p, f) = self.pending(record, budget);
-        self.hand_in(p).await.map(|()| f)
+        let (p, f) = self.pending(record, options.budget);
+        let hint = options.sequence.or_else(|| order_hint(&p));
+        self.hand_in(hint, p).await.map(|()| f)
     }
 
     /// Hands `record` in without waiting: a full intake hands it back as `Full`.
@@ -582,7 +591,7 @@ impl AdaptiveProducer {
     }
 }
 
-/// How [`AdaptiveProducer::try_send_with`] hands an event in.
+/// How [`AdaptiveProducer::send_with`] and its relatives hand events in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SendOptions {

@@ -326,6 +326,29 @@ async fn try_send_many_with_keeps_the_order_given_or_hands_every_record_back() {
     }
 }
 
+/// `send_with` waits for room in an intake of 8 events (2 per shard); with one sequence
+/// the events keep the order given across keys, which go to different shards otherwise.
+#[tokio::test(flavor = "multi_thread")]
+async fn send_with_a_sequence_waits_for_room_and_keeps_the_order_given() {
+    let topic = unique_name("adaptive-send-with");
+    create_topic(&topic, 1).await;
+    let p = AdaptiveProducer::start(config(Shape::PerEvent).with_intake_capacity(8)).unwrap();
+    let options = SendOptions::default().in_sequence(11);
+    let mut futures = Vec::new();
+    for i in 0..2_000 {
+        futures.push(p.send_with(event(&topic, i), options).await.unwrap());
+    }
+    let mut offsets = Vec::new();
+    for f in futures {
+        offsets.push(f.await.unwrap().offset.0);
+    }
+    assert!(
+        offsets.windows(2).all(|w| w[0] < w[1]),
+        "offsets follow the order given: {offsets:?}"
+    );
+    p.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn send_many_after_close_hands_every_record_back() {
     let topic = unique_name("adaptive-many-closed");
