@@ -8,7 +8,8 @@
 //!                             ├─ producer = "adaptive" (default) ─► AdaptiveProducer
 //!                             │                                 (profile gateway; budget honoured)
 //!                             └─ producer = "plain" ─► Producer (its linger; budget ignored)
-//!  every path: Full ─► RequestError::ProducerFull (429), nothing waits
+//!  try_send: Full ─► RequestError::ProducerFull (429), nothing waits
+//!  send (a v3 stream): waits for room, woken when it frees; the caller bounds the wait
 //! ```
 //!
 //! The plain `Producer` given to the gateway is kept in every mode: the topic cache and
@@ -86,13 +87,14 @@ pub(crate) fn sequence() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Why [`Sink::offer`] did not take a record.
-#[derive(Debug)]
-pub(crate) enum Refused {
-    /// The producer is full: the record, back.
-    Full(Box<Record>),
-    /// It cannot be sent (closed producer, invalid record).
-    Failed(RequestError),
+/// What a record an adaptive producer refused is answered with: 429 `producer_full` when it
+/// is full, else the producer is closed. One mapping for single hand-ins and whole requests.
+pub(crate) fn refused(full: bool) -> RequestError {
+    if full {
+        RequestError::ProducerFull
+    } else {
+        RequestError::Produce(ProduceError::Closed { record: None })
+    }
 }
 
 /// The gateway's producers. Cheap to clone (every producer inside is a handle).
@@ -158,40 +160,44 @@ impl Sink {
         record: Record,
         options: SendOptions,
     ) -> Result<SendFuture, RequestError> {
-        self.offer(record, options)
-            .map_err(|refused| match refused {
-                Refused::Full(_) => RequestError::ProducerFull,
-                Refused::Failed(e) => e,
-            })
+        match self.adaptive_for(&record.topic) {
+            Some(a) => a
+                .try_send_with(record, options)
+                .map(SendFuture::Adaptive)
+                .map_err(|e| refused(matches!(e, kbatch_adaptive::TrySendError::Full(_)))),
+            None => match self.plain.try_send(record) {
+                Ok(f) => Ok(SendFuture::Plain(f)),
+                Err(kbatch_producer::TrySendError::Full(_)) => Err(RequestError::ProducerFull),
+                Err(kbatch_producer::TrySendError::Failed(e)) => Err(RequestError::Produce(e)),
+                Err(e) => Err(RequestError::BadRequest(e.to_string())),
+            },
+        }
     }
 
-    /// As [`try_send`](Self::try_send), handing the record back when the producer is full,
-    /// for a caller that waits for room (a v3 stream).
-    pub(crate) fn offer(
+    /// As [`try_send`](Self::try_send), waiting while the producer is full — for a caller
+    /// that would rather wait for room than refuse (a v3 stream, which stops reading its body
+    /// meanwhile). It wakes when room frees; the caller bounds the wait.
+    ///
+    /// # Cancellation
+    /// Dropping the future while it waits drops the record: it was not handed in.
+    pub(crate) async fn send(
         &self,
         record: Record,
         options: SendOptions,
-    ) -> Result<SendFuture, Refused> {
+    ) -> Result<SendFuture, RequestError> {
         match self.adaptive_for(&record.topic) {
-            Some(a) => {
-                a.try_send_with(record, options)
-                    .map(SendFuture::Adaptive)
-                    .map_err(|e| match e {
-                        kbatch_adaptive::TrySendError::Full(r) => Refused::Full(Box::new(r)),
-                        // Closed, or a kind added later: the producer cannot take it.
-                        _ => Refused::Failed(RequestError::Produce(ProduceError::Closed {
-                            record: None,
-                        })),
-                    })
-            }
-            None => match self.plain.try_send(record) {
-                Ok(f) => Ok(SendFuture::Plain(f)),
-                Err(kbatch_producer::TrySendError::Full(r)) => Err(Refused::Full(Box::new(r))),
-                Err(kbatch_producer::TrySendError::Failed(e)) => {
-                    Err(Refused::Failed(RequestError::Produce(e)))
-                }
-                Err(e) => Err(Refused::Failed(RequestError::BadRequest(e.to_string()))),
-            },
+            Some(a) => a
+                .send_with(record, options)
+                .await
+                .map(SendFuture::Adaptive)
+                // Its only refusal: closed.
+                .map_err(|_| refused(false)),
+            None => self
+                .plain
+                .send(record)
+                .await
+                .map(SendFuture::Plain)
+                .map_err(RequestError::Produce),
         }
     }
 

@@ -15,8 +15,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TOKEN, config, producer_config, read_back, start, topic};
+use common::{
+    TOKEN, adaptive_config, config, producer_config, read_back, start, start_adaptive, topic,
+};
 use futures::StreamExt as _;
+use kbatch_gateway::ProducerKind;
 use serde_json::{Value, json};
 
 /// The broker's cluster id, as the gateway lists it.
@@ -592,15 +595,38 @@ async fn shutdown_ends_an_open_stream_after_answering_what_it_read() {
 }
 
 /// Where the native route refuses records the producer has no room for (429), a stream
-/// waits for room: reading pauses, and every record is answered, in order.
+/// waits for room: reading pauses, and every record is answered, in order. Through the
+/// plain producer (2 records pending at most) and through the adaptive one (an intake of one
+/// event), so both producers' waits are met.
 #[tokio::test]
 async fn a_full_producer_slows_a_stream_down_instead_of_failing_it() {
-    let gw = start(config(), producer_config().with_pending_limits(2, 1 << 20)).await;
-    let t = topic("v3-full");
+    let plain = start(
+        config().with_producer(ProducerKind::Plain),
+        producer_config().with_pending_limits(2, 1 << 20),
+    )
+    .await;
+    stream_through_a_full_producer(plain, "v3-full-plain", 50).await;
+    let adaptive = start_adaptive(
+        config(),
+        producer_config(),
+        adaptive_config(producer_config()).with_intake_capacity(1),
+    )
+    .await;
+    stream_through_a_full_producer(adaptive, "v3-full-adaptive", 500).await;
+}
+
+async fn stream_through_a_full_producer(gw: common::Running, name: &str, n: usize) {
+    let t = topic(name);
     kbatch_testkit::create_topic(&t, 1).await;
     let cluster = cluster_id(&gw).await;
-    let body: String = (0..50)
-        .map(|i| format!(r#"{{"value":{{"type":"STRING","data":"v{i}"}}}}"#))
+    // Keys spread the records over the adaptive intake's shards: the stream's sequence must
+    // keep them in order anyway.
+    let body: String = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"key":{{"type":"STRING","data":"k{i}"}},"value":{{"type":"STRING","data":"v{i}"}}}}"#
+            )
+        })
         .collect();
     let r = gw
         .http
@@ -612,11 +638,16 @@ async fn a_full_producer_slows_a_stream_down_instead_of_failing_it() {
         .await
         .unwrap();
     let answers = answers(r).await;
-    assert_eq!(answers.len(), 50);
-    let consumed = read_back(&t, 50).await;
-    assert_eq!(consumed.len(), 50);
+    assert_eq!(answers.len(), n, "{name}");
+    let consumed = read_back(&t, n).await;
+    assert_eq!(consumed.len(), n, "{name}");
     for (i, a) in answers.iter().enumerate() {
         assert_ok(a, &cluster, &t);
+        assert_eq!(
+            a["offset"].as_i64(),
+            Some(i as i64),
+            "{name}: record {i} in stream order"
+        );
         let c = consumed
             .iter()
             .find(|c| c.offset.0 == a["offset"].as_i64().unwrap())

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use super::body::{Encoding, Framing, parse_records};
 use crate::error::{ErrorBody, RequestError, add_status_headers};
 use crate::server::AppState;
-use crate::sink::{self, Refused, SendFuture, Sent};
+use crate::sink::{self, SendFuture, Sent};
 use kbatch_adaptive::SendOptions;
 
 /// Query parameters.
@@ -284,19 +284,10 @@ async fn produce_together(
     }
     let settled: Vec<Option<Result<Sent, RequestError>>> =
         match adaptive.try_send_many_with(batch, options) {
-            Err(kbatch_adaptive::TrySendManyError::Full(back)) => back
-                .iter()
-                .map(|_| Some(Err(RequestError::ProducerFull)))
-                .collect(),
             Err(e) => {
+                let full = matches!(e, kbatch_adaptive::TrySendManyError::Full(_));
                 let n = e.into_records().len();
-                (0..n)
-                    .map(|_| {
-                        Some(Err(RequestError::Produce(
-                            kbatch_producer::ProduceError::Closed { record: None },
-                        )))
-                    })
-                    .collect()
+                (0..n).map(|_| Some(Err(sink::refused(full)))).collect()
             }
             Ok(mut many) => match tokio::time::timeout_at(deadline, &mut many).await {
                 Ok(all) => all
@@ -332,7 +323,7 @@ async fn produce_together(
 pub(super) async fn hand_in(
     state: &AppState,
     topic: &Topic,
-    mut record: Record,
+    record: Record,
     sequence: u64,
     deadline: Instant,
 ) -> Result<SendFuture, RequestError> {
@@ -341,21 +332,10 @@ pub(super) async fn hand_in(
         .partitions(&state.producer, topic, deadline)
         .await?;
     check_partition(topic, &record, partitions)?;
-    loop {
-        match state
-            .sink
-            .offer(record, SendOptions::default().in_sequence(sequence))
-        {
-            Ok(f) => return Ok(f),
-            Err(Refused::Full(back)) if Instant::now() < deadline => {
-                record = *back;
-                // Short enough to keep up once room frees; the producers have no "room" signal.
-                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-            }
-            Err(Refused::Full(_)) => return Err(RequestError::ProducerFull),
-            Err(Refused::Failed(e)) => return Err(e),
-        }
-    }
+    let options = SendOptions::default().in_sequence(sequence);
+    tokio::time::timeout_at(deadline, state.sink.send(record, options))
+        .await
+        .unwrap_or(Err(RequestError::ProducerFull))
 }
 
 /// 404 for a record naming a partition `topic` (with `partitions`) does not have.
