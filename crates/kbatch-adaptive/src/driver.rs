@@ -7,6 +7,10 @@
 //!    │                       ▼                     │                           ▼
 //!    └────────────── learner.choose/observe per epoch ◄── epoch stats ◄── latencies, acks
 //! ```
+//!
+//! Packed, the driver task sends each envelope itself; per-event, a flushed batch goes through
+//! a bounded hand-off ([`HANDOFF_QUEUE`]) to a sender task that calls `Producer::send` for each
+//! event, so draining the intake and handing events to the client run on both cores.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +21,8 @@ use kbatch_core::envelope::{EnvelopeWriter, envelope_header};
 use kbatch_core::{Classify, ErrorClass, Record, Topic};
 use kbatch_producer::{DeliveryFuture, Producer};
 use rand::Rng;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::batcher::{Batcher, FlushCause, Flushed};
@@ -177,10 +182,24 @@ pub(crate) struct Driver {
     waiting: Arc<VecPool<Waiting>>,
     latencies: Arc<VecPool<Duration>>,
     metrics: Metrics,
+    /// Per-event: flushed batches on their way to the sender task, which hands each event to
+    /// the client; `None` packed, and once closing.
+    to_sender: Option<mpsc::Sender<Handoff>>,
+    sender: Option<JoinHandle<()>>,
 }
 
 /// A per-event record handed to the client: its delivery future, arrival and reply.
 type Waiting = (DeliveryFuture, Instant, Reply);
+
+/// A per-event batch for the sender task, and its place in the pipeline bound if counted.
+struct Handoff {
+    items: Vec<Pending>,
+    in_flight: Option<Arc<InFlight>>,
+}
+
+/// Per-event batches flushed and not yet taken by the sender task: past it the driver waits,
+/// so the intake fills and back-pressure reaches the callers.
+const HANDOFF_QUEUE: usize = 2;
 
 /// Emptied vectors of each kind kept for reuse, at most: what they hold is bounded by this
 /// times the largest batch (N ≤ 10,000 by default: a few MB of events).
@@ -245,6 +264,8 @@ impl Driver {
             waiting: Arc::new(VecPool::new(SPARES)),
             latencies: Arc::new(VecPool::new(SPARES)),
             metrics: Metrics::new(&config.profile),
+            to_sender: None,
+            sender: None,
         }
     }
 
@@ -255,6 +276,23 @@ impl Driver {
     pub(crate) async fn run(mut self, shared: Arc<Shared>) -> AdaptiveCloseReport {
         self.metrics
             .level(self.controller.level(), self.choice.settings);
+        if self.shape == Shape::PerEvent {
+            // Handing each event to the client is the per-event path's largest cost: a task
+            // of its own does it while this one drains the intake, on the other core.
+            let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
+            self.to_sender = Some(tx);
+            self.sender = Some(tokio::spawn(send_batches(
+                rx,
+                Sender {
+                    producer: self.producer.clone(),
+                    shared: Arc::clone(&shared),
+                    spares: Arc::clone(&self.spares),
+                    waiting: Arc::clone(&self.waiting),
+                    latencies: Arc::clone(&self.latencies),
+                    completions: self.completions.clone(),
+                },
+            )));
+        }
         let mut buf = Vec::with_capacity(PASS);
         let mut next_tick = Instant::now() + TICK;
         loop {
@@ -335,7 +373,7 @@ impl Driver {
             && self.in_flight.load() < self.max_in_flight
     }
 
-    /// Counts a flush handed to the client; its completion task calls `finish` on what this
+    /// Counts a flush handed on (to the client, or per-event to the sender task); its completion task calls `finish` on what this
     /// returns. Only batches cut before they filled count: a full batch goes whatever is out
     /// and holds nothing back, so at saturation batches of N stream to the client as fast as
     /// it takes them (counting them too cut throughput by a seventh: two flushes of N out at a
@@ -565,68 +603,30 @@ impl Driver {
         }
     }
 
-    async fn send_each(
-        &mut self,
-        shared: &Arc<Shared>,
-        mut items: Vec<Pending>,
-        cause: FlushCause,
-    ) {
-        let mut waiting = self.waiting.take(items.len());
-        for Pending {
-            record,
-            arrived,
-            reply,
-            ..
-        } in items.drain(..)
-        {
-            match self.producer.send(record).await {
-                Ok(fut) => waiting.push((fut, arrived, reply)),
-                Err(e) => {
-                    shared.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    reply.send(Err(AdaptiveError::Produce(e)));
-                }
+    /// Hands a per-event batch to the sender task, waiting while it is [`HANDOFF_QUEUE`]
+    /// batches behind.
+    async fn send_each(&mut self, shared: &Arc<Shared>, items: Vec<Pending>, cause: FlushCause) {
+        let in_flight = self.start_flight(shared, cause);
+        let handoff = Handoff { items, in_flight };
+        let refused = match &self.to_sender {
+            Some(tx) => tx.send(handoff).await.err().map(|e| e.0),
+            None => Some(handoff),
+        };
+        // Only if the sender task ended abnormally: its events cannot be sent.
+        if let Some(Handoff { items, in_flight }) = refused {
+            shared
+                .counters
+                .failed
+                .fetch_add(items.len() as u64, Ordering::Relaxed);
+            for p in items {
+                p.reply.send(Err(AdaptiveError::Closed {
+                    record: Some(Box::new(p.record)),
+                }));
             }
-        }
-        self.batcher.recycle(items);
-        shared
-            .counters
-            .records
-            .fetch_add(waiting.len() as u64, Ordering::Relaxed);
-        let shared = Arc::clone(shared);
-        let in_flight = self.start_flight(&shared, cause);
-        let (pool, latency_pool) = (Arc::clone(&self.waiting), Arc::clone(&self.latencies));
-        self.completions.spawn(async move {
-            let mut latencies = latency_pool.take(waiting.len());
-            let (mut ok, mut failed) = (0u64, 0u64);
-            for (fut, arrived, reply) in waiting.drain(..) {
-                let r = fut.await;
-                // One clock read per acknowledgement that made us wait; the ones already
-                // there share it.
-                let now = Instant::now();
-                match r {
-                    Ok(d) => {
-                        ok += 1;
-                        latencies.push(now.saturating_duration_since(arrived));
-                        reply.send(Ok(EventDelivered {
-                            partition: d.partition,
-                            offset: d.offset,
-                            index: None,
-                            timestamp: d.timestamp,
-                        }));
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        reply.send(Err(AdaptiveError::Produce(e)));
-                    }
-                }
-            }
-            shared.acknowledged(ok, failed, &latencies);
-            pool.give(waiting);
-            latency_pool.give(latencies);
             if let Some(f) = in_flight {
                 f.finish();
             }
-        });
+        }
     }
 
     async fn send_envelope(
@@ -714,6 +714,11 @@ impl Driver {
         for f in self.batcher.drain() {
             self.flush(shared, f).await;
         }
+        // Every batch handed to the client before the client closes.
+        self.to_sender = None;
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.await;
+        }
         self.completions.close();
         let failed_before = shared.counters.failed.load(Ordering::Relaxed);
         let close = self.producer.close();
@@ -731,5 +736,82 @@ impl Driver {
             failed_at_close,
             calibration_warning,
         }
+    }
+}
+
+/// What the per-event sender task needs.
+struct Sender {
+    producer: Producer,
+    shared: Arc<Shared>,
+    spares: Arc<VecPool<Pending>>,
+    waiting: Arc<VecPool<Waiting>>,
+    latencies: Arc<VecPool<Duration>>,
+    completions: TaskTracker,
+}
+
+/// The per-event sender task: hands each batch's events to the client in order (awaiting
+/// its room: back-pressure), then spawns the batch's completion task, which answers every
+/// event's future as its acknowledgement comes. Ends when the driver drops its handle.
+async fn send_batches(mut rx: mpsc::Receiver<Handoff>, s: Sender) {
+    while let Some(Handoff {
+        mut items,
+        in_flight,
+    }) = rx.recv().await
+    {
+        let mut waiting = s.waiting.take(items.len());
+        for Pending {
+            record,
+            arrived,
+            reply,
+            ..
+        } in items.drain(..)
+        {
+            match s.producer.send(record).await {
+                Ok(fut) => waiting.push((fut, arrived, reply)),
+                Err(e) => {
+                    s.shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    reply.send(Err(AdaptiveError::Produce(e)));
+                }
+            }
+        }
+        s.spares.give(items);
+        s.shared
+            .counters
+            .records
+            .fetch_add(waiting.len() as u64, Ordering::Relaxed);
+        let shared = Arc::clone(&s.shared);
+        let (pool, latency_pool) = (Arc::clone(&s.waiting), Arc::clone(&s.latencies));
+        s.completions.spawn(async move {
+            let mut latencies = latency_pool.take(waiting.len());
+            let (mut ok, mut failed) = (0u64, 0u64);
+            for (fut, arrived, reply) in waiting.drain(..) {
+                let r = fut.await;
+                // One clock read per acknowledgement that made us wait; the ones already
+                // there share it.
+                let now = Instant::now();
+                match r {
+                    Ok(d) => {
+                        ok += 1;
+                        latencies.push(now.saturating_duration_since(arrived));
+                        reply.send(Ok(EventDelivered {
+                            partition: d.partition,
+                            offset: d.offset,
+                            index: None,
+                            timestamp: d.timestamp,
+                        }));
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        reply.send(Err(AdaptiveError::Produce(e)));
+                    }
+                }
+            }
+            shared.acknowledged(ok, failed, &latencies);
+            pool.give(waiting);
+            latency_pool.give(latencies);
+            if let Some(f) = in_flight {
+                f.finish();
+            }
+        });
     }
 }

@@ -349,6 +349,32 @@ async fn send_with_a_sequence_waits_for_room_and_keeps_the_order_given() {
     p.close().await;
 }
 
+/// Close right after a burst, per-event: the events still in the intake, the batcher and the
+/// hand-off to the sender task are all sent before the client closes, each future answered
+/// with its place and every event in the topic once.
+#[tokio::test(flavor = "multi_thread")]
+async fn close_right_after_a_burst_sends_every_event_held() {
+    const N: u64 = 30_000;
+    let topic = unique_name("adaptive-close-burst");
+    create_topic(&topic, 4).await;
+    let p = AdaptiveProducer::start(config(Shape::PerEvent)).unwrap();
+    let mut futures = Vec::with_capacity(N as usize);
+    for i in 0..N {
+        futures.push(p.send(event(&topic, i)).await.unwrap());
+    }
+    let report = p.close().await;
+    assert_eq!(report.failed_at_close, 0, "{report:?}");
+    assert_eq!((report.stats.delivered, report.stats.failed), (N, 0));
+    for (i, f) in futures.into_iter().enumerate() {
+        f.await
+            .unwrap_or_else(|e| panic!("event {i} was not delivered: {e}"));
+    }
+    let got = tokio::task::block_in_place(|| {
+        consume_all(&topic, Isolation::ReadCommitted, Some(N as usize), IDLE)
+    });
+    assert_once_in_key_order(&events(&got), N);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn send_many_after_close_hands_every_record_back() {
     let topic = unique_name("adaptive-many-closed");
