@@ -289,9 +289,7 @@ impl Collected {
             .sum();
         (n, b.saturating_duration_since(a).as_secs_f64())
     }
-}
 
-impl Collected {
     fn new() -> Self {
         Self {
             // 1 µs to 1 h at 3 significant digits; larger values are clamped, never dropped.
@@ -332,6 +330,36 @@ impl Collected {
         }
         if counted {
             self.tally(due, now, per, r);
+        }
+    }
+
+    fn ack_at(&mut self, now: Instant, per: u32) {
+        let Some(o) = self.origin else { return };
+        let i = now.saturating_duration_since(o).as_millis() as usize;
+        if self.acks_per_ms.len() <= i {
+            self.acks_per_ms.resize(i + 1, 0);
+        }
+        self.acks_per_ms[i] += u64::from(per);
+    }
+
+    fn tally(&mut self, due: Instant, now: Instant, per: u32, r: Result<Ack, String>) {
+        match r {
+            Ok(a) => {
+                let us = now.saturating_duration_since(due).as_micros();
+                self.latency_us
+                    .saturating_record_n(u64::try_from(us).unwrap_or(u64::MAX).max(1), per.into());
+                self.acked += u64::from(per);
+                self.last_ack = Some(self.last_ack.map_or(now, |l| l.max(now)));
+                for (partition, offset) in std::iter::once((a.partition, a.offset)).chain(a.more) {
+                    let e = self.offsets.entry(partition).or_insert((offset, offset));
+                    e.0 = e.0.min(offset);
+                    e.1 = e.1.max(offset);
+                }
+            }
+            Err(e) => {
+                self.failed += u64::from(per);
+                self.first_error.get_or_insert(e);
+            }
         }
     }
 }
@@ -417,38 +445,6 @@ where
         }
     }
     c
-}
-
-impl Collected {
-    fn ack_at(&mut self, now: Instant, per: u32) {
-        let Some(o) = self.origin else { return };
-        let i = now.saturating_duration_since(o).as_millis() as usize;
-        if self.acks_per_ms.len() <= i {
-            self.acks_per_ms.resize(i + 1, 0);
-        }
-        self.acks_per_ms[i] += u64::from(per);
-    }
-
-    fn tally(&mut self, due: Instant, now: Instant, per: u32, r: Result<Ack, String>) {
-        match r {
-            Ok(a) => {
-                let us = now.saturating_duration_since(due).as_micros();
-                self.latency_us
-                    .saturating_record_n(u64::try_from(us).unwrap_or(u64::MAX).max(1), per.into());
-                self.acked += u64::from(per);
-                self.last_ack = Some(self.last_ack.map_or(now, |l| l.max(now)));
-                for (partition, offset) in std::iter::once((a.partition, a.offset)).chain(a.more) {
-                    let e = self.offsets.entry(partition).or_insert((offset, offset));
-                    e.0 = e.0.min(offset);
-                    e.1 = e.1.max(offset);
-                }
-            }
-            Err(e) => {
-                self.failed += u64::from(per);
-                self.first_error.get_or_insert(e);
-            }
-        }
-    }
 }
 
 /// `1234567.0` as `1,234,567` (whole numbers; others as given).
