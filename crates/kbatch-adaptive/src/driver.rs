@@ -178,8 +178,7 @@ pub(crate) struct Driver {
     /// Vectors of acknowledged envelopes, emptied by their completion tasks, on their way
     /// back to the batcher for reuse (see [`Batcher::recycle`]).
     spares: Arc<VecPool<Pending>>,
-    /// The completion tasks' vectors: delivery futures to await, latencies measured.
-    waiting: Arc<VecPool<Waiting>>,
+    /// The completion tasks' vectors of latencies measured.
     latencies: Arc<VecPool<Duration>>,
     metrics: Metrics,
     /// Per-event: flushed batches on their way to the sender task, which hands each event to
@@ -261,7 +260,6 @@ impl Driver {
             in_flight: Arc::default(),
             max_in_flight: config.flushes_in_flight,
             spares: Arc::new(VecPool::new(SPARES)),
-            waiting: Arc::new(VecPool::new(SPARES)),
             latencies: Arc::new(VecPool::new(SPARES)),
             metrics: Metrics::new(&config.profile),
             to_sender: None,
@@ -277,8 +275,8 @@ impl Driver {
         self.metrics
             .level(self.controller.level(), self.choice.settings);
         if self.shape == Shape::PerEvent {
-            // Handing each event to the client is the per-event path's largest cost: a task
-            // of its own does it while this one drains the intake, on the other core.
+            // A task of its own hands each event to the client while this one drains the
+            // intake and batches: one task doing both ran the per-event path on one core.
             let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
             self.to_sender = Some(tx);
             self.sender = Some(tokio::spawn(send_batches(
@@ -287,7 +285,7 @@ impl Driver {
                     producer: self.producer.clone(),
                     shared: Arc::clone(&shared),
                     spares: Arc::clone(&self.spares),
-                    waiting: Arc::clone(&self.waiting),
+                    waiting: Arc::new(VecPool::new(SPARES)),
                     latencies: Arc::clone(&self.latencies),
                     completions: self.completions.clone(),
                 },
@@ -373,11 +371,12 @@ impl Driver {
             && self.in_flight.load() < self.max_in_flight
     }
 
-    /// Counts a flush handed on (to the client, or per-event to the sender task); its completion task calls `finish` on what this
-    /// returns. Only batches cut before they filled count: a full batch goes whatever is out
-    /// and holds nothing back, so at saturation batches of N stream to the client as fast as
-    /// it takes them (counting them too cut throughput by a seventh: two flushes of N out at a
-    /// time kept the client's pipeline short), while below it partial batches wait for room.
+    /// Counts a flush handed on (to the client, or per-event to the sender task); its
+    /// completion task calls `finish` on what this returns. Only batches cut before they
+    /// filled count: a full batch goes whatever is out and holds nothing back, so at
+    /// saturation batches of N stream to the client as fast as it takes them (counting them
+    /// too cut throughput by a seventh: two flushes of N out at a time kept the client's
+    /// pipeline short), while below it partial batches wait for room.
     fn start_flight(&self, shared: &Shared, cause: FlushCause) -> Option<Arc<InFlight>> {
         if matches!(cause, FlushCause::Full | FlushCause::Bytes) {
             return None;
@@ -744,6 +743,7 @@ struct Sender {
     producer: Producer,
     shared: Arc<Shared>,
     spares: Arc<VecPool<Pending>>,
+    /// Its completion tasks' vectors of delivery futures to await.
     waiting: Arc<VecPool<Waiting>>,
     latencies: Arc<VecPool<Duration>>,
     completions: TaskTracker,
