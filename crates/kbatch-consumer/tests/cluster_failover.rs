@@ -106,14 +106,26 @@ fn committed(group: &str, topic: &str) -> BTreeMap<i32, Option<i64>> {
     let tps: Vec<_> = (0..PARTITIONS)
         .map(|p| TopicPartition::new(topic, p))
         .collect();
-    match c.committed(&tps, Duration::from_secs(10)) {
-        Ok(got) => got
-            .into_iter()
-            .map(|c| (c.tp.partition, c.offset.map(|o| o.0)))
-            .collect(),
-        Err(e) => {
-            eprintln!("committed offsets of {group}: {e}");
-            (0..PARTITIONS).map(|p| (p, None)).collect()
+    // The reader asks the group's coordinator, which moves in these tests: a failed read
+    // (NotCoordinator while it moves) says nothing of the commits, so it is asked again. Only
+    // an answer is compared; after 30 s of failed reads, none (as no commit).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.committed(&tps, Duration::from_secs(10)) {
+            Ok(got) => {
+                return got
+                    .into_iter()
+                    .map(|c| (c.tp.partition, c.offset.map(|o| o.0)))
+                    .collect();
+            }
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("committed offsets of {group}: {e}; asking again");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => {
+                eprintln!("committed offsets of {group}: {e}");
+                return (0..PARTITIONS).map(|p| (p, None)).collect();
+            }
         }
     }
 }
