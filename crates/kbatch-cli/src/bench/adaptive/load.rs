@@ -7,14 +7,15 @@
 //!  closed loop: send n is due when the sender     permit, the contender's send()  ─┐
 //!               gets to it                                                         │ (due, future)
 //!  collector task: awaits every future; latency = ack time − due time  ◄───────────┘
-//!    (rates: each stamped as it settles; saturation: in send order, see collect_in_order)
+//!    (rates: each stamped as it settles, a message per send; saturation: in send order,
+//!    sends handed over a chunk at a time, see closed_loop and collect_in_order)
 //! ```
 //!
 //! Coordinated omission: in the open loop the latency of an event counts from when it was
 //! DUE, not from when the sender got it out, so a sender held back by the contender (a full
 //! intake, a full window) adds that lateness to every event behind it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +38,8 @@ pub(super) struct Ack {
 /// A contender as the load sees it.
 pub(super) trait Target {
     /// Resolves when the send's events are acknowledged (or failed, in words).
-    type Fut: Future<Output = Result<Ack, String>> + Send + 'static;
+    /// `Unpin`, so the in-order collector holds it as it is (every client's future is).
+    type Fut: Future<Output = Result<Ack, String>> + Send + Unpin + 'static;
     /// Events one send carries: 1, or the BULK baseline's events per envelope.
     fn events_per_send(&self) -> u32;
     /// Hands send `n` (its events are `n·k .. (n+1)·k` of the data) to the contender, waiting
@@ -140,18 +142,25 @@ pub(super) async fn drive<T: Target>(t: &T, plan: &Plan) -> anyhow::Result<Measu
     );
     ready(t).await?;
     let permits = Arc::new(Semaphore::new(plan.window));
-    // Never full: a pending send holds `per` of the window's permits.
-    let (tx, rx) = mpsc::channel(plan.window / per as usize + 1);
-    let collector = match plan.load {
-        Load::Rate(_) => tokio::spawn(collect(rx, Arc::clone(&permits), per)),
-        Load::Saturation => tokio::spawn(collect_in_order(rx, Arc::clone(&permits), per)),
+    // Never full: a pending send holds `per` of the window's permits (and a message at least
+    // one send).
+    let capacity = plan.window / per as usize + 1;
+    let ((sent, lag), c) = match plan.load {
+        Load::Rate(rate) => {
+            let (tx, rx) = mpsc::channel(capacity);
+            let collector = tokio::spawn(collect(rx, Arc::clone(&permits), per));
+            let sender = open_loop(t, plan, rate, &permits, tx).await;
+            let c = collector.await?;
+            (sender?, c)
+        }
+        Load::Saturation => {
+            let (tx, rx) = mpsc::channel(capacity);
+            let collector = tokio::spawn(collect_in_order(rx, Arc::clone(&permits), per));
+            let sender = closed_loop(t, plan, &permits, tx).await;
+            let c = collector.await?;
+            (sender?, c)
+        }
     };
-    let sender = match plan.load {
-        Load::Rate(rate) => open_loop(t, plan, rate, &permits, tx).await,
-        Load::Saturation => closed_loop(t, plan, &permits, tx).await,
-    };
-    let c = collector.await?;
-    let (sent, lag) = sender?;
     let (acked_during_schedule, schedule_seconds) = c.acked_during_schedule();
     let seconds = match (c.first_due, c.last_ack) {
         (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
@@ -224,36 +233,85 @@ async fn open_loop<T: Target>(
     Ok((counted * u64::from(per), lag))
 }
 
+/// Events whose sends the closed loop hands to the collector in one message (a send of more
+/// events goes alone).
+const CHUNK_EVENTS: u32 = 1_024;
+/// Longest a send waits in the closed loop's chunk before the collector is told of it.
+const CHUNK_AGE: Duration = Duration::from_millis(1);
+
 /// Sends as fast as the contender takes them; each send is due when the sender has a window
 /// permit for it (so its latency is the time it spends in the contender, `send` included).
+/// Sends reach the collector in chunks of [`CHUNK_EVENTS`] events, their permits taken a
+/// chunk at a time: a channel message, a semaphore operation and a collector wake-up per
+/// event cost as much as a per-event client's own work on this 2-core machine, and only the
+/// contenders with a future per event paid them (BULK and `send_many` pay once per 1,000
+/// events). A chunk goes early when it is [`CHUNK_AGE`] old or the window is out of
+/// permits (its sends hold permits only the collector gives back).
 async fn closed_loop<T: Target>(
     t: &T,
     plan: &Plan,
     permits: &Semaphore,
-    tx: mpsc::Sender<Pending<T::Fut>>,
+    tx: mpsc::Sender<Vec<Pending<T::Fut>>>,
 ) -> anyhow::Result<(u64, Duration)> {
     let per = t.events_per_send();
+    let sends_per_chunk = (CHUNK_EVENTS / per).max(1);
     let counting_from = Instant::now() + plan.settle;
     let mut first_counted: Option<Instant> = None;
     let mut counted_events = 0u64;
+    let mut chunk: Vec<Pending<T::Fut>> = Vec::with_capacity(sends_per_chunk as usize);
+    let mut chunk_started = Instant::now();
+    // Permits taken and not yet used by a send.
+    let mut held = 0u32;
     for n in 0.. {
-        permits.acquire_many(per).await?.forget();
+        if held < per {
+            let want = sends_per_chunk * per;
+            if let Ok(p) = permits.try_acquire_many(want) {
+                p.forget();
+                held += want;
+            } else {
+                // The window is short: what the collector has not seen yet holds permits
+                // only it gives back. Then a send's worth at a time, as room comes.
+                hand_over(&tx, &mut chunk).await?;
+                permits.acquire_many(per).await?.forget();
+                held += per;
+            }
+        }
+        held -= per;
         let due = Instant::now();
         let counted = due >= counting_from;
         if counted {
             let first = *first_counted.get_or_insert(due);
             if due - first >= plan.measure && counted_events >= plan.min_events {
-                // This permit is not used: the window is never waited on again.
                 break;
             }
             counted_events += u64::from(per);
         }
         let fut = t.send(n).await?;
-        tx.send(Pending { due, counted, fut })
-            .await
-            .map_err(|_| anyhow::anyhow!("the collector stopped early"))?;
+        if chunk.is_empty() {
+            chunk_started = due;
+        }
+        chunk.push(Pending { due, counted, fut });
+        if chunk.len() >= sends_per_chunk as usize || due - chunk_started >= CHUNK_AGE {
+            hand_over(&tx, &mut chunk).await?;
+        }
     }
+    // Permits taken and not used are never waited on again.
+    hand_over(&tx, &mut chunk).await?;
     Ok((counted_events, Duration::ZERO))
+}
+
+/// Sends the chunk's sends, if any, to the collector; leaves the chunk empty.
+async fn hand_over<F>(
+    tx: &mpsc::Sender<Vec<Pending<F>>>,
+    chunk: &mut Vec<Pending<F>>,
+) -> anyhow::Result<()> {
+    if chunk.is_empty() {
+        return Ok(());
+    }
+    let sends = std::mem::replace(chunk, Vec::with_capacity(chunk.capacity()));
+    tx.send(sends)
+        .await
+        .map_err(|_| anyhow::anyhow!("the collector stopped early"))
 }
 
 struct Collected {
@@ -397,8 +455,9 @@ where
     c
 }
 
-/// The collector of the saturation runs: awaits the sends in the order they were made, and
-/// with the oldest stamps every later one already settled. An exact stamp costs a
+/// The collector of the saturation runs: takes the sends a chunk at a time (see
+/// [`closed_loop`]), awaits them in the order they were made, and with the oldest stamps every
+/// later one already settled. An exact stamp costs a
 /// registered wake-up per send (a `FuturesUnordered` task woken by each acknowledgement):
 /// at a million per-event futures a second that collector took a core of this 2-core machine
 /// and was what held the sender back — the contenders with a future per event measured at a
@@ -407,39 +466,42 @@ where
 /// earlier): at saturation latency is informational (the window sets it), throughput is
 /// what is judged, and every contender is collected alike.
 async fn collect_in_order<F>(
-    mut rx: mpsc::Receiver<Pending<F>>,
+    mut rx: mpsc::Receiver<Vec<Pending<F>>>,
     permits: Arc<Semaphore>,
     per: u32,
 ) -> Collected
 where
-    F: Future<Output = Result<Ack, String>> + Send + 'static,
+    F: Future<Output = Result<Ack, String>> + Send + Unpin + 'static,
 {
     let mut c = Collected::new();
-    let mut waiting: std::collections::VecDeque<Pending<std::pin::Pin<Box<F>>>> =
-        std::collections::VecDeque::new();
+    let mut waiting: VecDeque<Pending<F>> = VecDeque::new();
     let mut open = true;
     loop {
         let head = waiting.front_mut().map(|p| &mut p.fut);
         tokio::select! {
             m = rx.recv(), if open => match m {
-                Some(p) => {
-                    c.sent(p.due, p.counted);
-                    waiting.push_back(Pending { due: p.due, counted: p.counted, fut: Box::pin(p.fut) });
+                Some(sends) => {
+                    for p in sends {
+                        c.sent(p.due, p.counted);
+                        waiting.push_back(p);
+                    }
                 }
                 None => open = false,
             },
             r = async { head.expect("guarded: not empty").await }, if head.is_some() => {
                 let now = Instant::now();
                 let p = waiting.pop_front().expect("the head just settled");
-                permits.add_permits(per as usize);
                 c.settled(p.due, p.counted, now, per, r);
+                let mut settled = 1;
                 // Those behind it that settled meanwhile, stamped alike.
                 while let Some(next) = waiting.front_mut() {
                     let Some(r) = (&mut next.fut).now_or_never() else { break };
                     let p = waiting.pop_front().expect("front exists");
-                    permits.add_permits(per as usize);
                     c.settled(p.due, p.counted, now, per, r);
+                    settled += 1;
                 }
+                // Once per wake-up: each call takes the semaphore's lock.
+                permits.add_permits(settled * per as usize);
             },
             else => break,
         }
@@ -583,6 +645,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_window_shorter_than_a_chunk_hands_its_sends_over_before_waiting_for_room() {
+        // 100 events of room, chunks of 1,024: the sender runs out of permits with its chunk
+        // unsent, and only the collector, once it sees those sends, gives permits back.
+        let t = Delayed {
+            delay: Duration::from_millis(10),
+            per: 1,
+        };
+        let mut p = plan(Load::Saturation);
+        p.window = 100;
+        // On the paused clock a stuck sender and collector let time jump to this at once.
+        let m = tokio::time::timeout(Duration::from_secs(60), drive(&t, &p))
+            .await
+            .expect("the sender waited for permits its unsent chunk held")
+            .unwrap();
+        assert_eq!(m.acked, m.sent);
+        // A window of 100 every 10 ms for 300 ms counted: about 3,000 events.
+        assert!((2_500..=3_500).contains(&m.acked), "{}", m.acked);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn in_order_a_send_settled_behind_an_older_one_is_stamped_with_it_never_before() {
         // Settling at 30, 10 and 50 ms: the second waits for the first (stamped 30, not
         // 10), the third has its own. Every send is stamped once and gives its permits back.
@@ -602,11 +684,11 @@ mod tests {
                 });
             });
             let fut = settled.map(|r| r.map_err(|e| e.to_string()));
-            tx.send(Pending {
+            tx.send(vec![Pending {
                 due,
                 counted: true,
                 fut,
-            })
+            }])
             .await
             .unwrap();
         }

@@ -328,9 +328,10 @@ impl Report {
             "  * at a fixed rate: acknowledgements while the counted schedule ran ÷ its span \
              (does it keep up? how late is the latency columns'); at saturation: counted events ÷ \
              (first send → last acknowledgement). Both are in --json (during_schedule_per_s, \
-             completion_per_s). At saturation every contender's sends are collected in the order \
-             made (a send settled behind an older one is stamped with it: latency there is an \
-             upper bound, for information); at the rates each is stamped as it settles."
+             completion_per_s). At saturation every contender's sends reach the collector in chunks \
+             of up to 1,024 events (or 1 ms) and are collected in the order made (a send settled \
+             behind an older one is stamped with it: latency there is an upper bound, for \
+             information); at the rates each is stamped as it settles."
         );
         self.print_adaptive_states("latency");
     }
