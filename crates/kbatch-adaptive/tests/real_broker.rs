@@ -681,6 +681,51 @@ async fn packed_events_to_a_missing_topic_each_fail_with_their_record_back() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_envelope_the_broker_rejects_hands_each_event_its_own_record_back() {
+    // The topic takes records of at most 2,000 bytes; 60 events of 100 random (incompressible)
+    // bytes, sent together, travel as one envelope several times that, which the broker
+    // refuses. Every event fails with the envelope, and what it hands back must be its record
+    // as given — key, value, headers, timestamp, a partition only where the caller named one.
+    use rand::{Rng as _, SeedableRng as _};
+    const N: usize = 60;
+    let topic = unique_name("adaptive-too-large");
+    kbatch_testkit::admin()
+        .create_topics(&[
+            kbatch_client::NewTopic::new(&topic, 1).with_config("max.message.bytes", "2000")
+        ])
+        .await
+        .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let sent: Vec<Record> = (0..N)
+        .map(|i| {
+            let mut value = vec![0u8; 100];
+            rng.fill(&mut value[..]);
+            let r = Record::new(topic.as_str(), value)
+                .with_header("i", i.to_string())
+                .with_timestamp(kbatch_core::Timestamp(1_700_000_000_000 + i as i64));
+            match i % 3 {
+                0 => r.with_key(format!("k{i}")).with_partition(0),
+                1 => r.with_key(format!("k{i}")),
+                _ => r,
+            }
+        })
+        .collect();
+    let p = AdaptiveProducer::start(config(Shape::Packed)).unwrap();
+    let results = p.send_many(sent.clone()).await.await;
+    assert_eq!(results.len(), N);
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Err(e @ kbatch_adaptive::AdaptiveError::Envelope { .. }) => {
+                assert_eq!(e.into_record().as_ref(), Some(&sent[i]), "event {i}");
+            }
+            other => panic!("event {i}: {other:?}"),
+        }
+    }
+    let r = p.close().await;
+    assert_eq!((r.stats.failed, r.stats.delivered), (N as u64, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn detached_events_are_delivered_and_counted_without_futures() {
     const N: u64 = 5_000;
     let topic = unique_name("adaptive-detached");
