@@ -141,15 +141,23 @@ impl Measured {
 /// sender back. Keeping every future of the run instead grew one vector to millions of
 /// entries, reallocated and copied while timed (the first round's direct load ran at under
 /// half the speed of the others).
-const DIRECT_WINDOW: usize = 200_000;
+pub(super) const DIRECT_WINDOW: usize = 200_000;
 
 /// The direct contender: records sent with `Producer::send` for `seconds`, every future
-/// awaited (the oldest once [`DIRECT_WINDOW`] are outstanding); the producer's own bound
-/// holds the sender back.
-pub(super) async fn direct(p: &Producer, topic: &Topic, data: &Data, seconds: f64) -> Measured {
+/// awaited, the oldest once `window` are outstanding: [`DIRECT_WINDOW`] lets the producer's
+/// own bound hold the sender back; the NDJSON load's records in flight (connections ×
+/// records per request) match what the gateway is given.
+pub(super) async fn direct(
+    p: &Producer,
+    topic: &Topic,
+    data: &Data,
+    seconds: f64,
+    window: usize,
+) -> Measured {
+    let window = window.max(1);
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(seconds);
-    let mut futures = std::collections::VecDeque::with_capacity(DIRECT_WINDOW);
+    let mut futures = std::collections::VecDeque::with_capacity(window);
     let mut m = Measured::default();
     let settle = |m: &mut Measured, r: Result<_, kbatch_producer::ProduceError>| match r {
         Ok(_) => m.records += 1,
@@ -160,7 +168,7 @@ pub(super) async fn direct(p: &Producer, topic: &Topic, data: &Data, seconds: f6
     };
     let mut i = 0u64;
     while Instant::now() < until {
-        if futures.len() == DIRECT_WINDOW
+        if futures.len() >= window
             && let Some(f) = futures.pop_front()
         {
             settle(&mut m, f.await);
