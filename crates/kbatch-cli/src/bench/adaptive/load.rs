@@ -457,8 +457,8 @@ where
 
 /// The collector of the saturation runs: takes the sends a chunk at a time (see
 /// [`closed_loop`]), awaits them in the order they were made, and with the oldest stamps every
-/// later one already settled. An exact stamp costs a
-/// registered wake-up per send (a `FuturesUnordered` task woken by each acknowledgement):
+/// later one already settled. An exact stamp costs a registered wake-up per send (a
+/// `FuturesUnordered` task woken by each acknowledgement):
 /// at a million per-event futures a second that collector took a core of this 2-core machine
 /// and was what held the sender back — the contenders with a future per event measured at a
 /// third to a quarter of their speed, the ones with a future per 1,000 events did not. In
