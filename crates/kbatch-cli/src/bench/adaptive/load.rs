@@ -259,7 +259,6 @@ async fn closed_loop<T: Target>(
     let mut first_counted: Option<Instant> = None;
     let mut counted_events = 0u64;
     let mut chunk: Vec<Pending<T::Fut>> = Vec::with_capacity(sends_per_chunk as usize);
-    let mut chunk_started = Instant::now();
     // Permits taken and not yet used by a send.
     let mut held = 0u32;
     for n in 0.. {
@@ -287,11 +286,10 @@ async fn closed_loop<T: Target>(
             counted_events += u64::from(per);
         }
         let fut = t.send(n).await?;
-        if chunk.is_empty() {
-            chunk_started = due;
-        }
         chunk.push(Pending { due, counted, fut });
-        if chunk.len() >= sends_per_chunk as usize || due - chunk_started >= CHUNK_AGE {
+        // The chunk's age is its first send's.
+        let started = chunk.first().map_or(due, |p| p.due);
+        if chunk.len() >= sends_per_chunk as usize || due - started >= CHUNK_AGE {
             hand_over(&tx, &mut chunk).await?;
         }
     }
