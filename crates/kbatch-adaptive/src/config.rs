@@ -9,6 +9,7 @@ use kbatch_producer::ProducerConfig;
 use crate::controller::ControllerConfig;
 use crate::learner::LearnerConfig;
 use crate::levels::{LevelId, LevelTable};
+use crate::path::PathConfig;
 
 /// How events travel to Kafka.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -80,6 +81,9 @@ pub struct AdaptiveConfig {
     /// them. With a bound, N is never explored below the level's bootstrap N (see
     /// [`LearnerConfig::events_floor_at_bootstrap`](crate::learner::LearnerConfig)).
     pub flushes_in_flight: usize,
+    /// Per-event shape: when single-event sends skip the intake and go straight to the client
+    /// (while the intake is the slowest stage; see [`crate::path`]). Packed ignores it.
+    pub path: PathConfig,
 }
 
 impl AdaptiveConfig {
@@ -100,6 +104,7 @@ impl AdaptiveConfig {
             profile: "default".to_owned(),
             seed: None,
             flushes_in_flight: 2,
+            path: PathConfig::default(),
         }
     }
 
@@ -180,6 +185,13 @@ impl AdaptiveConfig {
         self
     }
 
+    /// Sets when per-event sends skip the intake (see [`crate::path`]).
+    #[must_use]
+    pub fn with_path(mut self, path: PathConfig) -> Self {
+        self.path = path;
+        self
+    }
+
     /// Sets the exploration seed.
     #[must_use]
     pub fn with_seed(mut self, seed: u64) -> Self {
@@ -194,6 +206,19 @@ impl AdaptiveConfig {
         ConfigError::check_range("max_batch_bytes", self.max_batch_bytes, 1_024, max_record)?;
         ConfigError::check_range("intake_capacity", self.intake_capacity, 1, 10_000_000)?;
         ConfigError::check_range("flushes_in_flight", self.flushes_in_flight, 0, 1_000)?;
+        ConfigError::check_range(
+            "path.after",
+            self.path.after,
+            Duration::from_millis(10),
+            Duration::from_secs(600),
+        )?;
+        ConfigError::check_range("path.back_below", self.path.back_below, 0.01, 0.99)?;
+        ConfigError::check_range(
+            "path.linger",
+            self.path.linger,
+            Duration::ZERO,
+            Duration::from_secs(10),
+        )?;
         ConfigError::check_range(
             "epoch",
             self.epoch,

@@ -11,6 +11,11 @@
 //! Packed, the driver task sends each envelope itself; per-event, a flushed batch goes through
 //! a bounded hand-off ([`HANDOFF_QUEUE`]) to a sender task that calls `Producer::send` for each
 //! event, so draining the intake and handing events to the client run on both cores.
+//!
+//! Per-event, while the intake is saturated, single-event sends skip all of this and go
+//! straight to a second client that lingers ([`crate::path`]); the driver decides the path at
+//! each tick and carries out each switch: it takes no events until the sender task is idle and
+//! the client left behind has every record acknowledged, then the other client takes over.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,6 +38,7 @@ use crate::learner::{Choice, EpochStats, Learner};
 use crate::levels::{BatchSettings, LevelId};
 use crate::metrics::Metrics;
 use crate::partitioner::KeyHash;
+use crate::path::{Path, PathSwitch};
 use crate::persist::Persistence;
 use crate::pool::VecPool;
 use crate::producer::{AdaptiveCloseReport, Entry, Pending, Shared};
@@ -101,6 +107,9 @@ impl InFlight {
     }
 }
 
+/// How often a path switch under way looks whether the client left behind is done.
+const SWITCH_POLL: Duration = Duration::from_millis(1);
+
 /// How long a failed partition-count lookup answers for its topic before it is asked again.
 const METADATA_RETRY: Duration = Duration::from_secs(1);
 
@@ -153,6 +162,13 @@ impl Default for EpochAcc {
 
 pub(crate) struct Driver {
     producer: Producer,
+    /// Per-event with the path switch on: the client that lingers (see [`crate::path`]).
+    saturated: Option<Producer>,
+    /// A path switch under way, to this path: the driver takes no events until the client
+    /// left behind has every record acknowledged.
+    switching: Option<Path>,
+    /// Per-event events handed to the sender task (see `Shared::sender_done`).
+    flushed_events: u64,
     shape: Shape,
     controller: Controller,
     learner: Learner,
@@ -185,6 +201,14 @@ pub(crate) struct Driver {
     /// the client; `None` packed, and once closing.
     to_sender: Option<mpsc::Sender<Handoff>>,
     sender: Option<JoinHandle<()>>,
+    /// Per-event: whether single-event sends skip the intake (see [`crate::path`]).
+    path: PathSwitch,
+    /// `counters.direct` when last read: events sent straight to the client since count as
+    /// arrivals for the controller.
+    direct_seen: u64,
+    /// The running epoch went (partly) straight to the client: no N and T were in force, so
+    /// it is not judged.
+    epoch_direct: bool,
 }
 
 /// A per-event record handed to the client: its delivery future, arrival and reply.
@@ -208,6 +232,7 @@ impl Driver {
     pub(crate) fn new(
         config: &AdaptiveConfig,
         producer: Producer,
+        saturated: Option<Producer>,
         persistence: Persistence,
         now: Instant,
     ) -> Self {
@@ -241,6 +266,9 @@ impl Driver {
         );
         Self {
             producer,
+            saturated,
+            switching: None,
+            flushed_events: 0,
             shape: config.shape,
             controller,
             learner,
@@ -264,6 +292,16 @@ impl Driver {
             metrics: Metrics::new(&config.profile),
             to_sender: None,
             sender: None,
+            path: PathSwitch::new(if config.shape == Shape::PerEvent {
+                config.path
+            } else {
+                crate::path::PathConfig {
+                    enabled: false,
+                    ..config.path
+                }
+            }),
+            direct_seen: 0,
+            epoch_direct: false,
         }
     }
 
@@ -282,7 +320,6 @@ impl Driver {
             self.sender = Some(tokio::spawn(send_batches(
                 rx,
                 Sender {
-                    producer: self.producer.clone(),
                     shared: Arc::clone(&shared),
                     spares: Arc::clone(&self.spares),
                     waiting: Arc::new(VecPool::new(SPARES)),
@@ -297,11 +334,24 @@ impl Driver {
             while let Some(v) = self.spares.pop() {
                 self.batcher.recycle(v);
             }
+            if let Some(to) = self.switching {
+                // No events are taken meanwhile: the intake fills and callers wait (a switch
+                // takes as long as the old client's records take to be acknowledged).
+                if !self.finish_switch(&shared, to) {
+                    tokio::time::sleep(SWITCH_POLL).await;
+                    continue;
+                }
+            }
             let taken = shared.intake.pop_events_into(&mut buf, PASS, Entry::events);
             let now = Instant::now();
+            let direct = shared.counters.direct.load(Ordering::Relaxed);
+            let arrived = taken as u64 + (direct - self.direct_seen);
+            self.direct_seen = direct;
+            if arrived > 0 {
+                self.controller.record(arrived, now);
+                self.epoch_submitted += arrived;
+            }
             if taken > 0 {
-                self.controller.record(taken as u64, now);
-                self.epoch_submitted += taken as u64;
                 for p in buf.drain(..).flatten() {
                     // Synchronous unless a topic's partition count is not known yet: an async
                     // call per event moved each event through its future's state.
@@ -321,11 +371,18 @@ impl Driver {
             if now >= next_tick {
                 self.tick(&shared, now).await;
                 next_tick = now
-                    + if taken > 0 || !self.batcher.is_empty() {
+                    + if arrived > 0 || !self.batcher.is_empty() {
                         TICK
                     } else {
                         IDLE_TICK
                     };
+            }
+            if self.path.path() == Path::Direct {
+                // Events still come through the intake (`send_many`, a send behind them):
+                // they go to the client at once, so the sends waiting for them go on.
+                for f in self.batcher.drain() {
+                    self.flush(&shared, f).await;
+                }
             }
             for f in self.batcher.expired(now + TIMER_SLACK) {
                 self.flush(&shared, f).await;
@@ -481,8 +538,63 @@ impl Driver {
         )))
     }
 
+    /// Completes the switch to `to` once the client left behind is done: the sender task has
+    /// handed on every batch, no send is on its way straight to the saturated client, and
+    /// the old client has every record acknowledged (two idempotent producers do not order
+    /// records between them). Returns whether it completed.
+    fn finish_switch(&mut self, shared: &Shared, to: Path) -> bool {
+        if shared.intake.is_closed() {
+            // Closing: the sender keeps its client (no drain to wait for, which could outlast
+            // the close) and sends stay off the direct path; nothing is reordered.
+            shared.direct.store(false, Ordering::SeqCst);
+            shared.drained.notify_waiters();
+            self.switching = None;
+            return true;
+        }
+        if shared.sender_done.load(Ordering::SeqCst) != self.flushed_events {
+            return false;
+        }
+        let left = match to {
+            Path::Direct => Some(&self.producer),
+            Path::Intake => {
+                if shared.direct_sending.load(Ordering::SeqCst) > 0 {
+                    return false;
+                }
+                self.saturated.as_ref()
+            }
+        };
+        if left.is_some_and(|p| p.counters().pending_records > 0) {
+            return false;
+        }
+        let direct = to == Path::Direct;
+        shared.on_saturated.store(direct, Ordering::SeqCst);
+        shared.direct.store(direct, Ordering::SeqCst);
+        shared.drained.notify_waiters();
+        self.switching = None;
+        tracing::info!(path = ?to, "adaptive producer: per-event path changed");
+        true
+    }
+
     /// Re-evaluates the level, and ends the epoch when it is due.
     async fn tick(&mut self, shared: &Arc<Shared>, now: Instant) {
+        let intake = &shared.intake;
+        let saturated = intake.waiting() > 0 || intake.len() * 2 >= intake.capacity();
+        let rate = self.controller.rates(now).short;
+        if let Some(path) = self.path.tick(now, saturated, rate) {
+            self.epoch_direct = true;
+            if path == Path::Intake {
+                // New sends take the intake at once; those on their way to the saturated
+                // client are waited for in `finish_switch`.
+                shared.direct.store(false, Ordering::SeqCst);
+                shared.drained.notify_waiters();
+            }
+            self.switching = Some(path);
+            shared
+                .counters
+                .path_switches
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(?path, rate, "adaptive producer: per-event path changing");
+        }
         let changed = self.controller.tick(now);
         let epoch_over = now.duration_since(self.epoch_start) >= self.epoch;
         if changed.is_some() || epoch_over {
@@ -525,7 +637,7 @@ impl Driver {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        if !cut_short || elapsed >= self.epoch / 2 {
+        if (!cut_short || elapsed >= self.epoch / 2) && !self.epoch_direct {
             let stats = EpochStats {
                 submitted: self.epoch_submitted,
                 delivered: acc.delivered,
@@ -562,6 +674,7 @@ impl Driver {
             }
         }
         self.epoch_start = now;
+        self.epoch_direct = self.path.path() == Path::Direct;
         self.epoch_submitted = 0;
         self.epoch_batches = 0;
         self.epoch_batched_events = 0;
@@ -607,16 +720,21 @@ impl Driver {
     async fn send_each(&mut self, shared: &Arc<Shared>, items: Vec<Pending>, cause: FlushCause) {
         let in_flight = self.start_flight(shared, cause);
         let handoff = Handoff { items, in_flight };
+        let n = handoff.items.len() as u64;
         let refused = match &self.to_sender {
             Some(tx) => tx.send(handoff).await.err().map(|e| e.0),
             None => Some(handoff),
         };
+        if refused.is_none() {
+            self.flushed_events += n;
+        }
         // Only if the sender task ended abnormally: its events cannot be sent.
         if let Some(Handoff { items, in_flight }) = refused {
             shared
                 .counters
                 .failed
                 .fetch_add(items.len() as u64, Ordering::Relaxed);
+            shared.handed_on(items.len() as u64);
             for p in items {
                 p.reply.send(Err(AdaptiveError::Closed {
                     record: Some(Box::new(p.record)),
@@ -721,7 +839,12 @@ impl Driver {
         self.completions.close();
         let failed_before = shared.counters.failed.load(Ordering::Relaxed);
         let close = self.producer.close();
-        let (_, _report) = tokio::join!(self.completions.wait(), close);
+        let saturated = async {
+            if let Some(p) = &self.saturated {
+                p.close().await;
+            }
+        };
+        let (_, _report, ()) = tokio::join!(self.completions.wait(), close, saturated);
         let failed_at_close = shared
             .counters
             .failed
@@ -740,7 +863,6 @@ impl Driver {
 
 /// What the per-event sender task needs.
 struct Sender {
-    producer: Producer,
     shared: Arc<Shared>,
     spares: Arc<VecPool<Pending>>,
     /// Its completion tasks' vectors of delivery futures to await.
@@ -759,6 +881,7 @@ async fn send_batches(mut rx: mpsc::Receiver<Handoff>, s: Sender) {
     }) = rx.recv().await
     {
         let mut waiting = s.waiting.take(items.len());
+        let handed = items.len() as u64;
         for Pending {
             record,
             arrived,
@@ -766,14 +889,21 @@ async fn send_batches(mut rx: mpsc::Receiver<Handoff>, s: Sender) {
             ..
         } in items.drain(..)
         {
-            match s.producer.send(record).await {
+            match s.shared.sender_client().send(record).await {
                 Ok(fut) => waiting.push((fut, arrived, reply)),
                 Err(e) => {
-                    s.shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    let c = &s.shared.counters;
+                    c.failed.fetch_add(1, Ordering::Relaxed);
+                    if matches!(e, kbatch_producer::ProduceError::Enqueue { .. }) {
+                        c.client_failed.fetch_add(1, Ordering::Relaxed);
+                    }
                     reply.send(Err(AdaptiveError::Produce(e)));
                 }
             }
         }
+        // Every event of the batch is in the client (or failed): sends straight to it may go.
+        s.shared.handed_on(handed);
+        s.shared.sender_done.fetch_add(handed, Ordering::SeqCst);
         s.spares.give(items);
         s.shared
             .counters
@@ -806,6 +936,10 @@ async fn send_batches(mut rx: mpsc::Receiver<Handoff>, s: Sender) {
                     }
                 }
             }
+            shared
+                .counters
+                .client_failed
+                .fetch_add(failed, Ordering::Relaxed);
             shared.acknowledged(ok, failed, &latencies);
             pool.give(waiting);
             latency_pool.give(latencies);

@@ -295,6 +295,11 @@ impl<E> Intake<E> {
         self.items.notify_one();
     }
 
+    /// Submitters waiting for room now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
     /// True once closed.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)

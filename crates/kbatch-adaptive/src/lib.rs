@@ -57,6 +57,7 @@ pub mod learner;
 pub mod levels;
 mod metrics;
 mod partitioner;
+pub mod path;
 mod persist;
 mod pool;
 mod producer;
@@ -71,6 +72,7 @@ pub use intake::{Intake, PushError};
 pub use learner::{Choice, EpochStats, Judged, Learned, Learner, LearnerConfig, Regression};
 pub use levels::{BatchSettings, Level, LevelId, LevelTable};
 pub use partitioner::KeyHash;
+pub use path::{Path, PathConfig, PathSwitch};
 pub use producer::{AdaptiveCloseReport, AdaptiveProducer, AdaptiveStats, SendOptions};
 pub use reply::{
     EventDelivered, EventFuture, EventResult, ManyFuture, ManyResults, ManyResultsIter,

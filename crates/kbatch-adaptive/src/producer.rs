@@ -1,14 +1,15 @@
 //! The adaptive producer's handle: hand events in, get a future per event.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kbatch_core::Record;
-use kbatch_producer::Producer;
+use kbatch_producer::{ProduceError, Producer};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::config::AdaptiveConfig;
+use crate::config::{AdaptiveConfig, Shape};
 use crate::driver::{self, Driver};
 use crate::error::{AdaptiveError, TrySendError, TrySendManyError};
 use crate::intake::{Intake, PushError};
@@ -101,6 +102,11 @@ pub struct AdaptiveStats {
     /// [`AdaptiveConfig::flushes_in_flight`](crate::AdaptiveConfig::flushes_in_flight); full
     /// batches are not counted).
     pub peak_flushes_in_flight: u64,
+    /// Per-event events sent straight to the client while the intake was the slowest stage
+    /// (see [`crate::path`]).
+    pub direct: u64,
+    /// Times the per-event path changed (intake ↔ straight to the client).
+    pub path_switches: u64,
     /// The current level.
     pub level: Option<LevelId>,
     /// The settings in force.
@@ -131,6 +137,15 @@ pub(crate) struct Counters {
     pub(crate) regressions: AtomicU64,
     pub(crate) level_changes: AtomicU64,
     pub(crate) peak_flushes_in_flight: AtomicU64,
+    /// Per-event events sent straight to the client (see [`crate::path`]), counted in
+    /// `submitted` and, unless refused at once, in `records` by `stats`.
+    pub(crate) direct: AtomicU64,
+    /// Of `direct`, those the client refused at once (no record sent).
+    pub(crate) direct_refused: AtomicU64,
+    pub(crate) path_switches: AtomicU64,
+    /// Of `failed`, those the client counted too (its delivery reports, its refusals): per
+    /// event, failures are read from the client, which also sees the events sent straight.
+    pub(crate) client_failed: AtomicU64,
 }
 
 /// State shared by the handles, the driver and the completion tasks.
@@ -143,22 +158,110 @@ pub(crate) struct Shared {
     /// Delivery latencies of the running epoch, by the completion tasks (once per batch).
     pub(crate) epoch: Mutex<driver::EpochAcc>,
     pub(crate) budget_cap: Duration,
+    pub(crate) shape: Shape,
+    /// The client (linger 0: the intake lingers).
+    pub(crate) producer: Producer,
+    /// Per-event, the path switch on: the client that lingers, which single-event sends go
+    /// straight to while the intake is saturated (see [`crate::path`]).
+    pub(crate) saturated: Option<Producer>,
+    /// Set by the driver while the sender task hands batches to `saturated` (from a switch
+    /// to the direct path until the switch back).
+    pub(crate) on_saturated: AtomicBool,
+    /// Set by the driver while single-event sends skip the intake.
+    pub(crate) direct: AtomicBool,
+    /// Single-event sends between reading `direct` and `saturated` taking the record: the
+    /// driver switches back only when none is (see `DirectSend`).
+    pub(crate) direct_sending: AtomicUsize,
+    /// Events the sender task has handed to a client (or failed): with the events the
+    /// driver flushed, it tells when the sender is idle.
+    pub(crate) sender_done: AtomicU64,
+    /// Whether the two counts below are kept (per-event shape, the path switch on).
+    pub(crate) counting: bool,
+    /// Events counted before they go into the intake …
+    pub(crate) entered: AtomicU64,
+    /// … and after the client took them (or they failed or were refused). A send may go
+    /// straight to the client only when the two are equal: every event handed in before it
+    /// (its own earlier ones included) is then in the client, so no key's order is broken.
+    pub(crate) handed: AtomicU64,
+    /// Told when `handed` catches up with `entered` while sends go straight to the client.
+    pub(crate) drained: Notify,
 }
 
 impl Shared {
+    /// Counts `n` events about to go into the intake (see `handed`).
+    pub(crate) fn enter(&self, n: u64) {
+        if self.counting {
+            self.entered.fetch_add(n, Ordering::SeqCst);
+        }
+    }
+
+    /// `n` events handed in earlier are now in the client, failed, or were refused.
+    pub(crate) fn handed_on(&self, n: u64) {
+        if self.counting && n > 0 {
+            let now = self.handed.fetch_add(n, Ordering::SeqCst) + n;
+            if self.direct.load(Ordering::SeqCst) && now == self.entered.load(Ordering::SeqCst) {
+                self.drained.notify_waiters();
+            }
+        }
+    }
+
+    /// Every event handed in so far is in the client. `handed` is read first: it never
+    /// exceeds `entered`, so equal means nothing counted in `entered` before this read —
+    /// the caller's own earlier events among them — is still on its way.
+    fn all_handed(&self) -> bool {
+        let handed = self.handed.load(Ordering::SeqCst);
+        handed == self.entered.load(Ordering::SeqCst)
+    }
+
+    /// The client the sender task hands batches to now.
+    pub(crate) fn sender_client(&self) -> &Producer {
+        match &self.saturated {
+            Some(p) if self.on_saturated.load(Ordering::SeqCst) => p,
+            _ => &self.producer,
+        }
+    }
+
     /// Counters and the decision in force.
     pub(crate) fn stats(&self) -> AdaptiveStats {
         let c = &self.counters;
+        // Per event, every event is one of the clients' records: their counts include the
+        // events sent straight to the saturated client.
+        let (delivered, failed) = match self.shape {
+            Shape::PerEvent => {
+                let (mut delivered, mut failed) = (0, 0);
+                for k in std::iter::once(&self.producer)
+                    .chain(&self.saturated)
+                    .map(Producer::counters)
+                {
+                    delivered += k.delivered;
+                    failed += k.failed_retriable + k.failed_permanent + k.failed_fatal;
+                }
+                (
+                    delivered,
+                    c.failed
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(c.client_failed.load(Ordering::Relaxed))
+                        + failed,
+                )
+            }
+            Shape::Packed => (
+                c.delivered.load(Ordering::Relaxed),
+                c.failed.load(Ordering::Relaxed),
+            ),
+        };
         let (level, settings) = *self
             .decision
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         AdaptiveStats {
-            submitted: c.submitted.load(Ordering::Relaxed),
-            delivered: c.delivered.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
+            submitted: c.submitted.load(Ordering::Relaxed) + c.direct.load(Ordering::Relaxed),
+            delivered,
+            failed,
+            direct: c.direct.load(Ordering::Relaxed),
+            path_switches: c.path_switches.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
-            records: c.records.load(Ordering::Relaxed),
+            records: (c.records.load(Ordering::Relaxed) + c.direct.load(Ordering::Relaxed))
+                .saturating_sub(c.direct_refused.load(Ordering::Relaxed)),
             budget_overruns: c.budget_overruns.load(Ordering::Relaxed),
             regressions: c.regressions.load(Ordering::Relaxed),
             level_changes: c.level_changes.load(Ordering::Relaxed),
@@ -211,6 +314,10 @@ impl std::fmt::Debug for AdaptiveProducer {
     }
 }
 
+/// Longest a send waits for the intake to drain before it goes straight to the client;
+/// past it, it goes through the intake instead.
+const DRAIN_WAIT: Duration = Duration::from_millis(10);
+
 /// Events sent with no budget of their own may wait as long as the level allows.
 const NO_BUDGET: Duration = Duration::from_secs(24 * 3_600);
 
@@ -229,7 +336,18 @@ impl AdaptiveProducer {
         let producer = Producer::new(producer_config)?;
         let persistence = Persistence::open(&config.calibration, &config.profile);
         let now = Instant::now();
-        let driver = Driver::new(&config, producer, persistence, now);
+        let client = producer.clone();
+        let counting = config.shape == Shape::PerEvent && config.path.enabled;
+        let saturated = if counting {
+            let mut c = config.producer.clone();
+            c.kafka.linger = config.path.linger;
+            // Its own metrics: the two clients' counters are not one client's.
+            c.kafka.client.client_id = format!("{}-saturated", c.kafka.client.client_id);
+            Some(Producer::new(c)?)
+        } else {
+            None
+        };
+        let driver = Driver::new(&config, producer, saturated.clone(), persistence, now);
         let (level, settings) = driver.decision();
         let shared = Arc::new(Shared {
             intake: Intake::new(config.intake_capacity, intake_shards()),
@@ -237,6 +355,17 @@ impl AdaptiveProducer {
             decision: Mutex::new((level, settings)),
             epoch: Mutex::new(driver::EpochAcc::default()),
             budget_cap: config.budget.unwrap_or(NO_BUDGET),
+            shape: config.shape,
+            producer: client,
+            saturated,
+            on_saturated: AtomicBool::new(false),
+            direct: AtomicBool::new(false),
+            direct_sending: AtomicUsize::new(0),
+            sender_done: AtomicU64::new(0),
+            counting,
+            entered: AtomicU64::new(0),
+            handed: AtomicU64::new(0),
+            drained: Notify::new(),
         });
         let handle = tokio::spawn(driver.run(Arc::clone(&shared)));
         Ok(Self {
@@ -283,7 +412,12 @@ impl AdaptiveProducer {
     /// Puts `p` into the intake's shard for `hint`, waiting while it is full; hands the
     /// record back once closed.
     async fn hand_in(&self, hint: Option<u64>, p: Pending) -> Result<(), AdaptiveError> {
-        match self.shared.intake.push(hint, Entry::One(p)).await {
+        let entering = Entering::new(&self.shared, 1);
+        let pushed = self.shared.intake.push(hint, Entry::One(p)).await;
+        if pushed.is_ok() {
+            entering.taken();
+        }
+        match pushed {
             Ok(()) => {
                 self.shared
                     .counters
@@ -305,6 +439,10 @@ impl AdaptiveProducer {
     /// # Cancellation
     /// As [`send`](Self::send).
     pub async fn send_detached(&self, record: Record) -> Result<(), AdaptiveError> {
+        let record = match self.send_direct(record).await {
+            Ok(sent) => return sent.map(drop),
+            Err(record) => record,
+        };
         let p = self.detached(record, None, Reply::detached(), Instant::now());
         self.hand_in(order_hint(&p), p).await
     }
@@ -336,6 +474,7 @@ impl AdaptiveProducer {
         let mut taken = 0u64;
         for (hint, chunk) in chunks {
             let n = chunk.len();
+            let entering = Entering::new(&self.shared, n as u64);
             // Once closed, the intake refuses every later chunk at once, without waiting.
             match self
                 .shared
@@ -343,7 +482,10 @@ impl AdaptiveProducer {
                 .push_many(Some(hint), Entry::Many(chunk), n)
                 .await
             {
-                Ok(()) => taken += n as u64,
+                Ok(()) => {
+                    entering.taken();
+                    taken += n as u64;
+                }
                 Err(e) => refuse_closed(e),
             }
         }
@@ -369,12 +511,14 @@ impl AdaptiveProducer {
             return Ok(f);
         };
         let n = chunk.len();
+        let entering = Entering::new(&self.shared, n as u64);
         match self
             .shared
             .intake
             .try_push_many(Some(hint), Entry::Many(chunk), n)
         {
             Ok(()) => {
+                entering.taken();
                 self.shared
                     .counters
                     .submitted
@@ -485,6 +629,10 @@ impl AdaptiveProducer {
         record: Record,
         options: SendOptions,
     ) -> Result<EventFuture, AdaptiveError> {
+        let record = match self.send_direct(record).await {
+            Ok(sent) => return sent,
+            Err(record) => record,
+        };
         let (p, f) = self.pending(record, options.budget);
         let hint = options.sequence.or_else(|| order_hint(&p));
         self.hand_in(hint, p).await.map(|()| f)
@@ -527,10 +675,16 @@ impl AdaptiveProducer {
         record: Record,
         options: SendOptions,
     ) -> Result<EventFuture, TrySendError> {
+        let record = match self.try_send_direct(record) {
+            Ok(sent) => return sent,
+            Err(record) => record,
+        };
         let (p, f) = self.pending(record, options.budget);
         let hint = options.sequence.or_else(|| order_hint(&p));
+        let entering = Entering::new(&self.shared, 1);
         match self.shared.intake.try_push(hint, Entry::One(p)) {
             Ok(()) => {
+                entering.taken();
                 self.shared
                     .counters
                     .submitted
@@ -539,6 +693,110 @@ impl AdaptiveProducer {
             }
             Err(PushError::Full(e)) => Err(TrySendError::Full(one_record(e))),
             Err(PushError::Closed(e)) => Err(TrySendError::Closed(one_record(e))),
+        }
+    }
+
+    /// Sends `record` straight to the client while the intake is the slowest stage (see
+    /// [`crate::path`]), once every event handed in before it is in the client — waiting
+    /// up to [`DRAIN_WAIT`] for that while the intake drains. Hands the record back when the
+    /// intake is the way: then, or after that wait, it goes in behind the events there.
+    async fn send_direct(
+        &self,
+        record: Record,
+    ) -> Result<Result<EventFuture, AdaptiveError>, Record> {
+        let s = &self.shared;
+        if !s.direct.load(Ordering::SeqCst) {
+            return Err(record);
+        }
+        let _sending = DirectSend::new(s);
+        // The common case, without a waiter registered (a lock per send).
+        let ready = s.direct.load(Ordering::SeqCst) && !s.intake.is_closed() && s.all_handed();
+        let give_up = (!ready).then(|| tokio::time::Instant::now() + DRAIN_WAIT);
+        while let Some(give_up) = give_up {
+            let drained = s.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if !s.direct.load(Ordering::SeqCst) || s.intake.is_closed() {
+                return Err(record);
+            }
+            if s.all_handed() {
+                break;
+            }
+            // Others keep handing events in (`send_many`, `try_send`): the two counts may not
+            // meet for a while, and the intake is always a correct way.
+            if tokio::time::timeout_at(give_up, drained).await.is_err() {
+                return Err(record);
+            }
+        }
+        let Some(client) = &s.saturated else {
+            return Err(record);
+        };
+        let sent = client.send(record).await;
+        Ok(self.sent_direct(sent))
+    }
+
+    /// [`send_direct`](Self::send_direct) without waiting: while events handed in before
+    /// are still on their way to the client, the record goes through the intake after them.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the record comes back by value, as try_send's does"
+    )]
+    fn try_send_direct(&self, record: Record) -> Result<Result<EventFuture, TrySendError>, Record> {
+        let s = &self.shared;
+        let Some(client) = &s.saturated else {
+            return Err(record);
+        };
+        let _sending = DirectSend::new(s);
+        if !s.direct.load(Ordering::SeqCst) || s.intake.is_closed() || !s.all_handed() {
+            return Err(record);
+        }
+        let sent = match client.try_send(record) {
+            Ok(f) => Ok(f),
+            Err(kbatch_producer::TrySendError::Full(r)) => return Ok(Err(TrySendError::Full(r))),
+            Err(kbatch_producer::TrySendError::Failed(e)) => Err(e),
+            // No other refusal exists; one added later fails the event with its record.
+            Err(e) => Err(ProduceError::Closed {
+                record: e.into_record().map(Box::new),
+            }),
+        };
+        Ok(self.sent_direct(sent).map_err(|e| match e {
+            AdaptiveError::Closed { record: Some(r) } => TrySendError::Closed(*r),
+            _ => unreachable!("sent_direct fails at once only when closed, with the record"),
+        }))
+    }
+
+    /// Counts a send straight to the client and turns its outcome into the event's, as the
+    /// intake would: only a closed producer fails the send itself; any other refusal (an
+    /// invalid record, the client's) resolves the event's future with it.
+    fn sent_direct(
+        &self,
+        sent: Result<kbatch_producer::DeliveryFuture, ProduceError>,
+    ) -> Result<EventFuture, AdaptiveError> {
+        let c = &self.shared.counters;
+        // One count per event on this path: `stats` adds it to `submitted` and `records`.
+        c.direct.fetch_add(1, Ordering::Relaxed);
+        if sent.is_err() {
+            c.direct_refused.fetch_add(1, Ordering::Relaxed);
+        }
+        match sent {
+            Ok(f) => Ok(EventFuture::direct(f)),
+            Err(ProduceError::Closed {
+                record: Some(record),
+            }) => {
+                c.failed.fetch_add(1, Ordering::Relaxed);
+                Err(AdaptiveError::Closed {
+                    record: Some(record),
+                })
+            }
+            Err(e) => {
+                // The client counts what it refused; an invalid record it never saw.
+                if !matches!(e, ProduceError::Enqueue { .. }) {
+                    c.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                let (reply, f) = Reply::one();
+                reply.send(Err(AdaptiveError::Produce(e)));
+                Ok(f)
+            }
         }
     }
 
@@ -659,6 +917,53 @@ fn refuse_closed(e: Entry) {
         p.reply.send(Err(AdaptiveError::Closed {
             record: Some(Box::new(p.record)),
         }));
+    }
+}
+
+/// A single-event send on its way straight to the saturated client: counted from before it
+/// reads `direct` (again) until the client has its record, so the driver, which clears
+/// `direct` and then waits for the count to reach 0, never switches the sender back to the
+/// other client while such a record may still be enqueued behind its back. Both sides use
+/// sequentially consistent operations: either the send sees `direct` cleared, or the driver
+/// sees it counted.
+struct DirectSend<'a>(&'a Shared);
+
+impl<'a> DirectSend<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.direct_sending.fetch_add(1, Ordering::SeqCst);
+        Self(shared)
+    }
+}
+
+impl Drop for DirectSend<'_> {
+    fn drop(&mut self) {
+        self.0.direct_sending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Counts events as entering the intake (see `Shared::handed`) until they are taken; if
+/// they are not — refused, or the send dropped while it waited — counts them as handed on,
+/// so sends straight to the client do not wait for them.
+struct Entering<'a> {
+    shared: &'a Shared,
+    n: u64,
+}
+
+impl<'a> Entering<'a> {
+    fn new(shared: &'a Shared, n: u64) -> Self {
+        shared.enter(n);
+        Self { shared, n }
+    }
+
+    /// The intake took them: the sender task counts them when the client has them.
+    fn taken(mut self) {
+        self.n = 0;
+    }
+}
+
+impl Drop for Entering<'_> {
+    fn drop(&mut self) {
+        self.shared.handed_on(self.n);
     }
 }
 

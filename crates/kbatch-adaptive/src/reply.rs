@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use kbatch_core::{Offset, Timestamp};
+use kbatch_producer::DeliveryFuture;
 use tokio::sync::oneshot;
 
 use crate::error::AdaptiveError;
@@ -52,7 +53,7 @@ impl Reply {
     /// A reply to its own future.
     pub(crate) fn one() -> (Self, EventFuture) {
         let (tx, rx) = oneshot::channel();
-        (Self(Some(Kind::One(tx))), EventFuture { rx })
+        (Self(Some(Kind::One(tx))), EventFuture(Settles::Reply(rx)))
     }
 
     /// No reply: failures are logged at debug level.
@@ -394,17 +395,41 @@ impl ExactSizeIterator for ManyResultsIter {}
 /// Resolves when the event is acknowledged, or with the error that failed it (handing the
 /// event back). Dropping it does not cancel the send.
 #[derive(Debug)]
-pub struct EventFuture {
-    rx: oneshot::Receiver<EventResult>,
+pub struct EventFuture(Settles);
+
+#[derive(Debug)]
+enum Settles {
+    /// Through the intake: the sender's completion task answers.
+    Reply(oneshot::Receiver<EventResult>),
+    /// Sent straight to the client (see [`crate::path`]): its own delivery future.
+    Direct(DeliveryFuture),
+}
+
+impl EventFuture {
+    /// The future of an event sent straight to the client.
+    pub(crate) fn direct(f: DeliveryFuture) -> Self {
+        Self(Settles::Direct(f))
+    }
 }
 
 impl Future for EventFuture {
     type Output = EventResult;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(AdaptiveError::Closed { record: None })))
+        match &mut self.0 {
+            Settles::Reply(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(AdaptiveError::Closed { record: None }))),
+            Settles::Direct(f) => Pin::new(f).poll(cx).map(|r| match r {
+                Ok(d) => Ok(EventDelivered {
+                    partition: d.partition,
+                    offset: d.offset,
+                    index: None,
+                    timestamp: d.timestamp,
+                }),
+                Err(e) => Err(AdaptiveError::Produce(e)),
+            }),
+        }
     }
 }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use kbatch_adaptive::calibration::{CalibrationStore, LevelRecord};
 use kbatch_adaptive::{
-    AdaptiveConfig, AdaptiveProducer, BatchSettings, LevelId, SendOptions, Shape, TrySendError,
-    TrySendManyError,
+    AdaptiveConfig, AdaptiveProducer, BatchSettings, ControllerConfig, LevelId, PathConfig,
+    SendOptions, Shape, TrySendError, TrySendManyError,
 };
 use kbatch_client::Isolation;
 use kbatch_core::envelope::{decode, is_envelope};
@@ -746,4 +746,93 @@ async fn detached_events_are_delivered_and_counted_without_futures() {
     let got =
         tokio::task::block_in_place(|| consume_all(&topic, Isolation::ReadCommitted, None, IDLE));
     assert_once_in_key_order(&events(&got), N);
+}
+
+/// Bursts into a small intake send per-event events straight to the client, pauses bring
+/// them back through the intake; `send` and `send_many` in turn, from four tasks. Across
+/// every switch each event lands once, in its key's order, where its future says — which
+/// needs a send to go straight to the client only after every event handed in before it
+/// (that task's own, in the intake or the batcher) is in the client.
+#[tokio::test(flavor = "multi_thread")]
+async fn per_event_sends_keep_each_keys_order_across_path_switches() {
+    const BURSTS: u64 = 5;
+    const PER_BURST: u64 = 8_000;
+    const N: u64 = BURSTS * PER_BURST;
+    let topic = unique_name("adaptive-path");
+    create_topic(&topic, 4).await;
+    let mut c = config(Shape::PerEvent)
+        .with_intake_capacity(256)
+        .with_path(PathConfig {
+            enabled: true,
+            after: Duration::from_millis(20),
+            back_below: 0.5,
+            ..PathConfig::default()
+        });
+    // A short rate window, so a pause brings the rate down within the test's pauses.
+    c.controller = ControllerConfig {
+        window: Duration::from_secs(2),
+        step_up_window: Duration::from_millis(200),
+        bucket: Duration::from_millis(20),
+        ..ControllerConfig::default()
+    };
+    let p = AdaptiveProducer::start(c).unwrap();
+    let mut delivered = vec![None; N as usize];
+    let mut switches = Vec::new();
+    for burst in 0..BURSTS {
+        let tasks: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (p, topic) = (p.clone(), topic.clone());
+                tokio::spawn(async move {
+                    let mine: Vec<u64> = (burst * PER_BURST..(burst + 1) * PER_BURST)
+                        .filter(|i| (i % KEYS) % 4 == t)
+                        .collect();
+                    let (mut each, mut many) = (Vec::new(), Vec::new());
+                    for (step, chunk) in mine.chunks(50).enumerate() {
+                        if step % 4 == 3 {
+                            let records = chunk.iter().map(|&i| event(&topic, i)).collect();
+                            many.push((chunk.to_vec(), p.send_many(records).await));
+                        } else {
+                            for &i in chunk {
+                                each.push((i, p.send(event(&topic, i)).await.unwrap()));
+                            }
+                        }
+                    }
+                    let mut out = Vec::new();
+                    for (i, f) in each {
+                        out.push((i, f.await.unwrap()));
+                    }
+                    for (ids, f) in many {
+                        for (i, r) in ids.into_iter().zip(f.await) {
+                            out.push((i, r.unwrap()));
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        for t in tasks {
+            for (i, d) in t.await.unwrap() {
+                delivered[i as usize] = Some(d);
+            }
+        }
+        switches.push(p.stats().path_switches);
+        // Quiet: the rate falls below half of the saturated one, and events take the intake.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let report = p.close().await;
+    let s = report.stats;
+    assert_eq!((s.submitted, s.delivered, s.failed), (N, N, 0));
+    assert!(
+        s.path_switches >= 4 && s.direct > 0 && s.direct < N,
+        "the bursts did not move the path both ways: {switches:?} switches after each burst, \
+         {} of {N} events sent straight to the client",
+        s.direct
+    );
+    let got = tokio::task::block_in_place(|| {
+        consume_all(&topic, Isolation::ReadCommitted, Some(N as usize), IDLE)
+    });
+    let ev = events(&got);
+    assert_once_in_key_order(&ev, N);
+    let delivered: Vec<_> = delivered.into_iter().map(Option::unwrap).collect();
+    assert_futures_said_where(&ev, &delivered);
 }
