@@ -578,7 +578,10 @@ impl Driver {
     /// Re-evaluates the level, and ends the epoch when it is due.
     async fn tick(&mut self, shared: &Arc<Shared>, now: Instant) {
         let intake = &shared.intake;
-        let saturated = intake.waiting() > 0 || intake.len() * 2 >= intake.capacity();
+        // Only at a level whose budget the saturated client's linger fits in.
+        let level_budget = self.controller.table().get(self.controller.level()).budget;
+        let saturated = (intake.waiting() > 0 || intake.len() * 2 >= intake.capacity())
+            && level_budget >= shared.direct_linger;
         let rate = self.controller.rates(now).short;
         if let Some(path) = self.path.tick(now, saturated, rate) {
             self.epoch_direct = true;

@@ -158,6 +158,8 @@ pub(crate) struct Shared {
     /// Delivery latencies of the running epoch, by the completion tasks (once per batch).
     pub(crate) epoch: Mutex<driver::EpochAcc>,
     pub(crate) budget_cap: Duration,
+    /// The saturated client's linger: events with a shorter budget never go to it.
+    pub(crate) direct_linger: Duration,
     pub(crate) shape: Shape,
     /// The client (linger 0: the intake lingers).
     pub(crate) producer: Producer,
@@ -355,6 +357,7 @@ impl AdaptiveProducer {
             decision: Mutex::new((level, settings)),
             epoch: Mutex::new(driver::EpochAcc::default()),
             budget_cap: config.budget.unwrap_or(NO_BUDGET),
+            direct_linger: config.path.linger,
             shape: config.shape,
             producer: client,
             saturated,
@@ -439,7 +442,7 @@ impl AdaptiveProducer {
     /// # Cancellation
     /// As [`send`](Self::send).
     pub async fn send_detached(&self, record: Record) -> Result<(), AdaptiveError> {
-        let record = match self.send_direct(record).await {
+        let record = match self.send_direct(record, None).await {
             Ok(sent) => return sent.map(drop),
             Err(record) => record,
         };
@@ -629,7 +632,7 @@ impl AdaptiveProducer {
         record: Record,
         options: SendOptions,
     ) -> Result<EventFuture, AdaptiveError> {
-        let record = match self.send_direct(record).await {
+        let record = match self.send_direct(record, options.budget).await {
             Ok(sent) => return sent,
             Err(record) => record,
         };
@@ -675,7 +678,7 @@ impl AdaptiveProducer {
         record: Record,
         options: SendOptions,
     ) -> Result<EventFuture, TrySendError> {
-        let record = match self.try_send_direct(record) {
+        let record = match self.try_send_direct(record, options.budget) {
             Ok(sent) => return sent,
             Err(record) => record,
         };
@@ -703,9 +706,10 @@ impl AdaptiveProducer {
     async fn send_direct(
         &self,
         record: Record,
+        budget: Option<Duration>,
     ) -> Result<Result<EventFuture, AdaptiveError>, Record> {
         let s = &self.shared;
-        if !s.direct.load(Ordering::SeqCst) {
+        if !s.direct.load(Ordering::SeqCst) || !self.budget_allows_direct(budget) {
             return Err(record);
         }
         let _sending = DirectSend::new(s);
@@ -741,8 +745,15 @@ impl AdaptiveProducer {
         clippy::result_large_err,
         reason = "the record comes back by value, as try_send's does"
     )]
-    fn try_send_direct(&self, record: Record) -> Result<Result<EventFuture, TrySendError>, Record> {
+    fn try_send_direct(
+        &self,
+        record: Record,
+        budget: Option<Duration>,
+    ) -> Result<Result<EventFuture, TrySendError>, Record> {
         let s = &self.shared;
+        if !self.budget_allows_direct(budget) {
+            return Err(record);
+        }
         let Some(client) = &s.saturated else {
             return Err(record);
         };
@@ -763,6 +774,13 @@ impl AdaptiveProducer {
             AdaptiveError::Closed { record: Some(r) } => TrySendError::Closed(*r),
             _ => unreachable!("sent_direct fails at once only when closed, with the record"),
         }))
+    }
+
+    /// Whether an event with this budget may wait out the saturated client's linger: one
+    /// with less goes through the intake, which never holds it past its budget.
+    fn budget_allows_direct(&self, budget: Option<Duration>) -> bool {
+        let s = &self.shared;
+        budget.map_or(s.budget_cap, |b| b.min(s.budget_cap)) >= s.direct_linger
     }
 
     /// Counts a send straight to the client and turns its outcome into the event's, as the
