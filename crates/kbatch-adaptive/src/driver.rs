@@ -264,6 +264,11 @@ impl Driver {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
+        // On exactly when the saturated client was started (per-event, the switch on).
+        let path = PathSwitch::new(crate::path::PathConfig {
+            enabled: saturated.is_some(),
+            ..config.path
+        });
         Self {
             producer,
             saturated,
@@ -292,14 +297,7 @@ impl Driver {
             metrics: Metrics::new(&config.profile),
             to_sender: None,
             sender: None,
-            path: PathSwitch::new(if config.shape == Shape::PerEvent {
-                config.path
-            } else {
-                crate::path::PathConfig {
-                    enabled: false,
-                    ..config.path
-                }
-            }),
+            path,
             direct_seen: 0,
             epoch_direct: false,
         }
@@ -926,12 +924,7 @@ async fn send_batches(mut rx: mpsc::Receiver<Handoff>, s: Sender) {
                     Ok(d) => {
                         ok += 1;
                         latencies.push(now.saturating_duration_since(arrived));
-                        reply.send(Ok(EventDelivered {
-                            partition: d.partition,
-                            offset: d.offset,
-                            index: None,
-                            timestamp: d.timestamp,
-                        }));
+                        reply.send(Ok(EventDelivered::own_record(&d)));
                     }
                     Err(e) => {
                         failed += 1;

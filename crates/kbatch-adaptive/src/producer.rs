@@ -177,9 +177,7 @@ pub(crate) struct Shared {
     /// Events the sender task has handed to a client (or failed): with the events the
     /// driver flushed, it tells when the sender is idle.
     pub(crate) sender_done: AtomicU64,
-    /// Whether the two counts below are kept (per-event shape, the path switch on).
-    pub(crate) counting: bool,
-    /// Events counted before they go into the intake …
+    /// Events counted (while there is a saturated client) before they go into the intake …
     pub(crate) entered: AtomicU64,
     /// … and after the client took them (or they failed or were refused). A send may go
     /// straight to the client only when the two are equal: every event handed in before it
@@ -192,14 +190,14 @@ pub(crate) struct Shared {
 impl Shared {
     /// Counts `n` events about to go into the intake (see `handed`).
     pub(crate) fn enter(&self, n: u64) {
-        if self.counting {
+        if self.saturated.is_some() {
             self.entered.fetch_add(n, Ordering::SeqCst);
         }
     }
 
     /// `n` events handed in earlier are now in the client, failed, or were refused.
     pub(crate) fn handed_on(&self, n: u64) {
-        if self.counting && n > 0 {
+        if self.saturated.is_some() && n > 0 {
             let now = self.handed.fetch_add(n, Ordering::SeqCst) + n;
             if self.direct.load(Ordering::SeqCst) && now == self.entered.load(Ordering::SeqCst) {
                 self.drained.notify_waiters();
@@ -339,8 +337,7 @@ impl AdaptiveProducer {
         let persistence = Persistence::open(&config.calibration, &config.profile);
         let now = Instant::now();
         let client = producer.clone();
-        let counting = config.shape == Shape::PerEvent && config.path.enabled;
-        let saturated = if counting {
+        let saturated = if config.shape == Shape::PerEvent && config.path.enabled {
             let mut c = config.producer.clone();
             c.kafka.linger = config.path.linger;
             // Its own metrics: the two clients' counters are not one client's.
@@ -365,7 +362,6 @@ impl AdaptiveProducer {
             direct: AtomicBool::new(false),
             direct_sending: AtomicUsize::new(0),
             sender_done: AtomicU64::new(0),
-            counting,
             entered: AtomicU64::new(0),
             handed: AtomicU64::new(0),
             drained: Notify::new(),

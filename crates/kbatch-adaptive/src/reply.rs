@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use kbatch_core::{Offset, Timestamp};
-use kbatch_producer::DeliveryFuture;
+use kbatch_producer::{Delivered, DeliveryFuture};
 use tokio::sync::oneshot;
 
 use crate::error::AdaptiveError;
@@ -32,6 +32,18 @@ pub struct EventDelivered {
     /// The timestamp of that Kafka record as stored (packed: the envelope's; each event
     /// also carries its own inside it).
     pub timestamp: Option<Timestamp>,
+}
+
+impl EventDelivered {
+    /// An event that is a Kafka record of its own (per-event), written where `d` says.
+    pub(crate) fn own_record(d: &Delivered) -> Self {
+        Self {
+            partition: d.partition,
+            offset: d.offset,
+            index: None,
+            timestamp: d.timestamp,
+        }
+    }
 }
 
 /// One event's outcome.
@@ -421,12 +433,7 @@ impl Future for EventFuture {
                 .poll(cx)
                 .map(|r| r.unwrap_or(Err(AdaptiveError::Closed { record: None }))),
             Settles::Direct(f) => Pin::new(f).poll(cx).map(|r| match r {
-                Ok(d) => Ok(EventDelivered {
-                    partition: d.partition,
-                    offset: d.offset,
-                    index: None,
-                    timestamp: d.timestamp,
-                }),
+                Ok(d) => Ok(EventDelivered::own_record(&d)),
                 Err(e) => Err(AdaptiveError::Produce(e)),
             }),
         }
