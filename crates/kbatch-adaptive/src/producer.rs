@@ -438,7 +438,7 @@ impl AdaptiveProducer {
     /// # Cancellation
     /// As [`send`](Self::send).
     pub async fn send_detached(&self, record: Record) -> Result<(), AdaptiveError> {
-        let record = match self.send_direct(record, None).await {
+        let record = match self.straight(record, None).await {
             Ok(sent) => return sent.map(drop),
             Err(record) => record,
         };
@@ -628,7 +628,7 @@ impl AdaptiveProducer {
         record: Record,
         options: SendOptions,
     ) -> Result<EventFuture, AdaptiveError> {
-        let record = match self.send_direct(record, options.budget).await {
+        let record = match self.straight(record, options.budget).await {
             Ok(sent) => return sent,
             Err(record) => record,
         };
@@ -674,9 +674,17 @@ impl AdaptiveProducer {
         record: Record,
         options: SendOptions,
     ) -> Result<EventFuture, TrySendError> {
-        let record = match self.try_send_direct(record, options.budget) {
-            Ok(sent) => return sent,
-            Err(record) => record,
+        let record = match self.straight_now(record, options.budget) {
+            Straight::Sent(sent) => {
+                return sent.map_err(|e| match e {
+                    AdaptiveError::Closed { record: Some(r) } => TrySendError::Closed(*r),
+                    _ => {
+                        unreachable!("sent_direct fails at once only when closed, with the record")
+                    }
+                });
+            }
+            Straight::Full(record) => return Err(TrySendError::Full(record)),
+            Straight::Intake(record) | Straight::Behind(record) => record,
         };
         let (p, f) = self.pending(record, options.budget);
         let hint = options.sequence.or_else(|| order_hint(&p));
@@ -696,23 +704,26 @@ impl AdaptiveProducer {
     }
 
     /// Sends `record` straight to the client while the intake is the slowest stage (see
-    /// [`crate::path`]), once every event handed in before it is in the client — waiting
-    /// up to [`DRAIN_WAIT`] for that while the intake drains. Hands the record back when the
+    /// [`crate::path`]): at once when it can ([`straight_now`](Self::straight_now)), else
+    /// once every event handed in before it is in the client and the client has room —
+    /// waiting up to [`DRAIN_WAIT`] for the intake to drain. Hands the record back when the
     /// intake is the way: then, or after that wait, it goes in behind the events there.
-    async fn send_direct(
+    async fn straight(
         &self,
         record: Record,
         budget: Option<Duration>,
     ) -> Result<Result<EventFuture, AdaptiveError>, Record> {
+        // The common case finishes in the synchronous attempt: no waiter registered (a lock
+        // per send) and no wait for the client's room. The rest waits below.
+        let record = match self.straight_now(record, budget) {
+            Straight::Sent(sent) => return Ok(sent),
+            Straight::Intake(record) => return Err(record),
+            Straight::Behind(record) | Straight::Full(record) => record,
+        };
         let s = &self.shared;
-        if !s.direct.load(Ordering::SeqCst) || !self.budget_allows_direct(budget) {
-            return Err(record);
-        }
         let _sending = DirectSend::new(s);
-        // The common case, without a waiter registered (a lock per send).
-        let ready = s.direct.load(Ordering::SeqCst) && !s.intake.is_closed() && s.all_handed();
-        let give_up = (!ready).then(|| tokio::time::Instant::now() + DRAIN_WAIT);
-        while let Some(give_up) = give_up {
+        let give_up = tokio::time::Instant::now() + DRAIN_WAIT;
+        loop {
             let drained = s.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
@@ -735,41 +746,33 @@ impl AdaptiveProducer {
         Ok(self.sent_direct(sent))
     }
 
-    /// [`send_direct`](Self::send_direct) without waiting: while events handed in before
-    /// are still on their way to the client, the record goes through the intake after them.
-    #[allow(
-        clippy::result_large_err,
-        reason = "the record comes back by value, as try_send's does"
-    )]
-    fn try_send_direct(
-        &self,
-        record: Record,
-        budget: Option<Duration>,
-    ) -> Result<Result<EventFuture, TrySendError>, Record> {
+    /// One attempt, without waiting, to send `record` straight to the saturated client: see
+    /// [`Straight`] for what comes of it.
+    fn straight_now(&self, record: Record, budget: Option<Duration>) -> Straight {
         let s = &self.shared;
-        if !self.budget_allows_direct(budget) {
-            return Err(record);
-        }
         let Some(client) = &s.saturated else {
-            return Err(record);
+            return Straight::Intake(record);
         };
+        if !s.direct.load(Ordering::SeqCst) || !self.budget_allows_direct(budget) {
+            return Straight::Intake(record);
+        }
         let _sending = DirectSend::new(s);
-        if !s.direct.load(Ordering::SeqCst) || s.intake.is_closed() || !s.all_handed() {
-            return Err(record);
+        if !s.direct.load(Ordering::SeqCst) || s.intake.is_closed() {
+            return Straight::Intake(record);
+        }
+        if !s.all_handed() {
+            return Straight::Behind(record);
         }
         let sent = match client.try_send(record) {
             Ok(f) => Ok(f),
-            Err(kbatch_producer::TrySendError::Full(r)) => return Ok(Err(TrySendError::Full(r))),
+            Err(kbatch_producer::TrySendError::Full(r)) => return Straight::Full(r),
             Err(kbatch_producer::TrySendError::Failed(e)) => Err(e),
             // No other refusal exists; one added later fails the event with its record.
             Err(e) => Err(ProduceError::Closed {
                 record: e.into_record().map(Box::new),
             }),
         };
-        Ok(self.sent_direct(sent).map_err(|e| match e {
-            AdaptiveError::Closed { record: Some(r) } => TrySendError::Closed(*r),
-            _ => unreachable!("sent_direct fails at once only when closed, with the record"),
-        }))
+        Straight::Sent(self.sent_direct(sent))
     }
 
     /// Whether an event with this budget may wait out the saturated client's linger: one
@@ -953,6 +956,19 @@ impl Drop for DirectSend<'_> {
     fn drop(&mut self) {
         self.0.direct_sending.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// What one attempt to send an event straight to the saturated client came to.
+enum Straight {
+    /// The client took it (or refused it for good): the event's outcome.
+    Sent(Result<EventFuture, AdaptiveError>),
+    /// Not on the direct path, or its budget is shorter than the client's linger: the
+    /// intake takes it.
+    Intake(Record),
+    /// On the direct path, behind events handed in earlier that are not in the client yet.
+    Behind(Record),
+    /// On the direct path, and the client has no room now.
+    Full(Record),
 }
 
 /// Counts events as entering the intake (see `Shared::handed`) until they are taken; if
