@@ -121,6 +121,25 @@ impl<K: Hash + Eq + Clone, E> Batcher<K, E> {
         budget: Duration,
     ) -> Option<Flushed<K, E>> {
         let limit = arrived + self.settings.linger.min(budget);
+        let (max_events, max_bytes) = (self.settings.max_events as usize, self.max_bytes);
+        // The common case, one lookup: an open batch with room for this event's bytes (two
+        // lookups an event, one to check the cap and one to push, were 4 % of a packed
+        // producer's profile at saturation).
+        if let Some(o) = self.open.get_mut(&key)
+            && (o.items.is_empty() || o.bytes + bytes <= max_bytes)
+        {
+            o.items.push(item);
+            o.bytes += bytes;
+            o.deadline = o.deadline.min(limit);
+            let cause = if o.items.len() >= max_events {
+                Some(FlushCause::Full)
+            } else if o.bytes >= max_bytes {
+                Some(FlushCause::Bytes)
+            } else {
+                None
+            };
+            return cause.and_then(|c| self.take(&key, c));
+        }
         // A batch that cannot take this event's bytes goes first, so no batch exceeds the cap
         // (an event larger than the cap travels alone).
         let mut over = None;

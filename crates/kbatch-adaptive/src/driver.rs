@@ -710,7 +710,7 @@ impl Driver {
                     state.sticky = Some((partition + 1) % n);
                 }
                 let topic = Arc::clone(&state.topic);
-                self.send_envelope(shared, topic, partition, f.items, f.cause)
+                self.send_envelope(shared, topic, partition, f.items, f.bytes, f.cause)
                     .await;
             }
         }
@@ -753,12 +753,11 @@ impl Driver {
         topic: Topic,
         partition: i32,
         mut items: Vec<Pending>,
+        bytes: usize,
         cause: FlushCause,
     ) {
-        let bytes: usize = items
-            .iter()
-            .map(|p| p.record.size_hint() + ENVELOPE_OVERHEAD)
-            .sum();
+        // `bytes` is the batcher's count of what `admit` gave it: each event's size and its
+        // envelope overhead, the writer's capacity without a second pass over the events.
         let mut w = EnvelopeWriter::with_capacity(bytes + 16);
         for p in &items {
             let r = &p.record;
