@@ -62,6 +62,30 @@ struct Open<E> {
     first: Instant,
 }
 
+impl<E> Open<E> {
+    /// Adds an event that may wait until `limit`; returns why the batch must be cut now, if
+    /// it must.
+    fn add(
+        &mut self,
+        item: E,
+        bytes: usize,
+        limit: Instant,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Option<FlushCause> {
+        self.items.push(item);
+        self.bytes += bytes;
+        self.deadline = self.deadline.min(limit);
+        if self.items.len() >= max_events {
+            Some(FlushCause::Full)
+        } else if self.bytes >= max_bytes {
+            Some(FlushCause::Bytes)
+        } else {
+            None
+        }
+    }
+}
+
 /// The batcher. `K` names a batch (topic-partition, or `()` for one batch), `E` is an event.
 #[derive(Debug)]
 pub struct Batcher<K, E> {
@@ -128,28 +152,20 @@ impl<K: Hash + Eq + Clone, E> Batcher<K, E> {
         if let Some(o) = self.open.get_mut(&key)
             && (o.items.is_empty() || o.bytes + bytes <= max_bytes)
         {
-            o.items.push(item);
-            o.bytes += bytes;
-            o.deadline = o.deadline.min(limit);
-            let cause = if o.items.len() >= max_events {
-                Some(FlushCause::Full)
-            } else if o.bytes >= max_bytes {
-                Some(FlushCause::Bytes)
-            } else {
-                None
-            };
-            return cause.and_then(|c| self.take(&key, c));
+            return o
+                .add(item, bytes, limit, max_events, max_bytes)
+                .and_then(|c| self.take(&key, c));
         }
         // A batch that cannot take this event's bytes goes first, so no batch exceeds the cap
         // (an event larger than the cap travels alone).
         let mut over = None;
         if let Some(o) = self.open.get(&key)
             && !o.items.is_empty()
-            && o.bytes + bytes > self.max_bytes
+            && o.bytes + bytes > max_bytes
         {
             over = self.take(&key, FlushCause::Bytes);
         }
-        let first_capacity = (self.settings.max_events as usize).min(FIRST_CAPACITY);
+        let first_capacity = max_events.min(FIRST_CAPACITY);
         let spare = &mut self.spare;
         let o = self.open.entry(key.clone()).or_insert_with(|| Open {
             // Sized for the batch up front: growing a batch of thousands of events by
@@ -165,16 +181,7 @@ impl<K: Hash + Eq + Clone, E> Batcher<K, E> {
             deadline: limit,
             first: arrived,
         });
-        o.items.push(item);
-        o.bytes += bytes;
-        o.deadline = o.deadline.min(limit);
-        let cause = if o.items.len() >= self.settings.max_events as usize {
-            Some(FlushCause::Full)
-        } else if o.bytes >= self.max_bytes {
-            Some(FlushCause::Bytes)
-        } else {
-            None
-        };
+        let cause = o.add(item, bytes, limit, max_events, max_bytes);
         match (over, cause) {
             // The event that filled the byte cap after a cut: it may not wait either; the
             // caller gets the first batch now and this one on its next `expired` check.

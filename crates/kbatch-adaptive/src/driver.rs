@@ -892,11 +892,7 @@ async fn send_batches(mut rx: mpsc::Receiver<Handoff>, s: Sender) {
             match s.shared.sender_client().send(record).await {
                 Ok(fut) => waiting.push((fut, arrived, reply)),
                 Err(e) => {
-                    let c = &s.shared.counters;
-                    c.failed.fetch_add(1, Ordering::Relaxed);
-                    if matches!(e, kbatch_producer::ProduceError::Enqueue { .. }) {
-                        c.client_failed.fetch_add(1, Ordering::Relaxed);
-                    }
+                    s.shared.counters.refused(&e);
                     reply.send(Err(AdaptiveError::Produce(e)));
                 }
             }

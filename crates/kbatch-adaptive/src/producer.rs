@@ -148,6 +148,17 @@ pub(crate) struct Counters {
     pub(crate) client_failed: AtomicU64,
 }
 
+impl Counters {
+    /// A per-event event the client did not take, with `e`: failed, and — when the client
+    /// itself refused it, so its own counts have it too — in `client_failed` as well.
+    pub(crate) fn refused(&self, e: &ProduceError) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        if matches!(e, ProduceError::Enqueue { .. }) {
+            self.client_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// State shared by the handles, the driver and the completion tasks.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -211,6 +222,11 @@ impl Shared {
     fn all_handed(&self) -> bool {
         let handed = self.handed.load(Ordering::SeqCst);
         handed == self.entered.load(Ordering::SeqCst)
+    }
+
+    /// The most an event sent with `budget` (none: the level's) may wait in a batch.
+    fn budget_of(&self, budget: Option<Duration>) -> Duration {
+        budget.map_or(self.budget_cap, |b| b.min(self.budget_cap))
     }
 
     /// The client the sender task hands batches to now.
@@ -398,7 +414,7 @@ impl AdaptiveProducer {
         arrived: Instant,
         key_crc: Option<u32>,
     ) -> Pending {
-        let budget = budget.map_or(self.shared.budget_cap, |b| b.min(self.shared.budget_cap));
+        let budget = self.shared.budget_of(budget);
         Pending {
             key_crc,
             record,
@@ -779,7 +795,7 @@ impl AdaptiveProducer {
     /// with less goes through the intake, which never holds it past its budget.
     fn budget_allows_direct(&self, budget: Option<Duration>) -> bool {
         let s = &self.shared;
-        budget.map_or(s.budget_cap, |b| b.min(s.budget_cap)) >= s.direct_linger
+        s.budget_of(budget) >= s.direct_linger
     }
 
     /// Counts a send straight to the client and turns its outcome into the event's, as the
@@ -795,21 +811,18 @@ impl AdaptiveProducer {
         if sent.is_err() {
             c.direct_refused.fetch_add(1, Ordering::Relaxed);
         }
-        match sent {
-            Ok(f) => Ok(EventFuture::direct(f)),
-            Err(ProduceError::Closed {
+        let e = match sent {
+            Ok(f) => return Ok(EventFuture::direct(f)),
+            Err(e) => e,
+        };
+        c.refused(&e);
+        match e {
+            ProduceError::Closed {
                 record: Some(record),
-            }) => {
-                c.failed.fetch_add(1, Ordering::Relaxed);
-                Err(AdaptiveError::Closed {
-                    record: Some(record),
-                })
-            }
-            Err(e) => {
-                // The client counts what it refused; an invalid record it never saw.
-                if !matches!(e, ProduceError::Enqueue { .. }) {
-                    c.failed.fetch_add(1, Ordering::Relaxed);
-                }
+            } => Err(AdaptiveError::Closed {
+                record: Some(record),
+            }),
+            e => {
                 let (reply, f) = Reply::one();
                 reply.send(Err(AdaptiveError::Produce(e)));
                 Ok(f)
