@@ -30,8 +30,10 @@ const MAX_SPARE: usize = 8;
 pub struct Flushed<K, E> {
     /// Which batch (a topic-partition when packing).
     pub key: K,
-    /// Its events, in arrival order.
+    /// Its items, in arrival order.
     pub items: Vec<E>,
+    /// Events they stand for (see [`Batcher::push_items`]).
+    pub events: usize,
     /// Their bytes.
     pub bytes: usize,
     /// Why it was cut.
@@ -56,6 +58,7 @@ pub enum FlushCause {
 #[derive(Debug)]
 struct Open<E> {
     items: Vec<E>,
+    events: usize,
     bytes: usize,
     deadline: Instant,
     /// Arrival of the first event: a shorter linger applies from here.
@@ -68,15 +71,17 @@ impl<E> Open<E> {
     fn add(
         &mut self,
         item: E,
+        events: usize,
         bytes: usize,
         limit: Instant,
         max_events: usize,
         max_bytes: usize,
     ) -> Option<FlushCause> {
         self.items.push(item);
+        self.events += events;
         self.bytes += bytes;
         self.deadline = self.deadline.min(limit);
-        if self.items.len() >= max_events {
+        if self.events >= max_events {
             Some(FlushCause::Full)
         } else if self.bytes >= max_bytes {
             Some(FlushCause::Bytes)
@@ -126,7 +131,7 @@ impl<K: Hash + Eq + Clone, E> Batcher<K, E> {
 
     /// Events held, all batches.
     pub fn len(&self) -> usize {
-        self.open.values().map(|o| o.items.len()).sum()
+        self.open.values().map(|o| o.events).sum()
     }
 
     /// True when nothing is held.
@@ -144,6 +149,21 @@ impl<K: Hash + Eq + Clone, E> Batcher<K, E> {
         arrived: Instant,
         budget: Duration,
     ) -> Option<Flushed<K, E>> {
+        self.push_items(key, item, 1, bytes, arrived, budget)
+    }
+
+    /// As [`push`](Self::push), for an item that stands for `events` events (a piece of many
+    /// events encoded together, which counts toward `max_events` as that many): the batch is
+    /// cut once it holds at least `max_events`, so it may hold up to one item's events more.
+    pub fn push_items(
+        &mut self,
+        key: K,
+        item: E,
+        events: usize,
+        bytes: usize,
+        arrived: Instant,
+        budget: Duration,
+    ) -> Option<Flushed<K, E>> {
         let limit = arrived + self.settings.linger.min(budget);
         let (max_events, max_bytes) = (self.settings.max_events as usize, self.max_bytes);
         // The common case, one lookup: an open batch with room for this event's bytes (two
@@ -153,7 +173,7 @@ impl<K: Hash + Eq + Clone, E> Batcher<K, E> {
             && (o.items.is_empty() || o.bytes + bytes <= max_bytes)
         {
             return o
-                .add(item, bytes, limit, max_events, max_bytes)
+                .add(item, events, bytes, limit, max_events, max_bytes)
                 .and_then(|c| self.take(&key, c));
         }
         // A batch that cannot take this event's bytes goes first, so no batch exceeds the cap
@@ -177,11 +197,12 @@ impl<K: Hash + Eq + Clone, E> Batcher<K, E> {
                 }
                 None => Vec::with_capacity(first_capacity),
             },
+            events: 0,
             bytes: 0,
             deadline: limit,
             first: arrived,
         });
-        let cause = o.add(item, bytes, limit, max_events, max_bytes);
+        let cause = o.add(item, events, bytes, limit, max_events, max_bytes);
         match (over, cause) {
             // The event that filled the byte cap after a cut: it may not wait either; the
             // caller gets the first batch now and this one on its next `expired` check.
@@ -243,7 +264,7 @@ impl<K: Hash + Eq + Clone, E> Batcher<K, E> {
         let keys: Vec<K> = self
             .open
             .iter()
-            .filter(|(_, o)| o.items.len() >= settings.max_events as usize)
+            .filter(|(_, o)| o.events >= settings.max_events as usize)
             .map(|(k, _)| k.clone())
             .collect();
         for k in keys {
@@ -257,6 +278,7 @@ impl<K: Hash + Eq + Clone, E> Batcher<K, E> {
         Some(Flushed {
             key,
             items: o.items,
+            events: o.events,
             bytes: o.bytes,
             cause,
         })
@@ -299,6 +321,25 @@ mod tests {
             (&vec!['e'], FlushCause::Deadline)
         );
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn an_item_of_many_events_counts_as_that_many() {
+        let t0 = Instant::now();
+        let big = Duration::from_secs(1);
+        let mut b = Batcher::new(settings(5, 10), 1_000);
+        assert!(b.push_items(0, 'a', 3, 30, t0, big).is_none());
+        assert!(b.push(0, 'b', 10, t0, big).is_none());
+        assert_eq!(b.len(), 4);
+        let f = b.push_items(0, 'c', 3, 30, t0, big).expect("full past 5");
+        assert_eq!(
+            (f.items, f.events, f.bytes, f.cause),
+            (vec!['a', 'b', 'c'], 7, 70, FlushCause::Full)
+        );
+        // A smaller N cuts a batch whose items add up to it.
+        assert!(b.push_items(1, 'd', 3, 30, t0, big).is_none());
+        let f = b.set_settings(settings(3, 10));
+        assert_eq!((f.len(), f[0].events), (1, 3));
     }
 
     #[test]

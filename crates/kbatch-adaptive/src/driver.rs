@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use hdrhistogram::Histogram;
 use kbatch_core::envelope::{EnvelopeWriter, envelope_header};
 use kbatch_core::{Classify, ErrorClass, Record, Topic};
-use kbatch_producer::{DeliveryFuture, Producer};
+use kbatch_producer::{Delivered, DeliveryFuture, Producer};
 use rand::Rng;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
@@ -34,6 +34,7 @@ use crate::batcher::{Batcher, FlushCause, Flushed};
 use crate::config::{AdaptiveConfig, Shape};
 use crate::controller::Controller;
 use crate::error::AdaptiveError;
+use crate::fragment::{ENVELOPE_OVERHEAD, Fragment, Item, Known};
 use crate::learner::{Choice, EpochStats, Learner};
 use crate::levels::{BatchSettings, LevelId};
 use crate::metrics::Metrics;
@@ -46,25 +47,85 @@ use crate::reply::Reply;
 use crate::reply::{EventDelivered, settle_all};
 use crate::topics::{PartitionCount, Topics};
 
-/// Fails every event of an envelope that failed as a whole, handing each its own record.
+/// Fails every event of an envelope of `events` events that failed as a whole, handing each
+/// its own record.
 fn fail_envelope(
-    items: Vec<Pending>,
+    items: Vec<Item>,
+    events: usize,
     topic: &Topic,
     partition: i32,
     class: ErrorClass,
     message: &str,
 ) {
-    let events = u32::try_from(items.len()).unwrap_or(u32::MAX);
-    for (i, p) in items.into_iter().enumerate() {
-        p.reply.send(Err(AdaptiveError::Envelope {
-            topic: topic.to_string(),
-            partition,
-            events,
-            index: i as u32,
-            class,
-            message: message.to_owned(),
-            record: Box::new(p.record),
-        }));
+    let events = u32::try_from(events).unwrap_or(u32::MAX);
+    let failed = |index: u32, record: Record| AdaptiveError::Envelope {
+        topic: topic.to_string(),
+        partition,
+        events,
+        index,
+        class,
+        message: message.to_owned(),
+        record: Box::new(record),
+    };
+    let mut index = 0u32;
+    for item in items {
+        match item {
+            Item::Event(p) => {
+                p.reply.send(Err(failed(index, p.record)));
+                index += 1;
+            }
+            Item::Packed(f) => {
+                let first = index;
+                index += f.len() as u32;
+                f.fail(|j, r| failed(first + j as u32, r));
+            }
+        }
+    }
+}
+
+/// Settles every event of an envelope acknowledged as `d` (the `i`-th at place `i` of it;
+/// consecutive events of one call under one lock, a fragment's under one) and adds each
+/// one's latency to `latencies`.
+fn settle_envelope(
+    items: &mut Vec<Item>,
+    d: &Delivered,
+    now: Instant,
+    latencies: &mut Vec<Duration>,
+) {
+    let mut index = 0u32;
+    let mut items = items.drain(..).peekable();
+    while let Some(item) = items.next() {
+        match item {
+            Item::Packed(Fragment { slots, arrived, .. }) => {
+                let n = slots.len();
+                latencies.extend(std::iter::repeat_n(
+                    now.saturating_duration_since(arrived),
+                    n,
+                ));
+                slots.delivered(d.partition, d.offset, d.timestamp, index);
+                index += n as u32;
+            }
+            Item::Event(first) => {
+                // The run of events up to the next fragment.
+                let run = std::iter::once(first).chain(std::iter::from_fn(|| {
+                    match items.next_if(|i| matches!(i, Item::Event(_))) {
+                        Some(Item::Event(p)) => Some(p),
+                        _ => None,
+                    }
+                }));
+                settle_all(run.map(|p| {
+                    latencies.push(now.saturating_duration_since(p.arrived));
+                    let at = EventDelivered {
+                        partition: d.partition,
+                        offset: d.offset,
+                        index: Some(index),
+                        timestamp: d.timestamp,
+                    };
+                    index += 1;
+                    (p.reply, Ok(at))
+                }));
+            }
+        }
     }
 }
 
@@ -80,8 +141,6 @@ const IDLE_TICK: Duration = Duration::from_millis(100);
 const PASS: usize = 4_096;
 /// How often what was learned is saved.
 const PERSIST_EVERY: Duration = Duration::from_secs(10);
-/// Per-event bytes an envelope adds beyond key, value and headers (lengths, flags, time).
-const ENVELOPE_OVERHEAD: usize = 24;
 
 /// Flushes handed to the client whose acknowledgements are not all back yet.
 #[derive(Debug, Default)]
@@ -118,9 +177,9 @@ enum Admitted {
     /// It waits in its batch (or failed and was answered).
     Held,
     /// It filled its batch: send this.
-    Full(Flushed<BatchKey, Pending>),
+    Full(Flushed<BatchKey, Item>),
     /// Its topic's partition count is not known yet: learn it, then admit again.
-    Unknown(Pending),
+    Unknown(Item),
 }
 
 /// Which batch an event joins.
@@ -180,11 +239,13 @@ pub(crate) struct Driver {
     epoch_submitted: u64,
     epoch_batches: u64,
     epoch_batched_events: u64,
-    batcher: Batcher<BatchKey, Pending>,
+    batcher: Batcher<BatchKey, Item>,
     /// Partition count (or why it could not be had) and sticky partition per topic, looked
     /// up once per packed event.
     topics: Topics,
     key_hash: KeyHash,
+    /// Packed: the partition counts learned, published for `send_many`'s callers.
+    known: Option<Arc<Known>>,
     persistence: Persistence,
     last_persist: Instant,
     completions: TaskTracker,
@@ -193,7 +254,7 @@ pub(crate) struct Driver {
     max_in_flight: usize,
     /// Vectors of acknowledged envelopes, emptied by their completion tasks, on their way
     /// back to the batcher for reuse (see [`Batcher::recycle`]).
-    spares: Arc<VecPool<Pending>>,
+    spares: Arc<VecPool<Item>>,
     /// The completion tasks' vectors of latencies measured.
     latencies: Arc<VecPool<Duration>>,
     metrics: Metrics,
@@ -216,7 +277,7 @@ type Waiting = (DeliveryFuture, Instant, Reply);
 
 /// A per-event batch for the sender task, and its place in the pipeline bound if counted.
 struct Handoff {
-    items: Vec<Pending>,
+    items: Vec<Item>,
     in_flight: Option<Arc<InFlight>>,
 }
 
@@ -287,6 +348,8 @@ impl Driver {
             batcher: Batcher::new(choice.settings, config.max_batch_bytes),
             topics: Topics::default(),
             key_hash,
+            known: (config.shape == Shape::Packed)
+                .then(|| Arc::new(Known::new(key_hash, config.max_batch_bytes))),
             persistence,
             last_persist: now,
             completions: TaskTracker::new(),
@@ -305,6 +368,11 @@ impl Driver {
 
     pub(crate) fn decision(&self) -> (LevelId, BatchSettings) {
         (self.controller.level(), self.choice.settings)
+    }
+
+    /// Packed: where the partition counts it learns are published.
+    pub(crate) fn known(&self) -> Option<Arc<Known>> {
+        self.known.clone()
     }
 
     pub(crate) async fn run(mut self, shared: Arc<Shared>) -> AdaptiveCloseReport {
@@ -350,17 +418,17 @@ impl Driver {
                 self.epoch_submitted += arrived;
             }
             if taken > 0 {
-                for p in buf.drain(..).flatten() {
-                    // Synchronous unless a topic's partition count is not known yet: an async
-                    // call per event moved each event through its future's state.
-                    match self.admit(&shared, p) {
-                        Admitted::Held => {}
-                        Admitted::Full(f) => self.flush(&shared, f).await,
-                        Admitted::Unknown(p) => {
-                            self.learn_partitions(&p.record.topic).await;
-                            match self.admit(&shared, p) {
-                                Admitted::Full(f) => self.flush(&shared, f).await,
-                                Admitted::Held | Admitted::Unknown(_) => {}
+                for entry in buf.drain(..) {
+                    match entry {
+                        Entry::One(p) => self.take(&shared, Item::Event(p)).await,
+                        Entry::Many(v) => {
+                            for p in v {
+                                self.take(&shared, Item::Event(p)).await;
+                            }
+                        }
+                        Entry::Packed(v) => {
+                            for f in v {
+                                self.take(&shared, Item::Packed(f)).await;
                             }
                         }
                     }
@@ -444,34 +512,65 @@ impl Driver {
         Some(Arc::clone(&self.in_flight))
     }
 
-    /// Puts an event into its batch; returns the batch when it filled.
-    fn admit(&mut self, shared: &Shared, p: Pending) -> Admitted {
-        let key = match self.shape {
-            Shape::PerEvent => BatchKey::All,
-            Shape::Packed => match self.partition_of(&p.record, p.key_crc) {
-                None => return Admitted::Unknown(p),
+    /// Puts an item taken from the intake into its batch, and sends the batch if it filled.
+    /// Synchronous unless a topic's partition count is not known yet: an async call per
+    /// event moved each event through its future's state.
+    async fn take(&mut self, shared: &Arc<Shared>, item: Item) {
+        match self.admit(shared, item) {
+            Admitted::Held => {}
+            Admitted::Full(f) => self.flush(shared, f).await,
+            Admitted::Unknown(item) => {
+                if let Item::Event(p) = &item {
+                    let topic = Topic::clone(&p.record.topic);
+                    self.learn_partitions(&topic).await;
+                }
+                match self.admit(shared, item) {
+                    Admitted::Full(f) => self.flush(shared, f).await,
+                    Admitted::Held | Admitted::Unknown(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Puts an item into its batch; returns the batch when it filled.
+    fn admit(&mut self, shared: &Shared, item: Item) -> Admitted {
+        let key = match (&item, self.shape) {
+            // Fragments are only encoded for a packed producer (see `Shared::known`).
+            (_, Shape::PerEvent) => BatchKey::All,
+            (Item::Packed(f), Shape::Packed) => BatchKey::Partition(f.topic_id, f.partition),
+            (Item::Event(p), Shape::Packed) => match self.partition_of(&p.record, p.key_crc) {
+                None => return Admitted::Unknown(item),
                 Some(Ok((id, part))) => BatchKey::Partition(id, part),
                 Some(Err((message, class))) => {
-                    let topic = p.record.topic.to_string();
-                    shared.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    p.reply.send(Err(AdaptiveError::Metadata {
-                        topic,
-                        message,
-                        class,
-                        record: Box::new(p.record),
-                    }));
+                    if let Item::Event(p) = item {
+                        shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+                        p.reply.send(Err(AdaptiveError::Metadata {
+                            topic: p.record.topic.to_string(),
+                            message,
+                            class,
+                            record: Box::new(p.record),
+                        }));
+                    }
                     return Admitted::Held;
                 }
             },
         };
-        let bytes = p.record.size_hint()
-            + if self.shape == Shape::Packed {
-                ENVELOPE_OVERHEAD
-            } else {
-                0
-            };
-        let (arrived, budget) = (p.arrived, p.budget);
-        match self.batcher.push(key, p, bytes, arrived, budget) {
+        let (events, bytes) = match &item {
+            Item::Event(p) if self.shape == Shape::Packed => {
+                (1, p.record.size_hint() + ENVELOPE_OVERHEAD)
+            }
+            Item::Event(p) => (1, p.record.size_hint()),
+            Item::Packed(f) => (f.len(), f.events.encoded_len()),
+        };
+        self.push(key, item, events, bytes)
+    }
+
+    fn push(&mut self, key: BatchKey, item: Item, events: usize, bytes: usize) -> Admitted {
+        let (arrived, budget) = (item.arrived(), item.budget());
+        match self
+            .batcher
+            .push_items(key, item, events, bytes, arrived, budget)
+        {
             Some(f) => Admitted::Full(f),
             None => Admitted::Held,
         }
@@ -494,6 +593,9 @@ impl Driver {
             },
         };
         let id = self.topics.id(topic);
+        if let (PartitionCount::Known(n), Some(known)) = (&n, &self.known) {
+            known.publish(topic, id, *n);
+        }
         self.topics.get(id).partitions = n;
     }
 
@@ -682,13 +784,14 @@ impl Driver {
     }
 
     /// Sends a cut batch: as one envelope record (packed) or as records of their own.
-    async fn flush(&mut self, shared: &Arc<Shared>, f: Flushed<BatchKey, Pending>) {
+    async fn flush(&mut self, shared: &Arc<Shared>, f: Flushed<BatchKey, Item>) {
         let now = Instant::now();
         let over = f
             .items
             .iter()
-            .filter(|p| now.duration_since(p.arrived) > p.budget)
-            .count() as u64;
+            .filter(|i| now.duration_since(i.arrived()) > i.budget())
+            .map(|i| i.events() as u64)
+            .sum::<u64>();
         if over > 0 {
             shared
                 .counters
@@ -697,7 +800,7 @@ impl Driver {
         }
         shared.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.epoch_batches += 1;
-        self.epoch_batched_events += f.items.len() as u64;
+        self.epoch_batched_events += f.events as u64;
         match f.key {
             BatchKey::All => self.send_each(shared, f.items, f.cause).await,
             BatchKey::Partition(id, partition) => {
@@ -710,15 +813,14 @@ impl Driver {
                     state.sticky = Some((partition + 1) % n);
                 }
                 let topic = Arc::clone(&state.topic);
-                self.send_envelope(shared, topic, partition, f.items, f.bytes, f.cause)
-                    .await;
+                self.send_envelope(shared, topic, partition, f).await;
             }
         }
     }
 
     /// Hands a per-event batch to the sender task, waiting while it is [`HANDOFF_QUEUE`]
     /// batches behind.
-    async fn send_each(&mut self, shared: &Arc<Shared>, items: Vec<Pending>, cause: FlushCause) {
+    async fn send_each(&mut self, shared: &Arc<Shared>, items: Vec<Item>, cause: FlushCause) {
         let in_flight = self.start_flight(shared, cause);
         let handoff = Handoff { items, in_flight };
         let n = handoff.items.len() as u64;
@@ -736,11 +838,7 @@ impl Driver {
                 .failed
                 .fetch_add(items.len() as u64, Ordering::Relaxed);
             shared.handed_on(items.len() as u64);
-            for p in items {
-                p.reply.send(Err(AdaptiveError::Closed {
-                    record: Some(Box::new(p.record)),
-                }));
-            }
+            items.into_iter().for_each(Item::refuse_closed);
             if let Some(f) = in_flight {
                 f.finish();
             }
@@ -752,21 +850,32 @@ impl Driver {
         shared: &Arc<Shared>,
         topic: Topic,
         partition: i32,
-        mut items: Vec<Pending>,
-        bytes: usize,
-        cause: FlushCause,
+        batch: Flushed<BatchKey, Item>,
     ) {
+        let Flushed {
+            mut items,
+            events,
+            bytes,
+            cause,
+            ..
+        } = batch;
         // `bytes` is the batcher's count of what `admit` gave it: each event's size and its
-        // envelope overhead, the writer's capacity without a second pass over the events.
+        // envelope overhead, each fragment's encoded size — the writer's capacity without a
+        // second pass over the events.
         let mut w = EnvelopeWriter::with_capacity(bytes + 16);
-        for p in &items {
-            let r = &p.record;
-            w.push(
-                r.key.as_deref(),
-                r.value.as_deref(),
-                &r.headers,
-                r.timestamp,
-            );
+        for item in &items {
+            match item {
+                Item::Event(p) => {
+                    let r = &p.record;
+                    w.push(
+                        r.key.as_deref(),
+                        r.value.as_deref(),
+                        &r.headers,
+                        r.timestamp,
+                    );
+                }
+                Item::Packed(f) => w.append(&f.events),
+            }
         }
         let envelope = Record {
             topic: Arc::clone(&topic),
@@ -781,8 +890,8 @@ impl Driver {
                 shared
                     .counters
                     .failed
-                    .fetch_add(items.len() as u64, Ordering::Relaxed);
-                fail_envelope(items, &topic, partition, e.class(), &e.to_string());
+                    .fetch_add(events as u64, Ordering::Relaxed);
+                fail_envelope(items, events, &topic, partition, e.class(), &e.to_string());
             }
             Ok(fut) => {
                 shared.counters.records.fetch_add(1, Ordering::Relaxed);
@@ -794,27 +903,16 @@ impl Driver {
                 self.completions.spawn(async move {
                     match fut.await {
                         Ok(d) => {
-                            let mut latencies = latency_pool.take(items.len());
-                            let n = items.len() as u64;
-                            let now = Instant::now();
-                            settle_all(items.drain(..).enumerate().map(|(i, p)| {
-                                latencies.push(now.saturating_duration_since(p.arrived));
-                                let at = EventDelivered {
-                                    partition: d.partition,
-                                    offset: d.offset,
-                                    index: Some(i as u32),
-                                    timestamp: d.timestamp,
-                                };
-                                (p.reply, Ok(at))
-                            }));
+                            let mut latencies = latency_pool.take(events);
+                            settle_envelope(&mut items, &d, Instant::now(), &mut latencies);
                             spares.give(items);
-                            shared.acknowledged(n, 0, &latencies);
+                            shared.acknowledged(events as u64, 0, &latencies);
                             latency_pool.give(latencies);
                         }
                         Err(e) => {
-                            let n = items.len() as u64;
-                            fail_envelope(items, &topic, partition, e.class(), &e.to_string());
-                            shared.acknowledged(0, n, &[]);
+                            let (class, message) = (e.class(), e.to_string());
+                            fail_envelope(items, events, &topic, partition, class, &message);
+                            shared.acknowledged(0, events as u64, &[]);
                         }
                     }
                     if let Some(f) = in_flight {
@@ -864,7 +962,7 @@ impl Driver {
 /// What the per-event sender task needs.
 struct Sender {
     shared: Arc<Shared>,
-    spares: Arc<VecPool<Pending>>,
+    spares: Arc<VecPool<Item>>,
     /// Its completion tasks' vectors of delivery futures to await.
     waiting: Arc<VecPool<Waiting>>,
     latencies: Arc<VecPool<Duration>>,
@@ -882,13 +980,24 @@ async fn send_batches(mut rx: mpsc::Receiver<Handoff>, s: Sender) {
     {
         let mut waiting = s.waiting.take(items.len());
         let handed = items.len() as u64;
-        for Pending {
-            record,
-            arrived,
-            reply,
-            ..
-        } in items.drain(..)
-        {
+        for item in items.drain(..) {
+            let Pending {
+                record,
+                arrived,
+                reply,
+                ..
+            } = match item {
+                Item::Event(p) => p,
+                // Not built per event (see `Driver::admit`): refused, records handed back.
+                f @ Item::Packed(_) => {
+                    s.shared
+                        .counters
+                        .failed
+                        .fetch_add(f.events() as u64, Ordering::Relaxed);
+                    f.refuse_closed();
+                    continue;
+                }
+            };
             match s.shared.sender_client().send(record).await {
                 Ok(fut) => waiting.push((fut, arrived, reply)),
                 Err(e) => {

@@ -52,6 +52,7 @@ mod config;
 pub mod controller;
 mod driver;
 mod error;
+mod fragment;
 pub mod intake;
 pub mod learner;
 pub mod levels;

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use crate::config::{AdaptiveConfig, Shape};
 use crate::driver::{self, Driver};
 use crate::error::{AdaptiveError, TrySendError, TrySendManyError};
+use crate::fragment::{Fragment, Item, Known, Packer};
 use crate::intake::{Intake, PushError};
 use crate::learner::Learned;
 use crate::levels::{BatchSettings, LevelId};
@@ -31,12 +32,14 @@ pub(crate) struct Pending {
     pub(crate) reply: Reply,
 }
 
-/// What the intake holds: one event, or a chunk of a `send_many` call — one hand-over for
-/// many events, all of one intake shard (so each key's order holds as if they went one by one).
+/// What the intake holds: one event, a chunk of a `send_many` call — one hand-over for
+/// many events, all of one intake shard (so each key's order holds as if they went one by
+/// one) — or, packed, a chunk's keyed events already encoded per partition.
 #[derive(Debug)]
 pub(crate) enum Entry {
     One(Pending),
     Many(Vec<Pending>),
+    Packed(Vec<Fragment>),
 }
 
 impl Entry {
@@ -45,35 +48,16 @@ impl Entry {
         match self {
             Entry::One(_) => 1,
             Entry::Many(v) => v.len(),
+            Entry::Packed(v) => v.iter().map(Fragment::len).sum(),
         }
     }
-}
 
-impl IntoIterator for Entry {
-    type Item = Pending;
-    type IntoIter = EntryIter;
-
-    fn into_iter(self) -> EntryIter {
+    /// Settles every event as refused because the producer closed, each with its record.
+    fn refuse_closed(self) {
         match self {
-            Entry::One(p) => EntryIter::One(Some(p)),
-            Entry::Many(v) => EntryIter::Many(v.into_iter()),
-        }
-    }
-}
-
-/// An entry's events, in order.
-pub(crate) enum EntryIter {
-    One(Option<Pending>),
-    Many(std::vec::IntoIter<Pending>),
-}
-
-impl Iterator for EntryIter {
-    type Item = Pending;
-
-    fn next(&mut self) -> Option<Pending> {
-        match self {
-            EntryIter::One(p) => p.take(),
-            EntryIter::Many(v) => v.next(),
+            Entry::One(p) => Item::Event(p).refuse_closed(),
+            Entry::Many(v) => v.into_iter().for_each(|p| Item::Event(p).refuse_closed()),
+            Entry::Packed(v) => v.into_iter().for_each(|f| Item::Packed(f).refuse_closed()),
         }
     }
 }
@@ -107,6 +91,9 @@ pub struct AdaptiveStats {
     pub direct: u64,
     /// Times the per-event path changed (intake ↔ straight to the client).
     pub path_switches: u64,
+    /// Packed: events `send_many` encoded where it handed them in (keyed events of a topic
+    /// whose partition count was known), not one by one in the driver.
+    pub packed_at_hand_in: u64,
     /// The current level.
     pub level: Option<LevelId>,
     /// The settings in force.
@@ -143,6 +130,7 @@ pub(crate) struct Counters {
     /// Of `direct`, those the client refused at once (no record sent).
     pub(crate) direct_refused: AtomicU64,
     pub(crate) path_switches: AtomicU64,
+    pub(crate) packed_at_hand_in: AtomicU64,
     /// Of `failed`, those the client counted too (its delivery reports, its refusals): per
     /// event, failures are read from the client, which also sees the events sent straight.
     pub(crate) client_failed: AtomicU64,
@@ -172,6 +160,9 @@ pub(crate) struct Shared {
     /// The saturated client's linger: events with a shorter budget never go to it.
     pub(crate) direct_linger: Duration,
     pub(crate) shape: Shape,
+    /// Packed: the partition counts the driver learned, for `send_many` to encode keyed
+    /// events where it hands them in (see [`crate::fragment`]).
+    pub(crate) known: Option<Arc<Known>>,
     /// The client (linger 0: the intake lingers).
     pub(crate) producer: Producer,
     /// Per-event, the path switch on: the client that lingers, which single-event sends go
@@ -275,6 +266,7 @@ impl Shared {
             failed,
             direct: c.direct.load(Ordering::Relaxed),
             path_switches: c.path_switches.load(Ordering::Relaxed),
+            packed_at_hand_in: c.packed_at_hand_in.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
             records: (c.records.load(Ordering::Relaxed) + c.direct.load(Ordering::Relaxed))
                 .saturating_sub(c.direct_refused.load(Ordering::Relaxed)),
@@ -372,6 +364,7 @@ impl AdaptiveProducer {
             budget_cap: config.budget.unwrap_or(NO_BUDGET),
             direct_linger: config.path.linger,
             shape: config.shape,
+            known: driver.known(),
             producer: client,
             saturated,
             on_saturated: AtomicBool::new(false),
@@ -402,24 +395,11 @@ impl AdaptiveProducer {
         reply: Reply,
         arrived: Instant,
     ) -> Pending {
-        let crc = record.key.as_deref().map(crc32fast::hash);
-        self.detached_with_crc(record, budget, reply, arrived, crc)
-    }
-
-    fn detached_with_crc(
-        &self,
-        record: Record,
-        budget: Option<Duration>,
-        reply: Reply,
-        arrived: Instant,
-        key_crc: Option<u32>,
-    ) -> Pending {
-        let budget = self.shared.budget_of(budget);
         Pending {
-            key_crc,
+            key_crc: record.key.as_deref().map(crc32fast::hash),
             record,
             arrived,
-            budget,
+            budget: self.shared.budget_of(budget),
             reply,
         }
     }
@@ -441,7 +421,7 @@ impl AdaptiveProducer {
                 Ok(())
             }
             Err(e) => Err(AdaptiveError::Closed {
-                record: e.into_iter().next().map(|p| Box::new(p.record)),
+                record: Some(Box::new(one_record(e))),
             }),
         }
     }
@@ -486,23 +466,26 @@ impl AdaptiveProducer {
     /// As [`send_many`](Self::send_many).
     pub async fn send_many_with(&self, records: Vec<Record>, options: SendOptions) -> ManyFuture {
         let (chunks, f) = self.chunks(records, options, true);
-        let mut taken = 0u64;
+        let (mut taken, mut packed) = (0u64, 0u64);
         for (hint, chunk) in chunks {
-            let n = chunk.len();
+            let n = chunk.events();
+            let is_packed = matches!(chunk, Entry::Packed(_));
             let entering = Entering::new(&self.shared, n as u64);
             // Once closed, the intake refuses every later chunk at once, without waiting.
-            match self
-                .shared
-                .intake
-                .push_many(Some(hint), Entry::Many(chunk), n)
-                .await
-            {
+            match self.shared.intake.push_many(Some(hint), chunk, n).await {
                 Ok(()) => {
                     entering.taken();
                     taken += n as u64;
+                    packed += if is_packed { n as u64 } else { 0 };
                 }
-                Err(e) => refuse_closed(e),
+                Err(e) => e.refuse_closed(),
             }
+        }
+        if packed > 0 {
+            self.shared
+                .counters
+                .packed_at_hand_in
+                .fetch_add(packed, Ordering::Relaxed);
         }
         self.shared
             .counters
@@ -525,13 +508,9 @@ impl AdaptiveProducer {
         let Some((hint, chunk)) = chunks.pop() else {
             return Ok(f);
         };
-        let n = chunk.len();
+        let n = chunk.events();
         let entering = Entering::new(&self.shared, n as u64);
-        match self
-            .shared
-            .intake
-            .try_push_many(Some(hint), Entry::Many(chunk), n)
-        {
+        match self.shared.intake.try_push_many(Some(hint), chunk, n) {
             Ok(()) => {
                 entering.taken();
                 self.shared
@@ -551,26 +530,41 @@ impl AdaptiveProducer {
     /// the order given, so each key's does. With `split`, a group larger than a shard's share
     /// of the intake goes as several chunks of at most that share, one after another into the
     /// same shard — so the intake holds no more than its capacity, and a large call waits for
-    /// room piece by piece instead of for an empty shard.
+    /// room piece by piece instead of for an empty shard. Packed and not a sequence, keyed
+    /// events of topics the driver knows go encoded in fragments (see [`crate::fragment`]).
     fn chunks(
         &self,
         records: Vec<Record>,
         options: SendOptions,
         split: bool,
-    ) -> (Vec<(u64, Vec<Pending>)>, ManyFuture) {
-        let (replies, f) = Reply::many(records.len());
+    ) -> (Vec<(u64, Entry)>, ManyFuture) {
+        let (call, f) = Reply::call(records.len());
         // One clock read for the call: the events arrive together.
         let arrived = Instant::now();
-        let budget = options.budget;
+        let budget = self.shared.budget_of(options.budget);
         let intake = &self.shared.intake;
         let (groups, home) = match options.sequence {
             Some(_) => (1, 0),
             None => (intake.shards(), intake.home_shard()),
         };
         let hint = |g: usize| options.sequence.unwrap_or(g as u64);
-        // Each record's group first, so every chunk is allocated once at its size.
+        let piece = if split {
+            intake.shard_capacity().max(1)
+        } else {
+            usize::MAX
+        };
+        let mut packer = match (&self.shared.known, options.sequence) {
+            (Some(known), None) => {
+                // A fragment of at most N events: the batcher cuts at N, and a batch holds at
+                // most one item past it.
+                let n = self.decision().1.max_events as usize;
+                Some(Packer::new(known, groups, piece.min(n)))
+            }
+            _ => None,
+        };
+        // Each record's place first, so every chunk and fragment is allocated once at its size.
         let mut remaining = vec![0usize; groups];
-        let placed: Vec<(Option<u32>, usize)> = records
+        let placed: Vec<(Option<u32>, Place)> = records
             .iter()
             .map(|r| {
                 let crc = r.key.as_deref().map(crc32fast::hash);
@@ -578,33 +572,53 @@ impl AdaptiveProducer {
                     Some(_) => 0,
                     None => hint_of(r, crc).map_or(home, |h| (h % groups as u64) as usize),
                 };
+                if let Some(slot) = packer.as_mut().and_then(|p| p.place(r, crc, g)) {
+                    return (crc, Place::Packed(slot));
+                }
                 remaining[g] += 1;
-                (crc, g)
+                (crc, Place::Event(g))
             })
             .collect();
-        let piece = if split {
-            intake.shard_capacity().max(1)
-        } else {
-            usize::MAX
-        };
         let mut open: Vec<Vec<Pending>> = remaining
             .iter()
             .map(|&n| Vec::with_capacity(n.min(piece)))
             .collect();
         let mut chunks = Vec::new();
-        for ((record, reply), (crc, g)) in records.into_iter().zip(replies).zip(placed) {
-            open[g].push(self.detached_with_crc(record, budget, reply, arrived, crc));
+        let mut emit =
+            |g: usize, frags: Vec<Fragment>| chunks.push((hint(g), Entry::Packed(frags)));
+        let mut many = Vec::new();
+        for (i, (record, (crc, place))) in records.into_iter().zip(placed).enumerate() {
+            let g = match place {
+                Place::Event(g) => g,
+                Place::Packed(slot) => {
+                    if let Some(p) = packer.as_mut() {
+                        p.add(slot, record, i as u32, &call, arrived, budget, &mut emit);
+                    }
+                    continue;
+                }
+            };
+            open[g].push(Pending {
+                key_crc: crc,
+                record,
+                arrived,
+                budget,
+                reply: call.reply(i as u32),
+            });
             remaining[g] -= 1;
             if open[g].len() == piece && remaining[g] > 0 {
                 let next = Vec::with_capacity(remaining[g].min(piece));
-                chunks.push((hint(g), std::mem::replace(&mut open[g], next)));
+                many.push((hint(g), Entry::Many(std::mem::replace(&mut open[g], next))));
             }
         }
+        if let Some(p) = packer {
+            p.finish(&mut emit);
+        }
+        chunks.extend(many);
         chunks.extend(
             open.into_iter()
                 .enumerate()
                 .filter(|(_, c)| !c.is_empty())
-                .map(|(g, c)| (hint(g), c)),
+                .map(|(g, c)| (hint(g), Entry::Many(c))),
         );
         (chunks, f)
     }
@@ -908,6 +922,12 @@ impl SendOptions {
     }
 }
 
+/// Where `chunks` puts a record: with the events of an intake shard, or in a fragment.
+enum Place {
+    Event(usize),
+    Packed(usize),
+}
+
 /// Events that must keep their order share a hint: the same explicit partition, else the
 /// same key. Others may go to any intake shard.
 fn order_hint(p: &Pending) -> Option<u64> {
@@ -927,26 +947,22 @@ fn new_sequence() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// The record of an entry of one event, refused by the intake.
+/// The record of an entry of one event (a single-event send's), refused by the intake.
 fn one_record(e: Entry) -> Record {
     match e {
         Entry::One(p) => p.record,
-        Entry::Many(_) => unreachable!("try_send_with hands in one event"),
+        Entry::Many(_) | Entry::Packed(_) => unreachable!("a single-event send hands in one event"),
     }
 }
 
-/// The records of a refused entry, in order (their replies dropped unanswered: the caller
-/// gets the records back instead).
+/// The records of a refused sequence, in order (their replies dropped unanswered: the
+/// caller gets the records back instead). A sequence is never packed where it is handed in
+/// (see `chunks`), so it is one or many events.
 fn records_of(e: Entry) -> Vec<Record> {
-    e.into_iter().map(|p| p.record).collect()
-}
-
-/// Settles every event of an entry the closed intake refused as `Closed`, with its record.
-fn refuse_closed(e: Entry) {
-    for p in e {
-        p.reply.send(Err(AdaptiveError::Closed {
-            record: Some(Box::new(p.record)),
-        }));
+    match e {
+        Entry::One(p) => vec![p.record],
+        Entry::Many(v) => v.into_iter().map(|p| p.record).collect(),
+        Entry::Packed(v) => v.into_iter().flat_map(Fragment::into_records).collect(),
     }
 }
 
@@ -1016,19 +1032,165 @@ fn intake_shards() -> usize {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use kbatch_core::{Offset, Topic};
     use kbatch_producer::{ClientConfig, KafkaProducerConfig, ProducerConfig};
+
+    use crate::partitioner::KeyHash;
+    use crate::reply::EventDelivered;
 
     use super::*;
 
     /// A producer whose client never connects: `chunks` only reads the intake's shape.
     fn unconnected(intake: usize) -> AdaptiveProducer {
+        unconnected_shaped(intake, Shape::PerEvent)
+    }
+
+    fn unconnected_shaped(intake: usize, shape: Shape) -> AdaptiveProducer {
         let kafka = KafkaProducerConfig::new(ClientConfig::new("127.0.0.1:1"));
         AdaptiveProducer::start(
             AdaptiveConfig::new(ProducerConfig::default().with_kafka(kafka))
                 .without_calibration()
-                .with_intake_capacity(intake),
+                .with_intake_capacity(intake)
+                .with_shape(shape),
         )
         .unwrap()
+    }
+
+    /// A packed call's keyed events of a published topic go in fragments: one per intake
+    /// shard and partition (at most a piece each), each key's events in call order, each
+    /// settling its own events' slots; the rest go one by one.
+    #[tokio::test]
+    async fn a_packed_call_encodes_keyed_events_per_shard_and_partition() {
+        let p = unconnected_shaped(400, Shape::Packed);
+        let share = p.shared.intake.shard_capacity();
+        let known = p.shared.known.clone().unwrap();
+        let topic: Topic = "t".into();
+        known.publish(&topic, 0, 4);
+        let records: Vec<Record> = (0..1_000u64)
+            .map(|i| match i % 10 {
+                // Keyless, and an explicit partition: one by one.
+                8 => Record::new(Topic::clone(&topic), i.to_string()),
+                9 => Record::new(Topic::clone(&topic), i.to_string())
+                    .with_key("k1")
+                    .with_partition(3),
+                k => Record::new(Topic::clone(&topic), i.to_string())
+                    .with_key(format!("k{k}"))
+                    .with_header("h", i.to_string()),
+            })
+            .collect();
+        let (chunks, f) = p.chunks(records.clone(), SendOptions::default(), true);
+        assert_eq!(chunks.iter().map(|(_, c)| c.events()).sum::<usize>(), 1_000);
+        let mut seen = vec![false; 1_000];
+        let mut last_of_key: std::collections::HashMap<Bytes, u64> = Default::default();
+        let mut offset = 0;
+        for (hint, c) in chunks {
+            assert!(c.events() <= share, "an entry of {} events", c.events());
+            match c {
+                Entry::Many(v) => {
+                    for e in v {
+                        let i = value(&e);
+                        assert!(i % 10 >= 8, "event {i} went alone");
+                        seen[i as usize] = true;
+                        e.reply.send(Ok(EventDelivered {
+                            partition: -1,
+                            offset: Offset(-1),
+                            index: None,
+                            timestamp: None,
+                        }));
+                    }
+                }
+                Entry::Packed(frags) => {
+                    for fr in frags {
+                        assert!(fr.len() <= share);
+                        let records = fr.events.clone().finish();
+                        let events = kbatch_core::envelope::decode(&records).unwrap();
+                        for e in &events {
+                            let key = e.key.clone().unwrap();
+                            let i: u64 = std::str::from_utf8(e.value.as_deref().unwrap())
+                                .unwrap()
+                                .parse()
+                                .unwrap();
+                            assert_eq!(
+                                fr.partition,
+                                KeyHash::Crc32.partition(&key, 4),
+                                "event {i}"
+                            );
+                            let shards = p.shared.intake.shards() as u64;
+                            assert_eq!(hint, u64::from(crc32fast::hash(&key)) % shards);
+                            assert_eq!(
+                                e.headers[0].value.as_deref(),
+                                Some(i.to_string().as_bytes())
+                            );
+                            if let Some(prev) = last_of_key.insert(key, i) {
+                                assert!(prev < i, "{prev} after {i}");
+                            }
+                            seen[i as usize] = true;
+                        }
+                        fr.slots.delivered(fr.partition, Offset(offset), None, 0);
+                        offset += 1;
+                    }
+                }
+                Entry::One(_) => panic!("a call hands in chunks"),
+            }
+        }
+        assert!(seen.iter().all(|s| *s));
+        let results = f.await;
+        assert_eq!(results.delivered(), 1_000);
+        // Each packed event settled with its key's partition, at its place in its fragment.
+        let mut place: std::collections::HashMap<i64, u32> = Default::default();
+        for (i, r) in results.iter().enumerate() {
+            let d = r.unwrap();
+            if i % 10 >= 8 {
+                assert_eq!(d.partition, -1);
+                continue;
+            }
+            let key = records[i].key.as_deref().unwrap();
+            assert_eq!(d.partition, KeyHash::Crc32.partition(key, 4));
+            let next = place.entry(d.offset.0).or_default();
+            assert_eq!(d.index, Some(*next), "event {i}");
+            *next += 1;
+        }
+        p.close().await;
+    }
+
+    /// A fragment that fails hands every event its own record back, as it was handed in.
+    #[tokio::test]
+    async fn a_failed_fragment_hands_each_event_its_record() {
+        let p = unconnected_shaped(400, Shape::Packed);
+        let topic: Topic = "t".into();
+        p.shared.known.clone().unwrap().publish(&topic, 0, 2);
+        let records: Vec<Record> = (0..50u64)
+            .map(|i| {
+                Record::new(Topic::clone(&topic), i.to_string())
+                    .with_key(format!("k{}", i % 5))
+                    .with_timestamp(kbatch_core::Timestamp(i as i64))
+            })
+            .collect();
+        let (chunks, f) = p.chunks(records.clone(), SendOptions::default(), true);
+        for (_, c) in chunks {
+            match c {
+                Entry::Packed(frags) => frags
+                    .into_iter()
+                    .for_each(|fr| Item::Packed(fr).refuse_closed()),
+                other => panic!("keyed events of a known topic went alone: {other:?}"),
+            }
+        }
+        let back: Vec<Record> = f
+            .await
+            .into_iter()
+            .map(|r| r.unwrap_err().into_record().unwrap())
+            .collect();
+        assert_eq!(back, records);
+        p.close().await;
+    }
+
+    /// The events of a chunk of events one by one.
+    fn pendings(e: &Entry) -> &[Pending] {
+        match e {
+            Entry::Many(v) => v,
+            other => panic!("not a chunk of events: {other:?}"),
+        }
     }
 
     fn value(p: &Pending) -> u64 {
@@ -1049,13 +1211,13 @@ mod tests {
         assert!(
             chunks
                 .iter()
-                .all(|(_, c)| !c.is_empty() && c.len() <= share)
+                .all(|(_, c)| !pendings(c).is_empty() && c.events() <= share)
         );
-        assert_eq!(chunks.iter().map(|(_, c)| c.len()).sum::<usize>(), 1_000);
+        assert_eq!(chunks.iter().map(|(_, c)| c.events()).sum::<usize>(), 1_000);
         // Per shard, the pieces in the order they are pushed hold the events in call order.
         let mut last: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
         for (hint, c) in &chunks {
-            for e in c {
+            for e in pendings(c) {
                 let v = value(e);
                 if let Some(prev) = last.insert(*hint, v) {
                     assert!(prev < v, "shard {hint}: {prev} before {v}");
@@ -1066,7 +1228,7 @@ mod tests {
         let (chunks, _f) = p.chunks(records, SendOptions::default().in_sequence(7), false);
         assert_eq!(chunks.len(), 1);
         assert_eq!(chunks[0].0, 7);
-        assert!(chunks[0].1.iter().map(value).eq(0..1_000));
+        assert!(pendings(&chunks[0].1).iter().map(value).eq(0..1_000));
         p.close().await;
     }
 }

@@ -74,7 +74,15 @@ impl Reply {
     }
 
     /// `n` replies sharing one future, in order.
+    #[cfg(test)]
     pub(crate) fn many(n: usize) -> (Vec<Self>, ManyFuture) {
+        let (call, f) = Self::call(n);
+        ((0..n).map(|i| call.reply(i as u32)).collect(), f)
+    }
+
+    /// The `n` slots of one call and the future they share; each event's reply is made from
+    /// the call as it is needed (one [`Reply`] an event, or [`Slots`] for many).
+    pub(crate) fn call(n: usize) -> (Call, ManyFuture) {
         let (tx, rx) = oneshot::channel();
         let many = Arc::new(Many {
             state: Mutex::new(ManyState {
@@ -86,10 +94,7 @@ impl Reply {
         if n == 0 {
             many.lock().finish();
         }
-        let replies = (0..n)
-            .map(|i| Self(Some(Kind::Many(Arc::clone(&many), i as u32))))
-            .collect();
-        (replies, ManyFuture { rx, many })
+        (Call(Arc::clone(&many)), ManyFuture { rx, many })
     }
 
     /// Settles the event.
@@ -134,6 +139,84 @@ pub(crate) fn settle_all(replies: impl IntoIterator<Item = (Reply, EventResult)>
     }
 }
 
+/// The slots of one `send_many` call.
+#[derive(Debug)]
+pub(crate) struct Call(Arc<Many>);
+
+impl Call {
+    /// The reply of event `i`.
+    pub(crate) fn reply(&self, i: u32) -> Reply {
+        Reply(Some(Kind::Many(Arc::clone(&self.0), i)))
+    }
+
+    /// An empty set of this call's slots, to [`push`](Slots::push) events into.
+    pub(crate) fn slots(&self, capacity: usize) -> Slots {
+        Slots {
+            many: Arc::clone(&self.0),
+            at: Vec::with_capacity(capacity),
+        }
+    }
+}
+
+/// Some events of one call, settled together: the events of a piece of the call encoded where
+/// it was handed in (see [`crate::fragment`]). One lock and one record entry for all of them,
+/// instead of a reply each. Dropped unsettled, they settle as `Closed`.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    many: Arc<Many>,
+    /// The events' places in the call, in the order they were encoded.
+    at: Vec<u32>,
+}
+
+impl Slots {
+    /// Adds event `i` of the call.
+    pub(crate) fn push(&mut self, i: u32) {
+        self.at.push(i);
+    }
+
+    /// Events held.
+    pub(crate) fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    /// Settles every event as written in one acknowledged envelope, at places `first..` of it.
+    pub(crate) fn delivered(
+        mut self,
+        partition: i32,
+        offset: Offset,
+        timestamp: Option<Timestamp>,
+        first: u32,
+    ) {
+        let at = std::mem::take(&mut self.at);
+        let w = Written {
+            partition,
+            offset,
+            timestamp,
+        };
+        self.many.lock().settle_written(&at, w, first);
+    }
+
+    /// Settles the `j`-th event with `error(j)`, for every `j`, in order.
+    pub(crate) fn fail(mut self, mut error: impl FnMut(usize) -> AdaptiveError) {
+        let at = std::mem::take(&mut self.at);
+        let mut s = self.many.lock();
+        for (j, i) in at.into_iter().enumerate() {
+            s.settle(i, Err(error(j)));
+        }
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        if !self.at.is_empty() {
+            let mut s = self.many.lock();
+            for &i in &self.at {
+                s.settle(i, Err(AdaptiveError::Closed { record: None }));
+            }
+        }
+    }
+}
+
 impl Drop for Reply {
     fn drop(&mut self) {
         // A oneshot tells its receiver by itself; a shared slot must be settled.
@@ -173,6 +256,16 @@ impl ManyState {
             if self.remaining == 0 {
                 self.finish();
             }
+        }
+    }
+
+    /// Settles the events at `at` (once each) as written in `w`, the `j`-th at place
+    /// `first + j` of its envelope.
+    fn settle_written(&mut self, at: &[u32], w: Written, first: u32) {
+        let settled = self.results.settle_written(at, w, first);
+        self.remaining -= settled;
+        if settled > 0 && self.remaining == 0 {
+            self.finish();
         }
     }
 
@@ -273,6 +366,29 @@ impl ManyResults {
         };
         self.events[i as usize] = landed;
         true
+    }
+
+    /// Records the events at `at` as written in `w`, the `j`-th at place `first + j` of its
+    /// envelope; returns how many were open (an event settled already, or out of range, is
+    /// left as it is).
+    fn settle_written(&mut self, at: &[u32], w: Written, first: u32) -> usize {
+        if self.records.last() != Some(&w) {
+            self.records.push(w);
+        }
+        let record = (self.records.len() - 1) as u32;
+        let mut settled = 0;
+        for (j, &i) in at.iter().enumerate() {
+            if let Some(slot) = self.events.get_mut(i as usize)
+                && slot.record == OPEN
+            {
+                *slot = Landed {
+                    record,
+                    index: first + j as u32,
+                };
+                settled += 1;
+            }
+        }
+        settled
     }
 
     /// Settles every open event as `Closed`, and orders the errors by event.

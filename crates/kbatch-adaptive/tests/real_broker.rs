@@ -109,6 +109,24 @@ enum HandIn {
     Mixed(usize),
 }
 
+/// A task's first `send_many` call is awaited before it goes on: by then the packed driver
+/// has learned the topic's partitions, so the later calls encode their events where they
+/// hand them in (before it, every call went one by one) and both ways are tested.
+async fn settled_if_first(
+    f: kbatch_adaptive::ManyFuture,
+    first: bool,
+) -> futures::future::Either<
+    futures::future::Ready<kbatch_adaptive::ManyResults>,
+    kbatch_adaptive::ManyFuture,
+> {
+    use futures::future::Either;
+    if first {
+        Either::Left(futures::future::ready(f.await))
+    } else {
+        Either::Right(f)
+    }
+}
+
 async fn run(
     shape: Shape,
     topic: &str,
@@ -143,7 +161,11 @@ async fn run(
                                 }
                             } else {
                                 let records = chunk.iter().map(|&i| event(&topic, i)).collect();
-                                many.push((chunk.to_vec(), p.send_many(records).await));
+                                let f = p.send_many(records).await;
+                                many.push((
+                                    chunk.to_vec(),
+                                    settled_if_first(f, many.is_empty()).await,
+                                ));
                             }
                         }
                         for (i, f) in each {
@@ -161,7 +183,8 @@ async fn run(
                         let mut futs = Vec::new();
                         for chunk in mine.chunks(per) {
                             let records = chunk.iter().map(|&i| event(&topic, i)).collect();
-                            futs.push((chunk.to_vec(), p.send_many(records).await));
+                            let f = p.send_many(records).await;
+                            futs.push((chunk.to_vec(), settled_if_first(f, futs.is_empty()).await));
                         }
                         for (ids, f) in futs {
                             let results = f.await;
@@ -273,6 +296,14 @@ async fn once_in_key_order_in_both_shapes(name: &str, n: u64, hand_in: HandIn) {
         let ev = events(&got);
         assert_once_in_key_order(&ev, n);
         assert_futures_said_where(&ev, &delivered);
+        // Packed, once the driver knew the topic, `send_many` encoded its keyed events itself.
+        let packed = report.stats.packed_at_hand_in;
+        match (shape, hand_in) {
+            (Shape::Packed, HandIn::Many(_) | HandIn::Mixed(_)) => {
+                assert!(packed > n / 4, "{packed} of {n} packed at hand-in");
+            }
+            _ => assert_eq!(packed, 0, "{shape:?}"),
+        }
     }
 }
 
@@ -682,10 +713,11 @@ async fn packed_events_to_a_missing_topic_each_fail_with_their_record_back() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_envelope_the_broker_rejects_hands_each_event_its_own_record_back() {
-    // The topic takes records of at most 2,000 bytes; 60 events of 100 random (incompressible)
-    // bytes, sent together, travel as one envelope several times that, which the broker
-    // refuses. Every event fails with the envelope, and what it hands back must be its record
-    // as given — key, value, headers, timestamp, a partition only where the caller named one.
+    // The topic takes records of at most 2,000 bytes; each event has 2,500 random
+    // (incompressible) bytes, so every envelope — however the events are grouped, one or all
+    // 60 — is larger, and the broker refuses it. Every event fails with its envelope, and what
+    // it hands back must be its record as given — key, value, headers, timestamp, a partition
+    // only where the caller named one.
     use rand::{Rng as _, SeedableRng as _};
     const N: usize = 60;
     let topic = unique_name("adaptive-too-large");
@@ -698,7 +730,7 @@ async fn an_envelope_the_broker_rejects_hands_each_event_its_own_record_back() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let sent: Vec<Record> = (0..N)
         .map(|i| {
-            let mut value = vec![0u8; 100];
+            let mut value = vec![0u8; 2_500];
             rng.fill(&mut value[..]);
             let r = Record::new(topic.as_str(), value)
                 .with_header("i", i.to_string())
@@ -711,18 +743,31 @@ async fn an_envelope_the_broker_rejects_hands_each_event_its_own_record_back() {
         })
         .collect();
     let p = AdaptiveProducer::start(config(Shape::Packed)).unwrap();
-    let results = p.send_many(sent.clone()).await.await;
-    assert_eq!(results.len(), N);
-    for (i, r) in results.into_iter().enumerate() {
-        match r {
-            Err(e @ kbatch_adaptive::AdaptiveError::Envelope { .. }) => {
-                assert_eq!(e.into_record().as_ref(), Some(&sent[i]), "event {i}");
+    // Twice: the first call goes one by one while the driver learns the topic's partitions,
+    // the second packs its keyed events where it hands them in.
+    for call in 0..2 {
+        let results = p.send_many(sent.clone()).await.await;
+        assert_eq!(results.len(), N);
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Err(e @ kbatch_adaptive::AdaptiveError::Envelope { .. }) => {
+                    assert_eq!(
+                        e.into_record().as_ref(),
+                        Some(&sent[i]),
+                        "call {call}, event {i}"
+                    );
+                }
+                other => panic!("call {call}, event {i}: {other:?}"),
             }
-            other => panic!("event {i}: {other:?}"),
         }
     }
     let r = p.close().await;
-    assert_eq!((r.stats.failed, r.stats.delivered), (N as u64, 0));
+    assert_eq!((r.stats.failed, r.stats.delivered), (2 * N as u64, 0));
+    assert_eq!(
+        r.stats.packed_at_hand_in,
+        (N / 3) as u64,
+        "the keyed events of the second call"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

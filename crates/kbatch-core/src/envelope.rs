@@ -201,6 +201,22 @@ impl EnvelopeWriter {
         }
     }
 
+    /// Appends every event of `other`, in order, after this writer's: the same bytes as
+    /// pushing them here one by one, for events encoded elsewhere (a producer's callers encode
+    /// their events where they hand them in, and the batcher joins their pieces into one
+    /// envelope with a copy per piece).
+    ///
+    /// # Panics
+    ///
+    /// When the two together hold more than `u32::MAX` events (see [`push`](Self::push)).
+    pub fn append(&mut self, other: &EnvelopeWriter) {
+        self.count = self
+            .count
+            .checked_add(other.count)
+            .expect("an envelope holds at most u32::MAX events");
+        self.buf.extend_from_slice(&other.buf[HEADER_LEN..]);
+    }
+
     /// Events pushed so far.
     pub fn len(&self) -> usize {
         self.count as usize

@@ -418,6 +418,29 @@ proptest! {
         prop_assert_eq!(w.finish(), encoded);
     }
 
+    /// Writers joined with `append` make the envelope of all their events in order.
+    #[test]
+    fn appended_writers_encode_as_one(
+        events in proptest::collection::vec(event_strategy(), 0..40),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..4),
+    ) {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c.index(events.len() + 1)).collect();
+        at.push(0);
+        at.push(events.len());
+        at.sort_unstable();
+        let mut joined = EnvelopeWriter::new();
+        for piece in at.windows(2) {
+            let mut w = EnvelopeWriter::with_capacity(0);
+            for e in &events[piece[0]..piece[1]] {
+                w.push(e.key.as_deref(), e.value.as_deref(), &e.headers, e.timestamp);
+            }
+            joined.append(&w);
+        }
+        prop_assert_eq!(joined.len(), events.len());
+        prop_assert_eq!(joined.encoded_len(), encode(&events).len());
+        prop_assert_eq!(joined.finish(), encode(&events));
+    }
+
     /// Every proper prefix of a valid envelope is an error (nothing is silently dropped), and
     /// every error's offset lies within the input.
     #[test]
