@@ -21,7 +21,8 @@
 //!   [`AdaptiveConfig::flushes_in_flight`] await acknowledgement, so batches hold what
 //!   arrives during a round trip: small at low rates, large at high ones.
 //! - **Hand-in**: [`AdaptiveProducer::send`] (a future per event),
-//!   [`AdaptiveProducer::send_many`] (one future, an outcome per event),
+//!   [`AdaptiveProducer::send_many`] (one future, an outcome per event; packed, it encodes
+//!   keyed events into envelope pieces itself once their topic is known),
 //!   [`AdaptiveProducer::send_detached`] (no answer).
 //! - **Shapes**: per-event records, or one envelope record per microbatch and partition
 //!   ([`Shape::Packed`]); kbatch's consumers unpack envelopes into events.

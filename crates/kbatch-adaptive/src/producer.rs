@@ -447,7 +447,9 @@ impl AdaptiveProducer {
     /// in the order given. For callers that produce in batches (a consumed batch, an HTTP
     /// request, a file): it saves the future per event (an allocation and a cross-thread
     /// wake-up each), and the events go to the batcher in a few chunks (one per intake shard
-    /// their keys fall in) instead of one by one. Events keep their order per key as with
+    /// their keys fall in) instead of one by one — packed, keyed events of a topic whose
+    /// partition count the producer has learned go already encoded, one envelope piece per
+    /// shard and partition. Events keep their order per key as with
     /// [`send`](Self::send). Events refused because the producer closed meanwhile settle as
     /// `Closed`, each handing its record back.
     ///
