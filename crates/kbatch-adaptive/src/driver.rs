@@ -74,6 +74,12 @@ fn fail_envelope(
                 p.reply.send(Err(failed(index, p.record)));
                 index += 1;
             }
+            Item::Events(v) => {
+                for p in v {
+                    p.reply.send(Err(failed(index, p.record)));
+                    index += 1;
+                }
+            }
             Item::Packed(f) => {
                 let first = index;
                 index += f.len() as u32;
@@ -113,20 +119,32 @@ fn settle_envelope(
                         _ => None,
                     }
                 }));
-                settle_all(run.map(|p| {
-                    latencies.push(now.saturating_duration_since(p.arrived));
-                    let at = EventDelivered {
-                        partition: d.partition,
-                        offset: d.offset,
-                        index: Some(index),
-                        timestamp: d.timestamp,
-                    };
-                    index += 1;
-                    (p.reply, Ok(at))
-                }));
+                settle_run(run, d, now, latencies, &mut index);
             }
+            Item::Events(v) => settle_run(v.into_iter(), d, now, latencies, &mut index),
         }
     }
+}
+
+/// Settles events of an envelope acknowledged as `d`, in order from place `*index` of it.
+fn settle_run(
+    run: impl Iterator<Item = Pending>,
+    d: &Delivered,
+    now: Instant,
+    latencies: &mut Vec<Duration>,
+    index: &mut u32,
+) {
+    settle_all(run.map(|p| {
+        latencies.push(now.saturating_duration_since(p.arrived));
+        let at = EventDelivered {
+            partition: d.partition,
+            offset: d.offset,
+            index: Some(*index),
+            timestamp: d.timestamp,
+        };
+        *index += 1;
+        (p.reply, Ok(at))
+    }));
 }
 
 /// Timers fire up to about a millisecond late: batches due within this are cut now, early
@@ -179,7 +197,7 @@ enum Admitted {
     /// It filled its batch: send this.
     Full(Flushed<BatchKey, Item>),
     /// Its topic's partition count is not known yet: learn it, then admit again.
-    Unknown(Item),
+    Unknown(Pending),
 }
 
 /// Which batch an event joins.
@@ -278,6 +296,8 @@ type Waiting = (DeliveryFuture, Instant, Reply);
 /// A per-event batch for the sender task, and its place in the pipeline bound if counted.
 struct Handoff {
     items: Vec<Item>,
+    /// Events they stand for.
+    events: usize,
     in_flight: Option<Arc<InFlight>>,
 }
 
@@ -420,15 +440,18 @@ impl Driver {
             if taken > 0 {
                 for entry in buf.drain(..) {
                     match entry {
-                        Entry::One(p) => self.take(&shared, Item::Event(p)).await,
+                        Entry::One(p) => self.take(&shared, p).await,
+                        Entry::Many(v) if self.shape == Shape::PerEvent => {
+                            self.take_chunk(&shared, v).await;
+                        }
                         Entry::Many(v) => {
                             for p in v {
-                                self.take(&shared, Item::Event(p)).await;
+                                self.take(&shared, p).await;
                             }
                         }
                         Entry::Packed(v) => {
                             for f in v {
-                                self.take(&shared, Item::Packed(f)).await;
+                                self.take_fragment(&shared, f).await;
                             }
                         }
                     }
@@ -512,19 +535,17 @@ impl Driver {
         Some(Arc::clone(&self.in_flight))
     }
 
-    /// Puts an item taken from the intake into its batch, and sends the batch if it filled.
+    /// Puts an event taken from the intake into its batch, and sends the batch if it filled.
     /// Synchronous unless a topic's partition count is not known yet: an async call per
     /// event moved each event through its future's state.
-    async fn take(&mut self, shared: &Arc<Shared>, item: Item) {
-        match self.admit(shared, item) {
+    async fn take(&mut self, shared: &Arc<Shared>, p: Pending) {
+        match self.admit(shared, p) {
             Admitted::Held => {}
             Admitted::Full(f) => self.flush(shared, f).await,
-            Admitted::Unknown(item) => {
-                if let Item::Event(p) = &item {
-                    let topic = Topic::clone(&p.record.topic);
-                    self.learn_partitions(&topic).await;
-                }
-                match self.admit(shared, item) {
+            Admitted::Unknown(p) => {
+                let topic = Topic::clone(&p.record.topic);
+                self.learn_partitions(&topic).await;
+                match self.admit(shared, p) {
                     Admitted::Full(f) => self.flush(shared, f).await,
                     Admitted::Held | Admitted::Unknown(_) => {}
                 }
@@ -532,37 +553,47 @@ impl Driver {
         }
     }
 
-    /// Puts an item into its batch; returns the batch when it filled.
-    fn admit(&mut self, shared: &Shared, item: Item) -> Admitted {
-        let key = match (&item, self.shape) {
-            // Fragments are only encoded for a packed producer (see `Shared::known`).
-            (_, Shape::PerEvent) => BatchKey::All,
-            (Item::Packed(f), Shape::Packed) => BatchKey::Partition(f.topic_id, f.partition),
-            (Item::Event(p), Shape::Packed) => match self.partition_of(&p.record, p.key_crc) {
-                None => return Admitted::Unknown(item),
-                Some(Ok((id, part))) => BatchKey::Partition(id, part),
+    /// Per event: puts a chunk of a call into the batch as one item, and sends the batch if
+    /// it filled.
+    async fn take_chunk(&mut self, shared: &Arc<Shared>, v: Vec<Pending>) {
+        let (events, bytes) = (v.len(), v.iter().map(|p| p.record.size_hint()).sum());
+        if let Admitted::Full(f) = self.push(BatchKey::All, Item::Events(v), events, bytes) {
+            self.flush(shared, f).await;
+        }
+    }
+
+    /// Packed: puts a fragment into its partition's batch, and sends the batch if it filled.
+    async fn take_fragment(&mut self, shared: &Arc<Shared>, f: Fragment) {
+        let key = BatchKey::Partition(f.topic_id, f.partition);
+        let (events, bytes) = (f.len(), f.events.encoded_len());
+        if let Admitted::Full(f) = self.push(key, Item::Packed(f), events, bytes) {
+            self.flush(shared, f).await;
+        }
+    }
+
+    /// Puts an event into its batch; returns the batch when it filled.
+    fn admit(&mut self, shared: &Shared, p: Pending) -> Admitted {
+        let (key, bytes) = match self.shape {
+            Shape::PerEvent => (BatchKey::All, p.record.size_hint()),
+            Shape::Packed => match self.partition_of(&p.record, p.key_crc) {
+                None => return Admitted::Unknown(p),
+                Some(Ok((id, part))) => (
+                    BatchKey::Partition(id, part),
+                    p.record.size_hint() + ENVELOPE_OVERHEAD,
+                ),
                 Some(Err((message, class))) => {
-                    if let Item::Event(p) = item {
-                        shared.counters.failed.fetch_add(1, Ordering::Relaxed);
-                        p.reply.send(Err(AdaptiveError::Metadata {
-                            topic: p.record.topic.to_string(),
-                            message,
-                            class,
-                            record: Box::new(p.record),
-                        }));
-                    }
+                    shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    p.reply.send(Err(AdaptiveError::Metadata {
+                        topic: p.record.topic.to_string(),
+                        message,
+                        class,
+                        record: Box::new(p.record),
+                    }));
                     return Admitted::Held;
                 }
             },
         };
-        let (events, bytes) = match &item {
-            Item::Event(p) if self.shape == Shape::Packed => {
-                (1, p.record.size_hint() + ENVELOPE_OVERHEAD)
-            }
-            Item::Event(p) => (1, p.record.size_hint()),
-            Item::Packed(f) => (f.len(), f.events.encoded_len()),
-        };
-        self.push(key, item, events, bytes)
+        self.push(key, Item::Event(p), 1, bytes)
     }
 
     fn push(&mut self, key: BatchKey, item: Item, events: usize, bytes: usize) -> Admitted {
@@ -802,7 +833,7 @@ impl Driver {
         self.epoch_batches += 1;
         self.epoch_batched_events += f.events as u64;
         match f.key {
-            BatchKey::All => self.send_each(shared, f.items, f.cause).await,
+            BatchKey::All => self.send_each(shared, f.items, f.events, f.cause).await,
             BatchKey::Partition(id, partition) => {
                 let state = self.topics.get(id);
                 if state.sticky == Some(partition) {
@@ -820,24 +851,36 @@ impl Driver {
 
     /// Hands a per-event batch to the sender task, waiting while it is [`HANDOFF_QUEUE`]
     /// batches behind.
-    async fn send_each(&mut self, shared: &Arc<Shared>, items: Vec<Item>, cause: FlushCause) {
+    async fn send_each(
+        &mut self,
+        shared: &Arc<Shared>,
+        items: Vec<Item>,
+        events: usize,
+        cause: FlushCause,
+    ) {
         let in_flight = self.start_flight(shared, cause);
-        let handoff = Handoff { items, in_flight };
-        let n = handoff.items.len() as u64;
+        let handoff = Handoff {
+            items,
+            events,
+            in_flight,
+        };
         let refused = match &self.to_sender {
             Some(tx) => tx.send(handoff).await.err().map(|e| e.0),
             None => Some(handoff),
         };
         if refused.is_none() {
-            self.flushed_events += n;
+            self.flushed_events += events as u64;
         }
         // Only if the sender task ended abnormally: its events cannot be sent.
-        if let Some(Handoff { items, in_flight }) = refused {
+        if let Some(Handoff {
+            items, in_flight, ..
+        }) = refused
+        {
             shared
                 .counters
                 .failed
-                .fetch_add(items.len() as u64, Ordering::Relaxed);
-            shared.handed_on(items.len() as u64);
+                .fetch_add(events as u64, Ordering::Relaxed);
+            shared.handed_on(events as u64);
             items.into_iter().for_each(Item::refuse_closed);
             if let Some(f) = in_flight {
                 f.finish();
@@ -873,6 +916,17 @@ impl Driver {
                         &r.headers,
                         r.timestamp,
                     );
+                }
+                Item::Events(v) => {
+                    for p in v {
+                        let r = &p.record;
+                        w.push(
+                            r.key.as_deref(),
+                            r.value.as_deref(),
+                            &r.headers,
+                            r.timestamp,
+                        );
+                    }
                 }
                 Item::Packed(f) => w.append(&f.events),
             }
@@ -969,40 +1023,54 @@ struct Sender {
     completions: TaskTracker,
 }
 
+impl Sender {
+    /// Hands one event to the client, awaiting its room (back-pressure); its delivery future
+    /// goes to `waiting`, or it fails at once.
+    async fn hand(&self, p: Pending, waiting: &mut Vec<Waiting>) {
+        let Pending {
+            record,
+            arrived,
+            reply,
+            ..
+        } = p;
+        match self.shared.sender_client().send(record).await {
+            Ok(fut) => waiting.push((fut, arrived, reply)),
+            Err(e) => {
+                self.shared.counters.refused(&e);
+                reply.send(Err(AdaptiveError::Produce(e)));
+            }
+        }
+    }
+}
+
 /// The per-event sender task: hands each batch's events to the client in order (awaiting
 /// its room: back-pressure), then spawns the batch's completion task, which answers every
 /// event's future as its acknowledgement comes. Ends when the driver drops its handle.
 async fn send_batches(mut rx: mpsc::Receiver<Handoff>, s: Sender) {
     while let Some(Handoff {
         mut items,
+        events,
         in_flight,
     }) = rx.recv().await
     {
-        let mut waiting = s.waiting.take(items.len());
-        let handed = items.len() as u64;
+        let mut waiting = s.waiting.take(events);
+        let handed = events as u64;
         for item in items.drain(..) {
-            let Pending {
-                record,
-                arrived,
-                reply,
-                ..
-            } = match item {
-                Item::Event(p) => p,
-                // Not built per event (see `Driver::admit`): refused, records handed back.
+            match item {
+                Item::Event(p) => s.hand(p, &mut waiting).await,
+                Item::Events(v) => {
+                    for p in v {
+                        s.hand(p, &mut waiting).await;
+                    }
+                }
+                // Fragments are batched by partition (`take_fragment`), never in the
+                // per-event batch; were one here, it is refused with its records, not lost.
                 f @ Item::Packed(_) => {
                     s.shared
                         .counters
                         .failed
                         .fetch_add(f.events() as u64, Ordering::Relaxed);
                     f.refuse_closed();
-                    continue;
-                }
-            };
-            match s.shared.sender_client().send(record).await {
-                Ok(fut) => waiting.push((fut, arrived, reply)),
-                Err(e) => {
-                    s.shared.counters.refused(&e);
-                    reply.send(Err(AdaptiveError::Produce(e)));
                 }
             }
         }

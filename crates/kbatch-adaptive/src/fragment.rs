@@ -97,10 +97,15 @@ impl Fragment {
     }
 }
 
-/// What a packed batch holds: events handed in one by one, and fragments.
+/// What a batch holds: events handed in one by one, and — per event — the chunks of
+/// `send_many` calls, packed — their fragments, each batched as one item.
 #[derive(Debug)]
 pub(crate) enum Item {
     Event(Pending),
+    /// Per event, a chunk of one call (one intake shard's, one arrival and budget): the sender
+    /// task hands its events to the client in order, so pushing each into the batch on its own
+    /// only moved it once more.
+    Events(Vec<Pending>),
     Packed(Fragment),
 }
 
@@ -109,6 +114,7 @@ impl Item {
     pub(crate) fn events(&self) -> usize {
         match self {
             Item::Event(_) => 1,
+            Item::Events(v) => v.len(),
             Item::Packed(f) => f.len(),
         }
     }
@@ -116,6 +122,8 @@ impl Item {
     pub(crate) fn arrived(&self) -> Instant {
         match self {
             Item::Event(p) => p.arrived,
+            // A chunk's events arrived together (one clock read per call).
+            Item::Events(v) => v.first().map_or_else(Instant::now, |p| p.arrived),
             Item::Packed(f) => f.arrived,
         }
     }
@@ -123,6 +131,7 @@ impl Item {
     pub(crate) fn budget(&self) -> Duration {
         match self {
             Item::Event(p) => p.budget,
+            Item::Events(v) => v.first().map_or(Duration::MAX, |p| p.budget),
             Item::Packed(f) => f.budget,
         }
     }
@@ -134,6 +143,11 @@ impl Item {
         };
         match self {
             Item::Event(p) => p.reply.send(Err(closed(p.record))),
+            Item::Events(v) => {
+                for p in v {
+                    p.reply.send(Err(closed(p.record)));
+                }
+            }
             Item::Packed(f) => f.fail(|_, r| closed(r)),
         }
     }

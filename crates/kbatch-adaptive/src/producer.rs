@@ -56,7 +56,7 @@ impl Entry {
     fn refuse_closed(self) {
         match self {
             Entry::One(p) => Item::Event(p).refuse_closed(),
-            Entry::Many(v) => v.into_iter().for_each(|p| Item::Event(p).refuse_closed()),
+            Entry::Many(v) => Item::Events(v).refuse_closed(),
             Entry::Packed(v) => v.into_iter().for_each(|f| Item::Packed(f).refuse_closed()),
         }
     }
