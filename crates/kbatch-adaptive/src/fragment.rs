@@ -4,6 +4,7 @@
 //!  send_many(records) ──► keyed events of a topic the driver knows ──► Fragment per (shard, partition)
 //!                     └─► the rest (keyless, explicit partition, topic not known yet) ──► Pending each
 //!  driver: batcher item = Item::Event(Pending) | Item::Packed(Fragment) ──► one envelope per partition
+//!          (per event: Item::Event | Item::Events(a call's chunk) ──► the sender task, in order)
 //! ```
 //!
 //! A packed producer's driver task did all of a call's per-event work on one core: take each
