@@ -906,28 +906,18 @@ impl Driver {
         // envelope overhead, each fragment's encoded size — the writer's capacity without a
         // second pass over the events.
         let mut w = EnvelopeWriter::with_capacity(bytes + 16);
+        let push = |w: &mut EnvelopeWriter, r: &Record| {
+            w.push(
+                r.key.as_deref(),
+                r.value.as_deref(),
+                &r.headers,
+                r.timestamp,
+            );
+        };
         for item in &items {
             match item {
-                Item::Event(p) => {
-                    let r = &p.record;
-                    w.push(
-                        r.key.as_deref(),
-                        r.value.as_deref(),
-                        &r.headers,
-                        r.timestamp,
-                    );
-                }
-                Item::Events(v) => {
-                    for p in v {
-                        let r = &p.record;
-                        w.push(
-                            r.key.as_deref(),
-                            r.value.as_deref(),
-                            &r.headers,
-                            r.timestamp,
-                        );
-                    }
-                }
+                Item::Event(p) => push(&mut w, &p.record),
+                Item::Events(v) => v.iter().for_each(|p| push(&mut w, &p.record)),
                 Item::Packed(f) => w.append(&f.events),
             }
         }
