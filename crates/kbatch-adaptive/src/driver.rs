@@ -34,7 +34,7 @@ use crate::batcher::{Batcher, FlushCause, Flushed};
 use crate::config::{AdaptiveConfig, Shape};
 use crate::controller::Controller;
 use crate::error::AdaptiveError;
-use crate::fragment::{ENVELOPE_OVERHEAD, Fragment, Item, Known};
+use crate::fragment::{Fragment, Item, Known, packed_size, push_record};
 use crate::learner::{Choice, EpochStats, Learner};
 use crate::levels::{BatchSettings, LevelId};
 use crate::metrics::Metrics;
@@ -69,18 +69,14 @@ fn fail_envelope(
     };
     let mut index = 0u32;
     for item in items {
-        match item {
-            Item::Event(p) => {
-                p.reply.send(Err(failed(index, p.record)));
-                index += 1;
-            }
-            Item::Events(v) => {
-                for p in v {
+        match item.into_pending() {
+            Ok(events) => {
+                for p in events {
                     p.reply.send(Err(failed(index, p.record)));
                     index += 1;
                 }
             }
-            Item::Packed(f) => {
+            Err(f) => {
                 let first = index;
                 index += f.len() as u32;
                 f.fail(|j, r| failed(first + j as u32, r));
@@ -577,10 +573,7 @@ impl Driver {
             Shape::PerEvent => (BatchKey::All, p.record.size_hint()),
             Shape::Packed => match self.partition_of(&p.record, p.key_crc) {
                 None => return Admitted::Unknown(p),
-                Some(Ok((id, part))) => (
-                    BatchKey::Partition(id, part),
-                    p.record.size_hint() + ENVELOPE_OVERHEAD,
-                ),
+                Some(Ok((id, part))) => (BatchKey::Partition(id, part), packed_size(&p.record)),
                 Some(Err((message, class))) => {
                     shared.counters.failed.fetch_add(1, Ordering::Relaxed);
                     p.reply.send(Err(AdaptiveError::Metadata {
@@ -906,19 +899,13 @@ impl Driver {
         // envelope overhead, each fragment's encoded size — the writer's capacity without a
         // second pass over the events.
         let mut w = EnvelopeWriter::with_capacity(bytes + 16);
-        let push = |w: &mut EnvelopeWriter, r: &Record| {
-            w.push(
-                r.key.as_deref(),
-                r.value.as_deref(),
-                &r.headers,
-                r.timestamp,
-            );
-        };
         for item in &items {
             match item {
-                Item::Event(p) => push(&mut w, &p.record),
-                Item::Events(v) => v.iter().for_each(|p| push(&mut w, &p.record)),
                 Item::Packed(f) => w.append(&f.events),
+                events => events
+                    .pending()
+                    .iter()
+                    .for_each(|p| push_record(&mut w, &p.record)),
             }
         }
         let envelope = Record {
@@ -1046,21 +1033,20 @@ async fn send_batches(mut rx: mpsc::Receiver<Handoff>, s: Sender) {
         let mut waiting = s.waiting.take(events);
         let handed = events as u64;
         for item in items.drain(..) {
-            match item {
-                Item::Event(p) => s.hand(p, &mut waiting).await,
-                Item::Events(v) => {
-                    for p in v {
+            match item.into_pending() {
+                Ok(events) => {
+                    for p in events {
                         s.hand(p, &mut waiting).await;
                     }
                 }
                 // Fragments are batched by partition (`take_fragment`), never in the
                 // per-event batch; were one here, it is refused with its records, not lost.
-                f @ Item::Packed(_) => {
+                Err(f) => {
                     s.shared
                         .counters
                         .failed
-                        .fetch_add(f.events() as u64, Ordering::Relaxed);
-                    f.refuse_closed();
+                        .fetch_add(f.len() as u64, Ordering::Relaxed);
+                    Item::Packed(f).refuse_closed();
                 }
             }
         }

@@ -137,21 +137,53 @@ impl Item {
         }
     }
 
+    /// Its events one by one (one, or a chunk's), or the fragment it is.
+    pub(crate) fn into_pending(self) -> Result<PendingIter, Fragment> {
+        match self {
+            Item::Event(p) => Ok(Some(p).into_iter().chain(Vec::new())),
+            Item::Events(v) => Ok(None.into_iter().chain(v)),
+            Item::Packed(f) => Err(f),
+        }
+    }
+
+    /// Its events one by one, borrowed; none for a fragment.
+    pub(crate) fn pending(&self) -> &[Pending] {
+        match self {
+            Item::Event(p) => std::slice::from_ref(p),
+            Item::Events(v) => v,
+            Item::Packed(_) => &[],
+        }
+    }
+
     /// Settles its events as not sent because the producer closed, each with its record.
     pub(crate) fn refuse_closed(self) {
         let closed = |r: Record| AdaptiveError::Closed {
             record: Some(Box::new(r)),
         };
-        match self {
-            Item::Event(p) => p.reply.send(Err(closed(p.record))),
-            Item::Events(v) => {
-                for p in v {
-                    p.reply.send(Err(closed(p.record)));
-                }
-            }
-            Item::Packed(f) => f.fail(|_, r| closed(r)),
+        match self.into_pending() {
+            Ok(events) => events.for_each(|p| p.reply.send(Err(closed(p.record)))),
+            Err(f) => f.fail(|_, r| closed(r)),
         }
     }
+}
+
+/// An item's events by value: one (`Some`) or a chunk's (the vector); no allocation for one.
+pub(crate) type PendingIter =
+    std::iter::Chain<std::option::IntoIter<Pending>, std::vec::IntoIter<Pending>>;
+
+/// Appends `r`'s event to an envelope.
+pub(crate) fn push_record(w: &mut EnvelopeWriter, r: &Record) {
+    w.push(
+        r.key.as_deref(),
+        r.value.as_deref(),
+        &r.headers,
+        r.timestamp,
+    );
+}
+
+/// About the bytes `r` takes in an envelope (at most [`ENVELOPE_OVERHEAD`] past its payload).
+pub(crate) fn packed_size(r: &Record) -> usize {
+    r.size_hint() + ENVELOPE_OVERHEAD
 }
 
 /// Partition counts the packed driver has learned, published for the callers that encode
@@ -201,6 +233,10 @@ pub(crate) const ENVELOPE_OVERHEAD: usize = 24;
 /// is allocated once at its size), then [`add`](Self::add) them in call order.
 pub(crate) struct Packer<'a> {
     known: &'a Known,
+    /// The call, its arrival and its events' budget.
+    call: &'a Call,
+    arrived: Instant,
+    budget: Duration,
     /// Intake shards the call's events are spread over.
     groups: usize,
     /// Most events in a fragment, and in one intake entry of fragments.
@@ -236,9 +272,19 @@ struct Slot {
 }
 
 impl<'a> Packer<'a> {
-    pub(crate) fn new(known: &'a Known, groups: usize, piece: usize) -> Self {
+    pub(crate) fn new(
+        known: &'a Known,
+        call: &'a Call,
+        arrived: Instant,
+        budget: Duration,
+        groups: usize,
+        piece: usize,
+    ) -> Self {
         Self {
             known,
+            call,
+            arrived,
+            budget,
             groups,
             piece: piece.max(1),
             topics: Vec::new(),
@@ -281,7 +327,7 @@ impl<'a> Packer<'a> {
         };
         let s = &mut self.slots[slot];
         s.events_left += 1;
-        s.bytes_left += r.size_hint() + ENVELOPE_OVERHEAD;
+        s.bytes_left += packed_size(r);
         Some(slot)
     }
 
@@ -312,21 +358,17 @@ impl<'a> Packer<'a> {
 
     /// Encodes `r`, event `i` of the call, into its slot's fragment; `emit` gets every entry
     /// of fragments (a shard, and at most `piece` events) as it is complete.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn add(
         &mut self,
         slot: usize,
         r: Record,
         i: u32,
-        call: &Call,
-        arrived: Instant,
-        budget: Duration,
         emit: &mut impl FnMut(usize, Vec<Fragment>),
     ) {
-        let max_bytes = self.known.max_bytes;
-        let piece = self.piece;
+        let (max_bytes, piece) = (self.known.max_bytes, self.piece);
+        let (call, arrived, budget) = (self.call, self.arrived, self.budget);
         let s = &mut self.slots[slot];
-        let size = r.size_hint() + ENVELOPE_OVERHEAD;
+        let size = packed_size(&r);
         // A fragment stays under the envelope's byte cap (one event larger than it travels
         // alone, as it would in the driver's batch).
         if let Some(f) = &s.open
@@ -345,12 +387,7 @@ impl<'a> Packer<'a> {
             arrived,
             budget,
         });
-        f.events.push(
-            r.key.as_deref(),
-            r.value.as_deref(),
-            &r.headers,
-            r.timestamp,
-        );
+        push_record(&mut f.events, &r);
         f.slots.push(i);
         s.events_left -= 1;
         s.bytes_left = s.bytes_left.saturating_sub(size);

@@ -560,7 +560,14 @@ impl AdaptiveProducer {
                 // A fragment of at most N events: the batcher cuts at N, and a batch holds at
                 // most one item past it.
                 let n = self.decision().1.max_events as usize;
-                Some(Packer::new(known, groups, piece.min(n)))
+                Some(Packer::new(
+                    known,
+                    &call,
+                    arrived,
+                    budget,
+                    groups,
+                    piece.min(n),
+                ))
             }
             _ => None,
         };
@@ -594,7 +601,7 @@ impl AdaptiveProducer {
                 Place::Event(g) => g,
                 Place::Packed(slot) => {
                     if let Some(p) = packer.as_mut() {
-                        p.add(slot, record, i as u32, &call, arrived, budget, &mut emit);
+                        p.add(slot, record, i as u32, &mut emit);
                     }
                     continue;
                 }

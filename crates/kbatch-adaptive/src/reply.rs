@@ -197,23 +197,25 @@ impl Slots {
     }
 
     /// Settles the `j`-th event with `error(j)`, for every `j`, in order.
-    pub(crate) fn fail(mut self, mut error: impl FnMut(usize) -> AdaptiveError) {
+    pub(crate) fn fail(mut self, error: impl FnMut(usize) -> AdaptiveError) {
+        self.fail_left(error);
+    }
+
+    /// Settles the events not settled yet with `error(j)` each, under one lock.
+    fn fail_left(&mut self, mut error: impl FnMut(usize) -> AdaptiveError) {
         let at = std::mem::take(&mut self.at);
-        let mut s = self.many.lock();
-        for (j, i) in at.into_iter().enumerate() {
-            s.settle(i, Err(error(j)));
+        if !at.is_empty() {
+            let mut s = self.many.lock();
+            for (j, i) in at.into_iter().enumerate() {
+                s.settle(i, Err(error(j)));
+            }
         }
     }
 }
 
 impl Drop for Slots {
     fn drop(&mut self) {
-        if !self.at.is_empty() {
-            let mut s = self.many.lock();
-            for &i in &self.at {
-                s.settle(i, Err(AdaptiveError::Closed { record: None }));
-            }
-        }
+        self.fail_left(|_| AdaptiveError::Closed { record: None });
     }
 }
 
