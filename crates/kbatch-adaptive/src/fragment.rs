@@ -1,4 +1,5 @@
-//! Pieces of envelopes encoded where a packed `send_many` call hands its events in.
+//! Pieces of envelopes encoded where a packed `send_many` call hands its events in (single
+//! `send`s share open pieces of the same kind: see [`crate::open`]).
 //!
 //! ```text
 //!  send_many(records) ──► keyed events of a topic the driver knows ──► Fragment per (shard, partition)

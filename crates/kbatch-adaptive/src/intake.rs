@@ -227,7 +227,29 @@ impl<E> Intake<E> {
         }
     }
 
-    fn wake_driver(&self) {
+    /// The shard an order hint names.
+    pub fn shard_of(&self, order: u64) -> usize {
+        (order % self.shards.len() as u64) as usize
+    }
+
+    /// Waits until items may have been taken out (room may have been made), or the intake
+    /// is closed: for a submitter that found it full while it could not wait inside a push.
+    ///
+    /// Registers before it checks, so a pop between the check and the wait still wakes it.
+    pub async fn wait_for_room(&self, full: impl Fn() -> bool) {
+        let notified = self.space.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        if full() && !self.closed.load(Ordering::SeqCst) {
+            notified.await;
+        }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Wakes the driver if it is parked (for items held outside the queues: see
+    /// [`wait_for_items_or`](Self::wait_for_items_or)).
+    pub fn wake_driver(&self) {
         if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
             self.items.notify_one();
         }
@@ -275,11 +297,44 @@ impl<E> Intake<E> {
         taken
     }
 
+    /// Moves every item of shard `shard` into `out`, oldest first; returns how many events
+    /// they stand for. Wakes submitters waiting for room.
+    pub fn pop_shard_into(
+        &self,
+        shard: usize,
+        out: &mut Vec<E>,
+        events: impl Fn(&E) -> usize,
+    ) -> usize {
+        let s = &self.shards[shard];
+        let mut taken = 0;
+        while let Some(e) = s.queue.pop() {
+            let n = events(&e);
+            if n > 1 {
+                s.extra.fetch_sub(n - 1, Ordering::AcqRel);
+            }
+            out.push(e);
+            taken += n;
+        }
+        if taken > 0 && self.waiting.load(Ordering::SeqCst) > 0 {
+            self.space.notify_waiters();
+        }
+        taken
+    }
+
     /// Waits until an event may have been pushed or the intake is closed. Returns at once when
     /// something is already there.
     pub async fn wait_for_items(&self) {
+        self.wait_for_items_or(|| false).await;
+    }
+
+    /// As [`wait_for_items`](Self::wait_for_items), and returns at once when `held()` says
+    /// items are held elsewhere. Whoever puts items there and then calls
+    /// [`wake_driver`](Self::wake_driver) wakes this wait: `held()` is read after the driver
+    /// marks itself parked (both sequentially consistent), so either it sees the items or
+    /// their owner sees it parked.
+    pub async fn wait_for_items_or(&self, held: impl Fn() -> bool) {
         self.parked.store(true, Ordering::SeqCst);
-        if !self.is_empty() || self.closed.load(Ordering::SeqCst) {
+        if !self.is_empty() || held() || self.closed.load(Ordering::SeqCst) {
             self.parked.store(false, Ordering::SeqCst);
             return;
         }

@@ -20,9 +20,10 @@
 //! - **Pipeline**: a batch goes at once while fewer than
 //!   [`AdaptiveConfig::flushes_in_flight`] await acknowledgement, so batches hold what
 //!   arrives during a round trip: small at low rates, large at high ones.
-//! - **Hand-in**: [`AdaptiveProducer::send`] (a future per event),
-//!   [`AdaptiveProducer::send_many`] (one future, an outcome per event; packed, it encodes
-//!   keyed events into envelope pieces itself once their topic is known),
+//! - **Hand-in**: [`AdaptiveProducer::send`] (a future per event; packed, a keyed event of a
+//!   known topic is encoded into an envelope piece it shares with other sends of its shard
+//!   and partition), [`AdaptiveProducer::send_many`] (one future, an outcome per event;
+//!   packed, it encodes keyed events into envelope pieces itself once their topic is known),
 //!   [`AdaptiveProducer::send_detached`] (no answer).
 //! - **Shapes**: per-event records, or one envelope record per microbatch and partition
 //!   ([`Shape::Packed`]); kbatch's consumers unpack envelopes into events.
@@ -58,6 +59,7 @@ pub mod intake;
 pub mod learner;
 pub mod levels;
 mod metrics;
+mod open;
 mod partitioner;
 pub mod path;
 mod persist;

@@ -16,6 +16,7 @@ use crate::fragment::{Fragment, Item, Known, Packer};
 use crate::intake::{Intake, PushError};
 use crate::learner::Learned;
 use crate::levels::{BatchSettings, LevelId};
+use crate::open::{Added, Open};
 use crate::persist::Persistence;
 use crate::reply::{EventFuture, ManyFuture, Reply};
 
@@ -91,8 +92,8 @@ pub struct AdaptiveStats {
     pub direct: u64,
     /// Times the per-event path changed (intake ↔ straight to the client).
     pub path_switches: u64,
-    /// Packed: events `send_many` encoded where it handed them in (keyed events of a topic
-    /// whose partition count was known), not one by one in the driver.
+    /// Packed: events `send_many` and `send` encoded where they were handed in (keyed events
+    /// of a topic whose partition count was known), not one by one in the driver.
     pub packed_at_hand_in: u64,
     /// The current level.
     pub level: Option<LevelId>,
@@ -163,6 +164,8 @@ pub(crate) struct Shared {
     /// Packed: the partition counts the driver learned, for `send_many` to encode keyed
     /// events where it hands them in (see [`crate::fragment`]).
     pub(crate) known: Option<Arc<Known>>,
+    /// Packed: single sends' open pieces (see [`crate::open`]).
+    pub(crate) open: Option<Open>,
     /// The client (linger 0: the intake lingers).
     pub(crate) producer: Producer,
     /// Per-event, the path switch on: the client that lingers, which single-event sends go
@@ -356,8 +359,9 @@ impl AdaptiveProducer {
         };
         let driver = Driver::new(&config, producer, saturated.clone(), persistence, now);
         let (level, settings) = driver.decision();
+        let shards = intake_shards();
         let shared = Arc::new(Shared {
-            intake: Intake::new(config.intake_capacity, intake_shards()),
+            intake: Intake::new(config.intake_capacity, shards),
             counters: Counters::default(),
             decision: Mutex::new((level, settings)),
             epoch: Mutex::new(driver::EpochAcc::default()),
@@ -365,6 +369,7 @@ impl AdaptiveProducer {
             direct_linger: config.path.linger,
             shape: config.shape,
             known: driver.known(),
+            open: (config.shape == Shape::Packed).then(|| Open::new(shards)),
             producer: client,
             saturated,
             on_saturated: AtomicBool::new(false),
@@ -404,11 +409,38 @@ impl AdaptiveProducer {
         }
     }
 
+    /// Puts `e` (standing for `n` events) into the intake's shard for `hint`, waiting while it
+    /// is full — packed, after the shard's open pieces (see [`crate::open`]); hands it back
+    /// once closed.
+    async fn push_entry(&self, hint: Option<u64>, e: Entry, n: usize) -> Result<(), Entry> {
+        match (&self.shared.open, hint) {
+            (Some(open), Some(h)) => open.push(&self.shared, h, e, n).await,
+            _ => self.shared.intake.push_many(hint, e, n).await,
+        }
+    }
+
+    /// As [`push_entry`](Self::push_entry), without waiting.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the entry comes back by value, as the intake's own try_push hands it"
+    )]
+    fn try_push_entry(
+        &self,
+        hint: Option<u64>,
+        e: Entry,
+        n: usize,
+    ) -> Result<(), PushError<Entry>> {
+        match (&self.shared.open, hint) {
+            (Some(open), Some(h)) => open.try_push(&self.shared, h, e, n),
+            _ => self.shared.intake.try_push_many(hint, e, n),
+        }
+    }
+
     /// Puts `p` into the intake's shard for `hint`, waiting while it is full; hands the
     /// record back once closed.
     async fn hand_in(&self, hint: Option<u64>, p: Pending) -> Result<(), AdaptiveError> {
         let entering = Entering::new(&self.shared, 1);
-        let pushed = self.shared.intake.push(hint, Entry::One(p)).await;
+        let pushed = self.push_entry(hint, Entry::One(p), 1).await;
         if pushed.is_ok() {
             entering.taken();
         }
@@ -474,7 +506,7 @@ impl AdaptiveProducer {
             let is_packed = matches!(chunk, Entry::Packed(_));
             let entering = Entering::new(&self.shared, n as u64);
             // Once closed, the intake refuses every later chunk at once, without waiting.
-            match self.shared.intake.push_many(Some(hint), chunk, n).await {
+            match self.push_entry(Some(hint), chunk, n).await {
                 Ok(()) => {
                     entering.taken();
                     taken += n as u64;
@@ -512,7 +544,7 @@ impl AdaptiveProducer {
         };
         let n = chunk.events();
         let entering = Entering::new(&self.shared, n as u64);
-        match self.shared.intake.try_push_many(Some(hint), chunk, n) {
+        match self.try_push_entry(Some(hint), chunk, n) {
             Ok(()) => {
                 entering.taken();
                 self.shared
@@ -635,6 +667,12 @@ impl AdaptiveProducer {
     /// Hands `record` in, waiting while the intake is full, and returns its future. Fails at
     /// once, handing the record back, when the producer is closed.
     ///
+    /// Packed, a keyed event without an explicit partition, of a topic whose partition count
+    /// the producer has learned, is encoded here into an envelope piece it shares with the
+    /// other sends of its intake shard and partition; the piece goes to the batcher as one
+    /// item (when the driver next takes it, or once it holds the level's N events) and its
+    /// events' futures share one outcome. Each key's order holds as for any other send.
+    ///
     /// # Cancellation
     /// Dropping this future while it waits for room drops the record; it was not handed in.
     pub async fn send(&self, record: Record) -> Result<EventFuture, AdaptiveError> {
@@ -670,6 +708,33 @@ impl AdaptiveProducer {
         let record = match self.straight(record, options.budget).await {
             Ok(sent) => return sent,
             Err(record) => record,
+        };
+        // Packed, at the producer's budget and in no sequence: into an open piece.
+        let record = match (&self.shared.open, options) {
+            (
+                Some(open),
+                SendOptions {
+                    budget: None,
+                    sequence: None,
+                },
+            ) => match open
+                .add(&self.shared, record, self.shared.budget_of(None))
+                .await
+            {
+                Added::Packed(f) => {
+                    let c = &self.shared.counters;
+                    c.submitted.fetch_add(1, Ordering::Relaxed);
+                    c.packed_at_hand_in.fetch_add(1, Ordering::Relaxed);
+                    return Ok(f);
+                }
+                Added::Closed(record) => {
+                    return Err(AdaptiveError::Closed {
+                        record: Some(Box::new(record)),
+                    });
+                }
+                Added::Elsewhere(record) => record,
+            },
+            _ => record,
         };
         let (p, f) = self.pending(record, options.budget);
         let hint = options.sequence.or_else(|| order_hint(&p));
@@ -728,7 +793,7 @@ impl AdaptiveProducer {
         let (p, f) = self.pending(record, options.budget);
         let hint = options.sequence.or_else(|| order_hint(&p));
         let entering = Entering::new(&self.shared, 1);
-        match self.shared.intake.try_push(hint, Entry::One(p)) {
+        match self.try_push_entry(hint, Entry::One(p), 1) {
             Ok(()) => {
                 entering.taken();
                 self.shared

@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use kbatch_core::{Offset, Timestamp};
 use kbatch_producer::{Delivered, DeliveryFuture};
@@ -151,32 +151,61 @@ impl Call {
 
     /// An empty set of this call's slots, to [`push`](Slots::push) events into.
     pub(crate) fn slots(&self, capacity: usize) -> Slots {
-        Slots {
+        Slots::Call {
             many: Arc::clone(&self.0),
             at: Vec::with_capacity(capacity),
         }
     }
 }
 
-/// Some events of one call, settled together: the events of a piece of the call encoded where
-/// it was handed in (see [`crate::fragment`]). One lock and one record entry for all of them,
-/// instead of a reply each. Dropped unsettled, they settle as `Closed`.
+/// Events settled together: a piece of an envelope encoded where it was handed in (see
+/// [`crate::fragment`] and [`crate::open`]). Either some events of one `send_many` call —
+/// one lock and one record entry for all of them — or single `send`s, each with its own
+/// reply. Dropped unsettled, they settle as `Closed`.
 #[derive(Debug)]
-pub(crate) struct Slots {
-    many: Arc<Many>,
-    /// The events' places in the call, in the order they were encoded.
-    at: Vec<u32>,
+pub(crate) enum Slots {
+    /// Events of one call, by their places in it, in the order they were encoded.
+    Call { many: Arc<Many>, at: Vec<u32> },
+    /// Single sends, each with a future on the piece's shared outcome, in the order they
+    /// were encoded.
+    Each { piece: Arc<Piece>, n: u32 },
 }
 
 impl Slots {
-    /// Adds event `i` of the call.
+    /// An empty set of single sends, to [`add_one`](Self::add_one) to.
+    pub(crate) fn each() -> Self {
+        Slots::Each {
+            piece: Arc::new(Piece::default()),
+            n: 0,
+        }
+    }
+
+    /// Adds event `i` of the call (for the slots of a call).
     pub(crate) fn push(&mut self, i: u32) {
-        self.at.push(i);
+        if let Slots::Call { at, .. } = self {
+            at.push(i);
+        }
+    }
+
+    /// Adds a single send and returns its future (for single sends' slots; `None` for a
+    /// call's).
+    pub(crate) fn add_one(&mut self) -> Option<EventFuture> {
+        match self {
+            Slots::Each { piece, n } => {
+                let f = EventFuture(Settles::Piece(Arc::clone(piece), *n));
+                *n += 1;
+                Some(f)
+            }
+            Slots::Call { .. } => None,
+        }
     }
 
     /// Events held.
     pub(crate) fn len(&self) -> usize {
-        self.at.len()
+        match self {
+            Slots::Call { at, .. } => at.len(),
+            Slots::Each { n, .. } => *n as usize,
+        }
     }
 
     /// Settles every event as written in one acknowledged envelope, at places `first..` of it.
@@ -187,13 +216,22 @@ impl Slots {
         timestamp: Option<Timestamp>,
         first: u32,
     ) {
-        let at = std::mem::take(&mut self.at);
         let w = Written {
             partition,
             offset,
             timestamp,
         };
-        self.many.lock().settle_written(&at, w, first);
+        match &mut self {
+            Slots::Call { many, at } => {
+                let at = std::mem::take(at);
+                many.lock().settle_written(&at, w, first);
+            }
+            Slots::Each { piece, n } => {
+                if std::mem::take(n) > 0 {
+                    piece.settle(Outcome::Written(w, first));
+                }
+            }
+        }
     }
 
     /// Settles the `j`-th event with `error(j)`, for every `j`, in order.
@@ -201,13 +239,87 @@ impl Slots {
         self.fail_left(error);
     }
 
-    /// Settles the events not settled yet with `error(j)` each, under one lock.
+    /// Settles the events not settled yet with `error(j)` each (a call's under one lock).
     fn fail_left(&mut self, mut error: impl FnMut(usize) -> AdaptiveError) {
-        let at = std::mem::take(&mut self.at);
-        if !at.is_empty() {
-            let mut s = self.many.lock();
-            for (j, i) in at.into_iter().enumerate() {
-                s.settle(i, Err(error(j)));
+        match self {
+            Slots::Call { many, at } => {
+                let at = std::mem::take(at);
+                if !at.is_empty() {
+                    let mut s = many.lock();
+                    for (j, i) in at.into_iter().enumerate() {
+                        s.settle(i, Err(error(j)));
+                    }
+                }
+            }
+            Slots::Each { piece, n } => {
+                let n = std::mem::take(n) as usize;
+                if n > 0 {
+                    piece.settle(Outcome::Failed((0..n).map(|j| Some(error(j))).collect()));
+                }
+            }
+        }
+    }
+}
+
+/// The one outcome of a piece of single sends: one allocation and one lock for all of them,
+/// where a oneshot each was an allocation, a free and a cross-thread hand-over per event.
+#[derive(Debug, Default)]
+pub(crate) struct Piece {
+    state: Mutex<PieceState>,
+}
+
+#[derive(Debug, Default)]
+struct PieceState {
+    outcome: Outcome,
+    /// Futures polled before the outcome: event and waker.
+    wakers: Vec<(u32, Waker)>,
+}
+
+#[derive(Debug, Default)]
+enum Outcome {
+    #[default]
+    Open,
+    /// In one acknowledged envelope, the piece's first event at this place of it.
+    Written(Written, u32),
+    /// Each event's error, taken by its future.
+    Failed(Vec<Option<AdaptiveError>>),
+}
+
+impl Piece {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PieceState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Settles the piece (once) and wakes its futures.
+    fn settle(&self, outcome: Outcome) {
+        let wakers = {
+            let mut s = self.lock();
+            if !matches!(s.outcome, Outcome::Open) {
+                return;
+            }
+            s.outcome = outcome;
+            std::mem::take(&mut s.wakers)
+        };
+        for (_, w) in wakers {
+            w.wake();
+        }
+    }
+
+    /// Event `j`'s outcome once settled; else remembers `cx`'s waker.
+    fn poll(&self, j: u32, cx: &mut Context<'_>) -> Poll<EventResult> {
+        let mut s = self.lock();
+        match &mut s.outcome {
+            Outcome::Written(w, first) => Poll::Ready(Ok(delivered(*w, *first + j))),
+            Outcome::Failed(errors) => Poll::Ready(Err(errors
+                .get_mut(j as usize)
+                .and_then(Option::take)
+                .unwrap_or(AdaptiveError::Closed { record: None }))),
+            Outcome::Open => {
+                match s.wakers.iter_mut().rev().find(|(i, _)| *i == j) {
+                    Some((_, w)) => w.clone_from(cx.waker()),
+                    None => s.wakers.push((j, cx.waker().clone())),
+                }
+                Poll::Pending
             }
         }
     }
@@ -229,7 +341,7 @@ impl Drop for Reply {
 }
 
 #[derive(Debug)]
-struct Many {
+pub(crate) struct Many {
     state: Mutex<ManyState>,
 }
 
@@ -533,6 +645,9 @@ enum Settles {
     Reply(oneshot::Receiver<EventResult>),
     /// Sent straight to the client (see [`crate::path`]): its own delivery future.
     Direct(DeliveryFuture),
+    /// Packed where it was handed in with other single sends (see [`crate::open`]): its
+    /// place in their piece.
+    Piece(Arc<Piece>, u32),
 }
 
 impl EventFuture {
@@ -554,6 +669,7 @@ impl Future for EventFuture {
                 Ok(d) => Ok(EventDelivered::own_record(&d)),
                 Err(e) => Err(AdaptiveError::Produce(e)),
             }),
+            Settles::Piece(piece, j) => piece.poll(*j, cx),
         }
     }
 }
@@ -613,6 +729,41 @@ mod tests {
             index: None,
             timestamp: None,
         })
+    }
+
+    /// A piece of single sends: a future polled before the piece settles is woken by it; each
+    /// event gets its own place in the envelope, or its own error; a piece dropped unsettled
+    /// answers `Closed`.
+    #[tokio::test]
+    async fn a_piece_of_single_sends_answers_each_at_its_place() {
+        let mut slots = Slots::each();
+        let mut futs: Vec<EventFuture> = (0..3).map(|_| slots.add_one().unwrap()).collect();
+        assert_eq!(slots.len(), 3);
+        let waiting = tokio::spawn(futs.remove(1));
+        tokio::task::yield_now().await;
+        slots.delivered(2, Offset(40), None, 5);
+        let d = waiting.await.unwrap().unwrap();
+        assert_eq!((d.partition, d.offset, d.index), (2, Offset(40), Some(6)));
+        assert_eq!(futs.remove(0).await.unwrap().index, Some(5));
+        assert_eq!(futs.remove(0).await.unwrap().index, Some(7));
+
+        let mut slots = Slots::each();
+        let futs: Vec<EventFuture> = (0..2).map(|_| slots.add_one().unwrap()).collect();
+        slots.fail(|j| AdaptiveError::Closed {
+            record: Some(Box::new(kbatch_core::Record::new("t", j.to_string()))),
+        });
+        for (j, f) in futs.into_iter().enumerate() {
+            let r = f.await.unwrap_err().into_record().unwrap();
+            assert_eq!(r.value.as_deref(), Some(j.to_string().as_bytes()));
+        }
+
+        let mut slots = Slots::each();
+        let f = slots.add_one().unwrap();
+        drop(slots);
+        assert!(matches!(
+            f.await,
+            Err(AdaptiveError::Closed { record: None })
+        ));
     }
 
     #[tokio::test]
