@@ -110,21 +110,42 @@ impl Open {
     }
 
     /// Encodes `record` into the open piece of its shard and partition, when it is keyed,
-    /// has no explicit partition and its topic's partition count is published, waiting while
-    /// the shard's pieces are full and the intake has no room for them.
-    pub(crate) async fn add(&self, shared: &Shared, record: Record, budget: Duration) -> Added {
+    /// has no explicit partition and its topic's partition count is published; hands the
+    /// record back when the shard's pieces are full and the intake has no room for them
+    /// (then [`add`](Self::add) waits for room). Synchronous: most sends finish here without
+    /// moving the record through a future's state.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the record comes back by value: no allocation on the back-pressure path"
+    )]
+    pub(crate) fn add_now(
+        &self,
+        shared: &Shared,
+        record: Record,
+        budget: Duration,
+    ) -> Result<Added, Record> {
         let (Some(known), Some(key), None) = (
             shared.known.as_deref(),
             record.key.as_deref(),
             record.partition,
         ) else {
-            return Added::Elsewhere(record);
+            return Ok(Added::Elsewhere(record));
         };
         let crc = crc32fast::hash(key);
         let g = shared.intake.shard_of(u64::from(crc));
+        self.try_add(shared, known, g, crc, record, budget)
+    }
+
+    /// As [`add_now`](Self::add_now), waiting while the shard's pieces are full and the
+    /// intake has no room for them.
+    pub(crate) async fn add(&self, shared: &Shared, record: Record, budget: Duration) -> Added {
         let mut record = record;
         loop {
-            match self.try_add(shared, known, g, crc, record, budget) {
+            let g = match record.key.as_deref() {
+                Some(key) => shared.intake.shard_of(u64::from(crc32fast::hash(key))),
+                None => return Added::Elsewhere(record),
+            };
+            match self.add_now(shared, record, budget) {
                 Ok(added) => return added,
                 Err(back) => {
                     record = back;

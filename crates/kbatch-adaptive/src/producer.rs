@@ -705,11 +705,8 @@ impl AdaptiveProducer {
         record: Record,
         options: SendOptions,
     ) -> Result<EventFuture, AdaptiveError> {
-        let record = match self.straight(record, options.budget).await {
-            Ok(sent) => return sent,
-            Err(record) => record,
-        };
-        // Packed, at the producer's budget and in no sequence: into an open piece.
+        // Packed, at the producer's budget and in no sequence: into an open piece (a packed
+        // producer sends nothing straight to the client).
         let record = match (&self.shared.open, options) {
             (
                 Some(open),
@@ -717,24 +714,31 @@ impl AdaptiveProducer {
                     budget: None,
                     sequence: None,
                 },
-            ) => match open
-                .add(&self.shared, record, self.shared.budget_of(None))
-                .await
-            {
-                Added::Packed(f) => {
-                    let c = &self.shared.counters;
-                    c.submitted.fetch_add(1, Ordering::Relaxed);
-                    c.packed_at_hand_in.fetch_add(1, Ordering::Relaxed);
-                    return Ok(f);
+            ) => {
+                let budget = self.shared.budget_of(None);
+                let added = match open.add_now(&self.shared, record, budget) {
+                    Ok(added) => added,
+                    Err(record) => open.add(&self.shared, record, budget).await,
+                };
+                match added {
+                    Added::Packed(f) => {
+                        let c = &self.shared.counters;
+                        c.submitted.fetch_add(1, Ordering::Relaxed);
+                        c.packed_at_hand_in.fetch_add(1, Ordering::Relaxed);
+                        return Ok(f);
+                    }
+                    Added::Closed(record) => {
+                        return Err(AdaptiveError::Closed {
+                            record: Some(Box::new(record)),
+                        });
+                    }
+                    Added::Elsewhere(record) => record,
                 }
-                Added::Closed(record) => {
-                    return Err(AdaptiveError::Closed {
-                        record: Some(Box::new(record)),
-                    });
-                }
-                Added::Elsewhere(record) => record,
+            }
+            _ => match self.straight(record, options.budget).await {
+                Ok(sent) => return sent,
+                Err(record) => record,
             },
-            _ => record,
         };
         let (p, f) = self.pending(record, options.budget);
         let hint = options.sequence.or_else(|| order_hint(&p));
