@@ -27,7 +27,7 @@
 //! budget, if shorter), as the batcher would set it; the driver sweeps open pieces on every
 //! pass and, when it would park, wakes for the earliest deadline.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -49,9 +49,9 @@ pub(crate) struct Open {
 #[derive(Debug)]
 struct OpenShard {
     state: Mutex<State>,
-    /// Events held in its open pieces; written under the lock, read without it (by the
+    /// Whether its open pieces hold events; written under the lock, read without it (by the
     /// driver, and by pushes that must seal open pieces first).
-    held: AtomicUsize,
+    held: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +66,9 @@ struct State {
     seal_at: usize,
     /// Topics seen here: id and partition count, as the driver published them.
     topics: Vec<(Topic, u32, i32)>,
+    /// Events ever added here: counted under the lock already held, where a shared counter
+    /// was one more atomic per send (read by `stats`).
+    added: u64,
 }
 
 /// What handing a single event in as part of an open piece came to.
@@ -86,25 +89,30 @@ impl Open {
                 .map(|_| {
                     CachePadded::new(OpenShard {
                         state: Mutex::new(State::default()),
-                        held: AtomicUsize::new(0),
+                        held: AtomicBool::new(false),
                     })
                 })
                 .collect(),
         }
     }
 
+    /// Events ever added to open pieces.
+    pub(crate) fn added(&self) -> u64 {
+        self.shards.iter().map(|s| s.lock().added).sum()
+    }
+
     /// True when some shard holds open pieces (a snapshot).
     pub(crate) fn held(&self) -> bool {
         self.shards
             .iter()
-            .any(|s| s.held.load(Ordering::SeqCst) > 0)
+            .any(|s| s.held.load(Ordering::SeqCst))
     }
 
     /// The earliest deadline of the open pieces.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.shards
             .iter()
-            .filter(|s| s.held.load(Ordering::SeqCst) > 0)
+            .filter(|s| s.held.load(Ordering::SeqCst))
             .filter_map(|s| s.lock().deadline)
             .min()
     }
@@ -152,7 +160,7 @@ impl Open {
                     let shard = &self.shards[g];
                     shared
                         .intake
-                        .wait_for_room(|| shard.held.load(Ordering::SeqCst) > 0)
+                        .wait_for_room(|| shard.held.load(Ordering::SeqCst))
                         .await;
                 }
             }
@@ -237,7 +245,11 @@ impl Open {
         // An earlier event's budget may have been longer; its arrival is earlier anyway.
         piece.budget = piece.budget.min(budget);
         st.events += 1;
-        shard.held.store(st.events, Ordering::SeqCst);
+        st.added += 1;
+        if first {
+            // Only whether a shard holds any is read without the lock.
+            shard.held.store(true, Ordering::SeqCst);
+        }
         drop(st);
         drop(record);
         if first {
@@ -260,7 +272,7 @@ impl Open {
         let shard = &self.shards[g];
         let mut entry = entry;
         loop {
-            if shard.held.load(Ordering::SeqCst) == 0 {
+            if !shard.held.load(Ordering::SeqCst) {
                 return shared.intake.push_many(Some(hint), entry, events).await;
             }
             match self.try_push(shared, hint, entry, events) {
@@ -270,7 +282,7 @@ impl Open {
                     entry = e;
                     shared
                         .intake
-                        .wait_for_room(|| shard.held.load(Ordering::SeqCst) > 0)
+                        .wait_for_room(|| shard.held.load(Ordering::SeqCst))
                         .await;
                 }
             }
@@ -290,7 +302,7 @@ impl Open {
         events: usize,
     ) -> Result<(), PushError<Entry>> {
         let shard = &self.shards[shared.intake.shard_of(hint)];
-        if shard.held.load(Ordering::SeqCst) == 0 {
+        if !shard.held.load(Ordering::SeqCst) {
             return shared.intake.try_push_many(Some(hint), entry, events);
         }
         let mut st = shard.lock();
@@ -314,7 +326,7 @@ impl Open {
             Ok(()) => {
                 st.events = 0;
                 st.deadline = None;
-                shard.held.store(0, Ordering::SeqCst);
+                shard.held.store(false, Ordering::SeqCst);
                 Ok(())
             }
             Err(PushError::Full(e) | PushError::Closed(e)) => {
@@ -333,7 +345,7 @@ impl Open {
     pub(crate) fn sweep(&self, shared: &Shared, out: &mut Vec<Entry>, all: bool) -> usize {
         let mut taken = 0;
         for (g, shard) in self.shards.iter().enumerate() {
-            if !all && shard.held.load(Ordering::SeqCst) == 0 {
+            if !all && !shard.held.load(Ordering::SeqCst) {
                 continue;
             }
             let mut st = shard.lock();
@@ -345,7 +357,7 @@ impl Open {
             out.push(Entry::Packed(std::mem::take(&mut st.pieces)));
             st.events = 0;
             st.deadline = None;
-            shard.held.store(0, Ordering::SeqCst);
+            shard.held.store(false, Ordering::SeqCst);
         }
         taken
     }

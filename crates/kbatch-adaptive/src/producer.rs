@@ -263,13 +263,16 @@ impl Shared {
             .decision
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let open = self.open.as_ref().map_or(0, Open::added);
         AdaptiveStats {
-            submitted: c.submitted.load(Ordering::Relaxed) + c.direct.load(Ordering::Relaxed),
+            submitted: c.submitted.load(Ordering::Relaxed)
+                + c.direct.load(Ordering::Relaxed)
+                + open,
             delivered,
             failed,
             direct: c.direct.load(Ordering::Relaxed),
             path_switches: c.path_switches.load(Ordering::Relaxed),
-            packed_at_hand_in: c.packed_at_hand_in.load(Ordering::Relaxed),
+            packed_at_hand_in: c.packed_at_hand_in.load(Ordering::Relaxed) + open,
             batches: c.batches.load(Ordering::Relaxed),
             records: (c.records.load(Ordering::Relaxed) + c.direct.load(Ordering::Relaxed))
                 .saturating_sub(c.direct_refused.load(Ordering::Relaxed)),
@@ -721,12 +724,8 @@ impl AdaptiveProducer {
                     Err(record) => open.add(&self.shared, record, budget).await,
                 };
                 match added {
-                    Added::Packed(f) => {
-                        let c = &self.shared.counters;
-                        c.submitted.fetch_add(1, Ordering::Relaxed);
-                        c.packed_at_hand_in.fetch_add(1, Ordering::Relaxed);
-                        return Ok(f);
-                    }
+                    // Counted by the open pieces (see `stats`).
+                    Added::Packed(f) => return Ok(f),
                     Added::Closed(record) => {
                         return Err(AdaptiveError::Closed {
                             record: Some(Box::new(record)),
