@@ -35,6 +35,7 @@ use crossbeam_utils::CachePadded;
 use kbatch_core::envelope::EnvelopeWriter;
 use kbatch_core::{Record, Topic};
 
+use crate::error::AdaptiveError;
 use crate::fragment::{Fragment, Known, packed_size, push_record};
 use crate::intake::PushError;
 use crate::producer::{Entry, Shared};
@@ -82,6 +83,24 @@ pub(crate) enum Added {
     Elsewhere(Record),
 }
 
+impl Added {
+    /// As a send's outcome: its future, or `Closed` with its record; the record back when it
+    /// goes elsewhere.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the record comes back by value, to go the intake's way"
+    )]
+    pub(crate) fn into_sent(self) -> Result<Result<EventFuture, AdaptiveError>, Record> {
+        match self {
+            Added::Packed(f) => Ok(Ok(f)),
+            Added::Closed(record) => Ok(Err(AdaptiveError::Closed {
+                record: Some(Box::new(record)),
+            })),
+            Added::Elsewhere(record) => Err(record),
+        }
+    }
+}
+
 impl Open {
     pub(crate) fn new(shards: usize) -> Self {
         Self {
@@ -103,9 +122,7 @@ impl Open {
 
     /// True when some shard holds open pieces (a snapshot).
     pub(crate) fn held(&self) -> bool {
-        self.shards
-            .iter()
-            .any(|s| s.held.load(Ordering::SeqCst))
+        self.shards.iter().any(|s| s.held.load(Ordering::SeqCst))
     }
 
     /// The earliest deadline of the open pieces.

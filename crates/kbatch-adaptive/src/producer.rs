@@ -16,7 +16,7 @@ use crate::fragment::{Fragment, Item, Known, Packer};
 use crate::intake::{Intake, PushError};
 use crate::learner::Learned;
 use crate::levels::{BatchSettings, LevelId};
-use crate::open::{Added, Open};
+use crate::open::Open;
 use crate::persist::Persistence;
 use crate::reply::{EventFuture, ManyFuture, Reply};
 
@@ -464,14 +464,30 @@ impl AdaptiveProducer {
     /// Hands `record` in without a future, waiting while the intake is full: for
     /// fire-and-forget callers that need no per-event answer (it saves the future's
     /// allocation and its hand-over). A later failure is counted in
-    /// [`stats().failed`](Self::stats) and logged at debug level, nothing more.
+    /// [`stats().failed`](Self::stats) (and, unless packed into an open piece as
+    /// [`send`](Self::send) describes, logged at debug level), nothing more.
     ///
     /// # Cancellation
     /// As [`send`](Self::send).
     pub async fn send_detached(&self, record: Record) -> Result<(), AdaptiveError> {
-        let record = match self.straight(record, None).await {
-            Ok(sent) => return sent.map(drop),
-            Err(record) => record,
+        let record = match &self.shared.open {
+            // Packed: into an open piece as `send` (its future dropped: the piece's outcome
+            // is shared, so that saves nothing here), else the intake's way.
+            Some(open) => {
+                let budget = self.shared.budget_of(None);
+                let added = match open.add_now(&self.shared, record, budget) {
+                    Ok(added) => added,
+                    Err(record) => open.add(&self.shared, record, budget).await,
+                };
+                match added.into_sent() {
+                    Ok(sent) => return sent.map(drop),
+                    Err(record) => record,
+                }
+            }
+            None => match self.straight(record, None).await {
+                Ok(sent) => return sent.map(drop),
+                Err(record) => record,
+            },
         };
         let p = self.detached(record, None, Reply::detached(), Instant::now());
         self.hand_in(order_hint(&p), p).await
@@ -723,15 +739,9 @@ impl AdaptiveProducer {
                     Ok(added) => added,
                     Err(record) => open.add(&self.shared, record, budget).await,
                 };
-                match added {
-                    // Counted by the open pieces (see `stats`).
-                    Added::Packed(f) => return Ok(f),
-                    Added::Closed(record) => {
-                        return Err(AdaptiveError::Closed {
-                            record: Some(Box::new(record)),
-                        });
-                    }
-                    Added::Elsewhere(record) => record,
+                match added.into_sent() {
+                    Ok(sent) => return sent,
+                    Err(record) => record,
                 }
             }
             _ => match self.straight(record, options.budget).await {
