@@ -227,15 +227,22 @@ impl<E> Intake<E> {
         }
     }
 
+    /// True when shard `shard` holds nothing (a snapshot): an empty shard takes any item.
+    pub fn shard_is_empty(&self, shard: usize) -> bool {
+        self.shards[shard].queue.is_empty()
+    }
+
     /// The shard an order hint names.
     pub fn shard_of(&self, order: u64) -> usize {
         (order % self.shards.len() as u64) as usize
     }
 
     /// Waits until items may have been taken out (room may have been made), or the intake
-    /// is closed: for a submitter that found it full while it could not wait inside a push.
+    /// is closed, while `full()` says the caller still cannot go on: for a submitter that
+    /// found it full while it could not wait inside a push.
     ///
-    /// Registers before it checks, so a pop between the check and the wait still wakes it.
+    /// Registers before it checks, so a pop between the check and the wait still wakes it;
+    /// `full()` must turn false by itself for any room made before it registered.
     pub async fn wait_for_room(&self, full: impl Fn() -> bool) {
         let notified = self.space.notified();
         tokio::pin!(notified);

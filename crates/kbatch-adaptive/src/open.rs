@@ -174,11 +174,7 @@ impl Open {
                 Ok(added) => return added,
                 Err(back) => {
                     record = back;
-                    let shard = &self.shards[g];
-                    shared
-                        .intake
-                        .wait_for_room(|| shard.held.load(Ordering::SeqCst))
-                        .await;
+                    self.wait_for_room(shared, g).await;
                 }
             }
         }
@@ -297,10 +293,7 @@ impl Open {
                 Err(PushError::Closed(e)) => return Err(e),
                 Err(PushError::Full(e)) => {
                     entry = e;
-                    shared
-                        .intake
-                        .wait_for_room(|| shard.held.load(Ordering::SeqCst))
-                        .await;
+                    self.wait_for_room(shared, g).await;
                 }
             }
         }
@@ -328,6 +321,17 @@ impl Open {
             Err(Sealed::Full) => Err(PushError::Full(entry)),
             Err(Sealed::Closed) => Err(PushError::Closed(entry)),
         }
+    }
+
+    /// Waits while shard `g`'s open pieces could not be sealed for want of room: it still
+    /// holds some and its queue is not empty (an empty queue takes any item). Any pop of that
+    /// queue after this registered wakes it, and the driver pops every queue it sees items in.
+    async fn wait_for_room(&self, shared: &Shared, g: usize) {
+        let shard = &self.shards[g];
+        shared
+            .intake
+            .wait_for_room(|| shard.held.load(Ordering::SeqCst) && !shared.intake.shard_is_empty(g))
+            .await;
     }
 
     /// Moves the shard's open pieces into its queue as one item (under its lock).

@@ -648,6 +648,74 @@ async fn an_open_piece_goes_within_the_producers_budget() {
     assert_eq!(r.stats.delivered, 4);
 }
 
+/// Packed single sends into a tiny intake (a shard's share: 4 events): open pieces are sealed
+/// every few events into queues that are mostly full, so senders wait for room, at sealing
+/// and behind a `send_many` of the same shard — and every event still lands once, in key
+/// order, where its future said, with no send left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn open_pieces_under_back_pressure_keep_every_event_once_in_key_order() {
+    const N: u64 = 20_000;
+    let topic = unique_name("adaptive-open-full");
+    create_topic(&topic, 4).await;
+    let p = AdaptiveProducer::start(config(Shape::Packed).with_intake_capacity(16)).unwrap();
+    // The topic known first, so the rest can go into open pieces.
+    let d0 = p.send(event(&topic, 0)).await.unwrap().await.unwrap();
+    let tasks: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (p, topic) = (p.clone(), topic.clone());
+            tokio::spawn(async move {
+                let mine: Vec<u64> = (1..N).filter(|i| (i % KEYS) % 4 == t).collect();
+                let (mut each, mut many) = (Vec::new(), Vec::new());
+                for (step, chunk) in mine.chunks(50).enumerate() {
+                    if step % 4 == 3 {
+                        let records = chunk.iter().map(|&i| event(&topic, i)).collect();
+                        many.push((chunk.to_vec(), p.send_many(records).await));
+                    } else {
+                        for &i in chunk {
+                            each.push((i, p.send(event(&topic, i)).await.unwrap()));
+                        }
+                    }
+                }
+                let mut out = Vec::new();
+                for (i, f) in each {
+                    out.push((i, f.await.unwrap()));
+                }
+                for (ids, f) in many {
+                    for (i, r) in ids.into_iter().zip(f.await) {
+                        out.push((i, r.unwrap()));
+                    }
+                }
+                out
+            })
+        })
+        .collect();
+    let mut delivered = vec![None; N as usize];
+    delivered[0] = Some(d0);
+    for t in tasks {
+        // A hang guard, not a speed claim.
+        let out = tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .expect("a sender was left waiting for room")
+            .unwrap();
+        for (i, d) in out {
+            delivered[i as usize] = Some(d);
+        }
+    }
+    let report = p.close().await;
+    assert_eq!((report.stats.delivered, report.stats.failed), (N, 0));
+    assert!(
+        report.stats.packed_at_hand_in > N / 2,
+        "{} of {N} packed at hand-in",
+        report.stats.packed_at_hand_in
+    );
+    let got =
+        tokio::task::block_in_place(|| consume_all(&topic, Isolation::ReadCommitted, None, IDLE));
+    let ev = events(&got);
+    assert_once_in_key_order(&ev, N);
+    let delivered: Vec<_> = delivered.into_iter().map(Option::unwrap).collect();
+    assert_futures_said_where(&ev, &delivered);
+}
+
 /// Close while tasks are still sending, packed: a send that got a future — in an open piece,
 /// in the intake or in a batch — is answered (delivered, or `Closed` with its record), never
 /// left waiting, and every delivered event is in the topic once, in key order.
