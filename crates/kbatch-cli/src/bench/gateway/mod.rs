@@ -68,6 +68,10 @@ pub(crate) struct Args {
     /// Partitions of each load's topic.
     #[arg(long, default_value_t = 8)]
     partitions: i32,
+    /// Run only these loads (comma-separated names from the table, e.g. `ndjson,direct_matched`),
+    /// to profile or compare one; a target whose loads did not run is not evaluated.
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(LOADS))]
+    only: Vec<String>,
     /// Smoke test: 1 round of 0.5 s loads at 500 req/s. Not a measurement.
     #[arg(long, conflicts_with_all = ["rounds", "seconds", "rate"])]
     quick: bool,
@@ -194,6 +198,9 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
     for round in 1..=a.rounds {
         for k in 0..LOADS.len() {
             let load = LOADS[(k + round as usize - 1) % LOADS.len()];
+            if !a.only.is_empty() && !a.only.iter().any(|o| o == load) {
+                continue;
+            }
             let topic = format!(
                 "kbatch-bench-gateway-{load}-{:08x}",
                 crate::cluster::random_suffix()
@@ -457,5 +464,31 @@ impl Report {
         if a.rounds < 3 {
             eprintln!("  NOTE: {} round(s) only: no meaningful spread", a.rounds);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn only_takes_the_tables_load_names_and_names_a_wrong_one() {
+        let a = Cli::try_parse_from(["x", "--brokers", "b", "--only", "ndjson,direct_matched"])
+            .expect("known loads parse")
+            .args;
+        assert_eq!(a.only, ["ndjson", "direct_matched"]);
+        let e = Cli::try_parse_from(["x", "--brokers", "b", "--only", "ndjson,nope"])
+            .err()
+            .expect("an unknown load is refused")
+            .to_string();
+        assert!(e.contains("nope") && e.contains("direct_matched"), "{e}");
     }
 }
