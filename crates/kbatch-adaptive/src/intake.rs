@@ -87,6 +87,17 @@ impl<E> Shard<E> {
     fn held(&self) -> usize {
         self.queue.len() + self.extra.load(Ordering::Acquire)
     }
+
+    /// Moves the oldest item into `out`; the events it stands for (`None`: empty).
+    fn pop_into(&self, out: &mut Vec<E>, events: &impl Fn(&E) -> usize) -> Option<usize> {
+        let e = self.queue.pop()?;
+        let n = events(&e);
+        if n > 1 {
+            self.extra.fetch_sub(n - 1, Ordering::AcqRel);
+        }
+        out.push(e);
+        Some(n)
+    }
 }
 
 static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
@@ -285,12 +296,7 @@ impl<E> Intake<E> {
                 if taken >= max {
                     break 'outer;
                 }
-                if let Some(e) = s.queue.pop() {
-                    let n = events(&e);
-                    if n > 1 {
-                        s.extra.fetch_sub(n - 1, Ordering::AcqRel);
-                    }
-                    out.push(e);
+                if let Some(n) = s.pop_into(out, &events) {
                     taken += n;
                 }
             }
@@ -298,9 +304,7 @@ impl<E> Intake<E> {
                 break;
             }
         }
-        if taken > 0 && self.waiting.load(Ordering::SeqCst) > 0 {
-            self.space.notify_waiters();
-        }
+        self.freed(taken);
         taken
     }
 
@@ -314,18 +318,18 @@ impl<E> Intake<E> {
     ) -> usize {
         let s = &self.shards[shard];
         let mut taken = 0;
-        while let Some(e) = s.queue.pop() {
-            let n = events(&e);
-            if n > 1 {
-                s.extra.fetch_sub(n - 1, Ordering::AcqRel);
-            }
-            out.push(e);
+        while let Some(n) = s.pop_into(out, &events) {
             taken += n;
         }
+        self.freed(taken);
+        taken
+    }
+
+    /// Wakes submitters waiting for room once `taken` events left.
+    fn freed(&self, taken: usize) {
         if taken > 0 && self.waiting.load(Ordering::SeqCst) > 0 {
             self.space.notify_waiters();
         }
-        taken
     }
 
     /// Waits until an event may have been pushed or the intake is closed. Returns at once when
