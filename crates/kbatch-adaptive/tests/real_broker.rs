@@ -84,6 +84,15 @@ fn assert_once_in_key_order(ev: &Placed, n: u64) {
     assert_eq!(missing, 0, "{missing} events lost");
 }
 
+/// Most of `n` events were encoded where they were handed in (once the driver knew the
+/// topic), not one by one by the driver.
+fn assert_mostly_packed_at_hand_in(packed_at_hand_in: u64, n: u64) {
+    assert!(
+        packed_at_hand_in > n / 2,
+        "{packed_at_hand_in} of {n} packed at hand-in"
+    );
+}
+
 /// Each event's future reported the partition, offset and envelope index it was read at.
 fn assert_futures_said_where(ev: &Placed, delivered: &[kbatch_adaptive::EventDelivered]) {
     for (p, v) in ev {
@@ -260,11 +269,7 @@ async fn packed_events_travel_in_envelopes_on_their_keys_partition() {
     let report = p.close().await;
     assert_eq!((report.stats.delivered, report.stats.failed), (N, 0));
     // Once the driver knew the topic, each `send` encoded its event into an open piece.
-    assert!(
-        report.stats.packed_at_hand_in > N / 2,
-        "{} of {N} packed at hand-in",
-        report.stats.packed_at_hand_in
-    );
+    assert_mostly_packed_at_hand_in(report.stats.packed_at_hand_in, N);
     assert!(
         report.stats.records < N / 10,
         "{} envelopes for {N} events",
@@ -652,6 +657,37 @@ async fn an_open_piece_goes_within_the_producers_budget() {
 /// every few events into queues that are mostly full, so senders wait for room, at sealing
 /// and behind a `send_many` of the same shard — and every event still lands once, in key
 /// order, where its future said, with no send left waiting.
+/// Sends events `mine` of `topic` through `p` in chunks of 50, every fourth chunk as one
+/// `send_many` and the others one `send` each, all handed in before any is awaited; returns
+/// each event's delivery.
+async fn send_mixed(
+    p: AdaptiveProducer,
+    topic: String,
+    mine: Vec<u64>,
+) -> Vec<(u64, kbatch_adaptive::EventDelivered)> {
+    let (mut each, mut many) = (Vec::new(), Vec::new());
+    for (step, chunk) in mine.chunks(50).enumerate() {
+        if step % 4 == 3 {
+            let records = chunk.iter().map(|&i| event(&topic, i)).collect();
+            many.push((chunk.to_vec(), p.send_many(records).await));
+        } else {
+            for &i in chunk {
+                each.push((i, p.send(event(&topic, i)).await.unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (i, f) in each {
+        out.push((i, f.await.unwrap()));
+    }
+    for (ids, f) in many {
+        for (i, r) in ids.into_iter().zip(f.await) {
+            out.push((i, r.unwrap()));
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn open_pieces_under_back_pressure_keep_every_event_once_in_key_order() {
     const N: u64 = 20_000;
@@ -663,30 +699,8 @@ async fn open_pieces_under_back_pressure_keep_every_event_once_in_key_order() {
     let tasks: Vec<_> = (0..4u64)
         .map(|t| {
             let (p, topic) = (p.clone(), topic.clone());
-            tokio::spawn(async move {
-                let mine: Vec<u64> = (1..N).filter(|i| (i % KEYS) % 4 == t).collect();
-                let (mut each, mut many) = (Vec::new(), Vec::new());
-                for (step, chunk) in mine.chunks(50).enumerate() {
-                    if step % 4 == 3 {
-                        let records = chunk.iter().map(|&i| event(&topic, i)).collect();
-                        many.push((chunk.to_vec(), p.send_many(records).await));
-                    } else {
-                        for &i in chunk {
-                            each.push((i, p.send(event(&topic, i)).await.unwrap()));
-                        }
-                    }
-                }
-                let mut out = Vec::new();
-                for (i, f) in each {
-                    out.push((i, f.await.unwrap()));
-                }
-                for (ids, f) in many {
-                    for (i, r) in ids.into_iter().zip(f.await) {
-                        out.push((i, r.unwrap()));
-                    }
-                }
-                out
-            })
+            let mine: Vec<u64> = (1..N).filter(|i| (i % KEYS) % 4 == t).collect();
+            tokio::spawn(send_mixed(p, topic, mine))
         })
         .collect();
     let mut delivered = vec![None; N as usize];
@@ -703,11 +717,7 @@ async fn open_pieces_under_back_pressure_keep_every_event_once_in_key_order() {
     }
     let report = p.close().await;
     assert_eq!((report.stats.delivered, report.stats.failed), (N, 0));
-    assert!(
-        report.stats.packed_at_hand_in > N / 2,
-        "{} of {N} packed at hand-in",
-        report.stats.packed_at_hand_in
-    );
+    assert_mostly_packed_at_hand_in(report.stats.packed_at_hand_in, N);
     let got =
         tokio::task::block_in_place(|| consume_all(&topic, Isolation::ReadCommitted, None, IDLE));
     let ev = events(&got);
@@ -1059,32 +1069,10 @@ async fn per_event_sends_keep_each_keys_order_across_path_switches() {
         let tasks: Vec<_> = (0..4u64)
             .map(|t| {
                 let (p, topic) = (p.clone(), topic.clone());
-                tokio::spawn(async move {
-                    let mine: Vec<u64> = (burst * PER_BURST..(burst + 1) * PER_BURST)
-                        .filter(|i| (i % KEYS) % 4 == t)
-                        .collect();
-                    let (mut each, mut many) = (Vec::new(), Vec::new());
-                    for (step, chunk) in mine.chunks(50).enumerate() {
-                        if step % 4 == 3 {
-                            let records = chunk.iter().map(|&i| event(&topic, i)).collect();
-                            many.push((chunk.to_vec(), p.send_many(records).await));
-                        } else {
-                            for &i in chunk {
-                                each.push((i, p.send(event(&topic, i)).await.unwrap()));
-                            }
-                        }
-                    }
-                    let mut out = Vec::new();
-                    for (i, f) in each {
-                        out.push((i, f.await.unwrap()));
-                    }
-                    for (ids, f) in many {
-                        for (i, r) in ids.into_iter().zip(f.await) {
-                            out.push((i, r.unwrap()));
-                        }
-                    }
-                    out
-                })
+                let mine: Vec<u64> = (burst * PER_BURST..(burst + 1) * PER_BURST)
+                    .filter(|i| (i % KEYS) % 4 == t)
+                    .collect();
+                tokio::spawn(send_mixed(p, topic, mine))
             })
             .collect();
         for t in tasks {
