@@ -653,10 +653,6 @@ async fn an_open_piece_goes_within_the_producers_budget() {
     assert_eq!(r.stats.delivered, 4);
 }
 
-/// Packed single sends into a tiny intake (a shard's share: 4 events): open pieces are sealed
-/// every few events into queues that are mostly full, so senders wait for room, at sealing
-/// and behind a `send_many` of the same shard — and every event still lands once, in key
-/// order, where its future said, with no send left waiting.
 /// Sends events `mine` of `topic` through `p` in chunks of 50, every fourth chunk as one
 /// `send_many` and the others one `send` each, all handed in before any is awaited; returns
 /// each event's delivery.
@@ -688,6 +684,10 @@ async fn send_mixed(
     out
 }
 
+/// Packed single sends into a tiny intake (a shard's share: 4 events): open pieces are sealed
+/// every few events into queues that are mostly full, so senders wait for room, at sealing
+/// and behind a `send_many` of the same shard — and every event still lands once, in key
+/// order, where its future said, with no send left waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn open_pieces_under_back_pressure_keep_every_event_once_in_key_order() {
     const N: u64 = 20_000;

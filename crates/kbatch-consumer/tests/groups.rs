@@ -150,12 +150,8 @@ type Handled = (u64, usize, u128, i32, i64);
 async fn churn(strategy: AssignmentStrategy) {
     const PARTITIONS: i32 = 12;
     const N: u64 = 24_000;
-    // The consumers' warnings (a revocation commit that failed, a deadline that passed) say
-    // why a duplicate happened, should one.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("kbatch_consumer=warn,kbatch_client=warn")
-        .with_test_writer()
-        .try_init();
+    // Why a duplicate happened, should one.
+    common::log_consumer_warnings();
     let t0 = std::time::Instant::now();
     let who: Arc<Mutex<Vec<Handled>>> = Arc::default();
     let events: Arc<Mutex<Vec<String>>> = Arc::default();

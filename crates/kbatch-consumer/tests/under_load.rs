@@ -207,13 +207,9 @@ async fn a_revocation_finishes_within_its_deadline_under_saturation() {
     // a 13.9 s handover), N / 2 = 100,000 keeps it saturated for ~28 s.
     const N: u64 = 200_000;
     const REVOKE: Duration = Duration::from_secs(1);
-    // The consumers' warnings (a final commit before the revocation not confirmed within its
-    // bound, after which B starts from an older commit) say why records were redone, should
-    // they be.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("kbatch_consumer=warn,kbatch_client=warn")
-        .with_test_writer()
-        .try_init();
+    // A final commit before the revocation not confirmed within its bound (B then starts from
+    // an older commit) is logged: it says why records were redone, should they be.
+    common::log_consumer_warnings();
     let topic = filled_topic("load-revoke", PARTITIONS, N, 1000).await;
     let group = unique_name("load-revoke-g");
     let cfg = || {

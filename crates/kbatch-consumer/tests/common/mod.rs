@@ -122,3 +122,12 @@ pub(crate) fn start_recording(
         .start()
         .unwrap()
 }
+
+/// Prints the consumers' warnings (a revocation commit that failed, a deadline that passed)
+/// in the test's output, so a test that finds records redone says why.
+pub(crate) fn log_consumer_warnings() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("kbatch_consumer=warn,kbatch_client=warn")
+        .with_test_writer()
+        .try_init();
+}
