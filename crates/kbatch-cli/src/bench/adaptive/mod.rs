@@ -108,6 +108,12 @@ pub(crate) struct Args {
     /// Run only these parts (latency, packed).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
+    /// Run only these contenders (comma-separated names from the table, e.g.
+    /// `adaptive_packed,bulk_envelope_1000`), to profile or compare one; a target is judged
+    /// only against the contenders that ran, and one whose contenders did not run is not
+    /// evaluated.
+    #[arg(long, value_delimiter = ',')]
+    contenders: Vec<String>,
     /// Where to draw p99 latency and throughput against offered rate
     /// (default: $CARGO_TARGET_DIR or target, then bench/adaptive.png).
     #[arg(long)]
@@ -182,14 +188,14 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
     let wanted = |p: Part| a.only.is_empty() || a.only.contains(&p);
     let mut notes = Vec::new();
     let statics: Vec<Contender> = a.statics.iter().copied().map(Contender::Static).collect();
-    let latency: Vec<Contender> = if wanted(Part::Latency) {
+    let mut latency: Vec<Contender> = if wanted(Part::Latency) {
         std::iter::once(Contender::Adaptive(Shape::PerEvent))
             .chain(statics.iter().copied())
             .collect()
     } else {
         Vec::new()
     };
-    let packed: Vec<Contender> = if wanted(Part::Packed) {
+    let mut packed: Vec<Contender> = if wanted(Part::Packed) {
         vec![
             Contender::Bulk(a.bulk_events),
             Contender::Adaptive(Shape::Packed),
@@ -199,6 +205,13 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    if !a.contenders.is_empty() {
+        retain_named(&mut latency, &mut packed, &a.contenders)?;
+        notes.push(format!(
+            "--contenders {}: only these ran; each target is judged against those of them it compares",
+            a.contenders.join(",")
+        ));
+    }
     let mut everyone: Vec<Contender> = Vec::new();
     for c in latency.iter().chain(&packed) {
         if !everyone.contains(c) {
@@ -302,7 +315,11 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
         }
     }
 
-    let static_keys: Vec<String> = statics.iter().map(|c| c.key()).collect();
+    let static_keys: Vec<String> = statics
+        .iter()
+        .filter(|c| latency.contains(c))
+        .map(|c| c.key())
+        .collect();
     let load_labels: Vec<String> = loads.iter().map(|l| l.label()).collect();
     let targets = verdict::targets(
         &runs,
@@ -445,4 +462,67 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Keeps only the contenders named in `names` (their table names) in both benchmarks; a name
+/// that is none of them is an error that lists the names there are.
+fn retain_named(
+    latency: &mut Vec<Contender>,
+    packed: &mut Vec<Contender>,
+    names: &[String],
+) -> anyhow::Result<()> {
+    let mut known: Vec<String> = Vec::new();
+    for c in latency.iter().chain(packed.iter()) {
+        if !known.contains(&c.key()) {
+            known.push(c.key());
+        }
+    }
+    if let Some(unknown) = names.iter().find(|n| !known.contains(n)) {
+        anyhow::bail!(
+            "--contenders: {unknown:?} is not a contender of this run; its contenders are {}",
+            known.join(", ")
+        );
+    }
+    let named = |c: &Contender| names.contains(&c.key());
+    latency.retain(named);
+    packed.retain(named);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contenders_are_kept_by_their_table_names_and_a_wrong_name_lists_the_right_ones() {
+        let s5 = Contender::Static(StaticBatching {
+            linger_ms: 5,
+            batch_records: 10_000,
+            batch_bytes: 1 << 20,
+        });
+        let per_event = Contender::Adaptive(Shape::PerEvent);
+        let (mut latency, mut packed) = (
+            vec![per_event, s5],
+            vec![
+                Contender::Bulk(1_000),
+                Contender::Adaptive(Shape::Packed),
+                per_event,
+            ],
+        );
+        let names = [
+            "adaptive_per_event".to_owned(),
+            "bulk_envelope_1000".to_owned(),
+        ];
+        retain_named(&mut latency, &mut packed, &names).expect("both are contenders");
+        assert_eq!(latency, [per_event]);
+        assert_eq!(packed, [Contender::Bulk(1_000), per_event]);
+
+        let e = retain_named(&mut latency, &mut packed, &["static_linger_7ms".to_owned()])
+            .expect_err("no such contender")
+            .to_string();
+        assert!(
+            e.contains("static_linger_7ms") && e.contains("bulk_envelope_1000"),
+            "{e}"
+        );
+    }
 }

@@ -119,6 +119,12 @@ impl Comparison<'_> {
                 self.load, self.metric_name, self.ours, r.min, r.median, r.max
             ),
             (None, ..) => format!("{} has no run at {}", self.ours, self.load),
+            _ if self.theirs.is_empty() => {
+                format!(
+                    "none of the contenders it compares against ran at {}",
+                    self.load
+                )
+            }
             _ => format!("no run of {} at {}", self.theirs.join(", "), self.load),
         };
         Verdict {
