@@ -212,12 +212,7 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
             a.contenders.join(",")
         ));
     }
-    let mut everyone: Vec<Contender> = Vec::new();
-    for c in latency.iter().chain(&packed) {
-        if !everyone.contains(c) {
-            everyone.push(*c);
-        }
-    }
+    let everyone = distinct(&latency, &packed);
     anyhow::ensure!(!everyone.is_empty(), "no contender selected");
     let (shared, batching) = settings::check_settings(&settings, &everyone)?;
     eprintln!(
@@ -464,6 +459,17 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The contenders of both benchmarks, each once, in the order they first appear.
+fn distinct(latency: &[Contender], packed: &[Contender]) -> Vec<Contender> {
+    let mut all: Vec<Contender> = Vec::new();
+    for c in latency.iter().chain(packed) {
+        if !all.contains(c) {
+            all.push(*c);
+        }
+    }
+    all
+}
+
 /// Keeps only the contenders named in `names` (their table names) in both benchmarks; a name
 /// that is none of them is an error that lists the names there are.
 fn retain_named(
@@ -471,12 +477,7 @@ fn retain_named(
     packed: &mut Vec<Contender>,
     names: &[String],
 ) -> anyhow::Result<()> {
-    let mut known: Vec<String> = Vec::new();
-    for c in latency.iter().chain(packed.iter()) {
-        if !known.contains(&c.key()) {
-            known.push(c.key());
-        }
-    }
+    let known: Vec<String> = distinct(latency, packed).iter().map(|c| c.key()).collect();
     if let Some(unknown) = names.iter().find(|n| !known.contains(n)) {
         anyhow::bail!(
             "--contenders: {unknown:?} is not a contender of this run; its contenders are {}",
