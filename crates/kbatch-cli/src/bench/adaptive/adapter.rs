@@ -105,10 +105,13 @@ impl Adaptive {
         let r = self.p.close().await;
         let s = r.stats;
         format!(
-            "{} batches, {} records, {} level changes, {} budget overruns, {} regressions, \
-             {} failed at close; learned at {} level(s): {}",
+            "{} batches, {} records ({} sent straight to the client, {} path switches), {} level \
+             changes, {} budget overruns, {} regressions, {} failed at close; learned at {} \
+             level(s): {}",
             s.batches,
             s.records,
+            s.direct,
+            s.path_switches,
             s.level_changes,
             s.budget_overruns,
             s.regressions,
