@@ -124,6 +124,9 @@ pub(super) struct Measured {
     pub(super) partitions_seen: usize,
     /// How far behind its schedule the sender fell at most (open loop), ms.
     pub(super) sender_lag_max_ms: f64,
+    /// At saturation, the CPU time the sending thread used per counted event, ns: the one
+    /// thread every contender's sends run on, so what a send costs its caller.
+    pub(super) sender_cpu_ns_per_event: Option<f64>,
 }
 
 struct Pending<F> {
@@ -145,20 +148,22 @@ pub(super) async fn drive<T: Target>(t: &T, plan: &Plan) -> anyhow::Result<Measu
     // Never full: a pending send holds `per` of the window's permits (and a message at least
     // one send).
     let capacity = plan.window / per as usize + 1;
-    let ((sent, lag), c) = match plan.load {
+    let ((sent, lag, sender_cpu), c) = match plan.load {
         Load::Rate(rate) => {
             let (tx, rx) = mpsc::channel(capacity);
             let collector = tokio::spawn(collect(rx, Arc::clone(&permits), per));
             let sender = open_loop(t, plan, rate, &permits, tx).await;
             let c = collector.await?;
-            (sender?, c)
+            let (sent, lag) = sender?;
+            ((sent, lag, None), c)
         }
         Load::Saturation => {
             let (tx, rx) = mpsc::channel(capacity);
             let collector = tokio::spawn(collect_in_order(rx, Arc::clone(&permits), per));
             let sender = closed_loop(t, plan, &permits, tx).await;
             let c = collector.await?;
-            (sender?, c)
+            let (sent, cpu) = sender?;
+            ((sent, Duration::ZERO, cpu), c)
         }
     };
     let (acked_during_schedule, schedule_seconds) = c.acked_during_schedule();
@@ -182,6 +187,9 @@ pub(super) async fn drive<T: Target>(t: &T, plan: &Plan) -> anyhow::Result<Measu
             .sum(),
         partitions_seen: c.offsets.len(),
         sender_lag_max_ms: lag.as_secs_f64() * 1e3,
+        sender_cpu_ns_per_event: sender_cpu
+            .filter(|_| sent > 0)
+            .map(|cpu| cpu.as_nanos() as f64 / sent as f64),
     })
 }
 
@@ -252,9 +260,12 @@ async fn closed_loop<T: Target>(
     plan: &Plan,
     permits: &Semaphore,
     tx: mpsc::Sender<Vec<Pending<T::Fut>>>,
-) -> anyhow::Result<(u64, Duration)> {
+) -> anyhow::Result<(u64, Option<Duration>)> {
     let per = t.events_per_send();
     let sends_per_chunk = (CHUNK_EVENTS / per).max(1);
+    // The thread's CPU time when counting began: this loop runs on one thread (the bench's
+    // `block_on`), and so does each send's synchronous part, the client's produce call in it.
+    let mut cpu_from: Option<Option<Duration>> = None;
     let counting_from = Instant::now() + plan.settle;
     let mut first_counted: Option<Instant> = None;
     let mut counted_events = 0u64;
@@ -283,6 +294,7 @@ async fn closed_loop<T: Target>(
             if due - first >= plan.measure && counted_events >= plan.min_events {
                 break;
             }
+            cpu_from.get_or_insert_with(thread_cpu);
             counted_events += u64::from(per);
         }
         let fut = t.send(n).await?;
@@ -293,9 +305,31 @@ async fn closed_loop<T: Target>(
             hand_over(&tx, &mut chunk).await?;
         }
     }
+    let cpu = match (cpu_from.flatten(), thread_cpu()) {
+        (Some(from), Some(to)) => Some(to.saturating_sub(from)),
+        _ => None,
+    };
     // Permits taken and not used are never waited on again.
     hand_over(&tx, &mut chunk).await?;
-    Ok((counted_events, Duration::ZERO))
+    Ok((counted_events, cpu))
+}
+
+/// CPU time (user and system) of the calling thread so far, from `/proc/thread-self/stat`
+/// in clock ticks of 10 ms (Linux's `USER_HZ` of 100): over a counted phase of seconds that
+/// is within a fraction of a percent. `None` where the file is missing or unreadable.
+fn thread_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    parse_thread_cpu(&stat)
+}
+
+/// `utime` + `stime` (fields 14 and 15) of a `/proc/…/stat` line; the command name before
+/// them is in parentheses and may hold spaces, so fields are counted after its last `)`.
+fn parse_thread_cpu(stat: &str) -> Option<Duration> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
 }
 
 /// Sends the chunk's sends, if any, to the collector; leaves the chunk empty.
@@ -640,6 +674,12 @@ mod tests {
         assert_eq!(m.acked % 100, 0);
         assert!((25_000..=35_000).contains(&m.acked), "{}", m.acked);
         assert_eq!(m.records, m.acked / 100);
+        // The sending thread's CPU is read at saturation (Linux): a figure, never a negative
+        // or infinite one (a paused clock runs no faster for the thread's CPU).
+        let ns = m
+            .sender_cpu_ns_per_event
+            .expect("read from /proc/thread-self/stat");
+        assert!(ns.is_finite() && ns >= 0.0, "{ns}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -706,6 +746,28 @@ mod tests {
             "two sends stamped at 30 ms"
         );
         assert_eq!(c.offsets[&0], (0, 2));
+    }
+
+    #[test]
+    fn a_threads_cpu_is_its_user_and_system_ticks_counted_after_the_command_name() {
+        // A command name with spaces and a parenthesis must not shift the fields.
+        let stat = "4242 (tokio rt) x) S 1 4242 4242 0 -1 4194560 9 0 0 0 257 43 0 0 20 0 3";
+        assert_eq!(parse_thread_cpu(stat), Some(Duration::from_millis(3_000)));
+        assert_eq!(parse_thread_cpu("4242 (kbatch) S 1"), None);
+        assert_eq!(parse_thread_cpu("no parenthesis"), None);
+        // This thread's own, read for real, moves forward with work done on it (a tick of
+        // 10 ms; however slow the machine, 10 s of spinning holds at least one).
+        let before = thread_cpu().expect("/proc/thread-self/stat is readable");
+        let spin = std::time::Instant::now();
+        let mut x = 0u64;
+        let mut after = before;
+        while after == before && spin.elapsed() < Duration::from_secs(10) {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            after = thread_cpu().expect("/proc/thread-self/stat is readable");
+        }
+        assert!(after > before, "{before:?} -> {after:?} after 10 s of work");
     }
 
     #[test]

@@ -257,7 +257,7 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
                 })?;
             let r = Run::new(bench, round, position, c.key(), plan.load, o);
             eprintln!(
-                "bench: {} {bench} {} {}: p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, {:.0} acked/s, {} records{}",
+                "bench: {} {bench} {} {}: p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, {:.0} acked/s, {} records{}{}",
                 if round == 0 {
                     "warm-up".to_owned()
                 } else {
@@ -270,6 +270,9 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
                 r.max_ms,
                 r.acked_per_s,
                 r.records,
+                r.sender_cpu_ns_per_event
+                    .map(|ns| format!(", sender CPU {ns:.0} ns/event"))
+                    .unwrap_or_default(),
                 if r.failed > 0 {
                     format!(
                         ", {} FAILED: {}",

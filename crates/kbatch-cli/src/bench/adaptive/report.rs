@@ -53,6 +53,9 @@ pub(super) struct Run {
     pub(super) max_ms: f64,
     /// How far behind its schedule the sender fell at most (open loop).
     pub(super) sender_lag_max_ms: f64,
+    /// At saturation, CPU time of the sending thread per counted event, ns (`None` at a rate
+    /// or where the thread's CPU time cannot be read).
+    pub(super) sender_cpu_ns_per_event: Option<f64>,
     /// The adaptive producer's level and batch settings when the load ended.
     pub(super) adaptive_end_state: Option<String>,
     /// What the client reported when it closed.
@@ -109,6 +112,7 @@ impl Run {
             p999_ms: q(0.999),
             max_ms: m.latency_us.max() as f64 / 1e3,
             sender_lag_max_ms: m.sender_lag_max_ms,
+            sender_cpu_ns_per_event: m.sender_cpu_ns_per_event,
             adaptive_end_state: o.end_state,
             client: o.client_note,
         }
@@ -334,6 +338,30 @@ impl Report {
              information); at the rates each is stamped as it settles."
         );
         self.print_adaptive_states("latency");
+        self.print_sender_cpu("latency");
+    }
+
+    /// What each send cost the thread that made it, at saturation, per round: the sender is
+    /// the one thread all of a contender's sends run on, so where it is the bottleneck, a
+    /// contender whose sends cost more is slower by as much.
+    fn print_sender_cpu(&self, bench: &str) {
+        let mut lines: Vec<(&str, Vec<String>)> = Vec::new();
+        for r in self.runs.iter().filter(|r| r.bench == bench && r.round > 0) {
+            let Some(ns) = r.sender_cpu_ns_per_event else {
+                continue;
+            };
+            let shown = format!("{ns:.0}");
+            match lines.iter_mut().find(|(k, _)| *k == r.contender) {
+                Some((_, v)) => v.push(shown),
+                None => lines.push((&r.contender, vec![shown])),
+            }
+        }
+        if !lines.is_empty() {
+            eprintln!("  sending thread's CPU per event at saturation, ns, per round:");
+            for (k, v) in lines {
+                eprintln!("    {k:<34} {}", v.join(" | "));
+            }
+        }
     }
 
     /// Where the adaptive producer stood when each run's load ended, per load and round.
@@ -394,6 +422,7 @@ impl Report {
             );
         }
         self.print_adaptive_states("packed");
+        self.print_sender_cpu("packed");
     }
 }
 
