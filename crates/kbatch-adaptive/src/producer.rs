@@ -839,8 +839,18 @@ impl AdaptiveProducer {
         };
         let s = &self.shared;
         let _sending = DirectSend::new(s);
-        let give_up = tokio::time::Instant::now() + DRAIN_WAIT;
+        let mut give_up = None;
         loop {
+            // Checked first without a waiter: a client found full (at saturation, nearly every
+            // send) has usually nothing left in the intake, and registering with `drained`
+            // takes its lock twice per send on the one thread that sends.
+            if !s.direct.load(Ordering::SeqCst) || s.intake.is_closed() {
+                return Err(record);
+            }
+            if s.all_handed() {
+                break;
+            }
+            // Then registered and checked again, so a drain in between is not missed.
             let drained = s.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
@@ -852,7 +862,8 @@ impl AdaptiveProducer {
             }
             // Others keep handing events in (`send_many`, `try_send`): the two counts may not
             // meet for a while, and the intake is always a correct way.
-            if tokio::time::timeout_at(give_up, drained).await.is_err() {
+            let until = *give_up.get_or_insert_with(|| tokio::time::Instant::now() + DRAIN_WAIT);
+            if tokio::time::timeout_at(until, drained).await.is_err() {
                 return Err(record);
             }
         }
