@@ -210,6 +210,18 @@ impl Shared {
         }
     }
 
+    /// Where a single-event send straight to the saturated client stands; read while its
+    /// `DirectSend` is held, so the driver cannot switch back between this and the send.
+    fn way_straight(&self) -> Way {
+        if !self.direct.load(Ordering::SeqCst) || self.intake.is_closed() {
+            Way::Intake
+        } else if self.all_handed() {
+            Way::Clear
+        } else {
+            Way::Behind
+        }
+    }
+
     /// Every event handed in so far is in the client. `handed` is read first: it never
     /// exceeds `entered`, so equal means nothing counted in `entered` before this read —
     /// the caller's own earlier events among them — is still on its way.
@@ -844,21 +856,19 @@ impl AdaptiveProducer {
             // Checked first without a waiter: a client found full (at saturation, nearly every
             // send) has usually nothing left in the intake, and registering with `drained`
             // takes its lock twice per send on the one thread that sends.
-            if !s.direct.load(Ordering::SeqCst) || s.intake.is_closed() {
-                return Err(record);
-            }
-            if s.all_handed() {
-                break;
+            match s.way_straight() {
+                Way::Intake => return Err(record),
+                Way::Clear => break,
+                Way::Behind => {}
             }
             // Then registered and checked again, so a drain in between is not missed.
             let drained = s.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
-            if !s.direct.load(Ordering::SeqCst) || s.intake.is_closed() {
-                return Err(record);
-            }
-            if s.all_handed() {
-                break;
+            match s.way_straight() {
+                Way::Intake => return Err(record),
+                Way::Clear => break,
+                Way::Behind => {}
             }
             // Others keep handing events in (`send_many`, `try_send`): the two counts may not
             // meet for a while, and the intake is always a correct way.
@@ -885,11 +895,10 @@ impl AdaptiveProducer {
             return Straight::Intake(record);
         }
         let _sending = DirectSend::new(s);
-        if !s.direct.load(Ordering::SeqCst) || s.intake.is_closed() {
-            return Straight::Intake(record);
-        }
-        if !s.all_handed() {
-            return Straight::Behind(record);
+        match s.way_straight() {
+            Way::Intake => return Straight::Intake(record),
+            Way::Behind => return Straight::Behind(record),
+            Way::Clear => {}
         }
         let sent = match client.try_send(record) {
             Ok(f) => Ok(f),
@@ -1083,6 +1092,16 @@ impl Drop for DirectSend<'_> {
     fn drop(&mut self) {
         self.0.direct_sending.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// See [`Shared::way_straight`].
+enum Way {
+    /// Not (or no longer) on the direct path, or closed: the intake takes the event.
+    Intake,
+    /// Events handed in earlier are not all in the client yet.
+    Behind,
+    /// Every event handed in earlier is in the client: this one may go straight.
+    Clear,
 }
 
 /// What one attempt to send an event straight to the saturated client came to.

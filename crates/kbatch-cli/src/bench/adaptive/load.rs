@@ -265,7 +265,7 @@ async fn closed_loop<T: Target>(
     let sends_per_chunk = (CHUNK_EVENTS / per).max(1);
     // The thread's CPU time when counting began: this loop runs on one thread (the bench's
     // `block_on`), and so does each send's synchronous part, the client's produce call in it.
-    let mut cpu_from: Option<Option<Duration>> = None;
+    let mut cpu_from: Option<Duration> = None;
     let counting_from = Instant::now() + plan.settle;
     let mut first_counted: Option<Instant> = None;
     let mut counted_events = 0u64;
@@ -290,11 +290,13 @@ async fn closed_loop<T: Target>(
         let due = Instant::now();
         let counted = due >= counting_from;
         if counted {
-            let first = *first_counted.get_or_insert(due);
+            let first = *first_counted.get_or_insert_with(|| {
+                cpu_from = thread_cpu();
+                due
+            });
             if due - first >= plan.measure && counted_events >= plan.min_events {
                 break;
             }
-            cpu_from.get_or_insert_with(thread_cpu);
             counted_events += u64::from(per);
         }
         let fut = t.send(n).await?;
@@ -305,7 +307,7 @@ async fn closed_loop<T: Target>(
             hand_over(&tx, &mut chunk).await?;
         }
     }
-    let cpu = match (cpu_from.flatten(), thread_cpu()) {
+    let cpu = match (cpu_from, thread_cpu()) {
         (Some(from), Some(to)) => Some(to.saturating_sub(from)),
         _ => None,
     };

@@ -345,44 +345,32 @@ impl Report {
     /// the one thread all of a contender's sends run on, so where it is the bottleneck, a
     /// contender whose sends cost more is slower by as much.
     fn print_sender_cpu(&self, bench: &str) {
-        let mut lines: Vec<(&str, Vec<String>)> = Vec::new();
-        for r in self.runs.iter().filter(|r| r.bench == bench && r.round > 0) {
-            let Some(ns) = r.sender_cpu_ns_per_event else {
-                continue;
-            };
-            let shown = format!("{ns:.0}");
-            match lines.iter_mut().find(|(k, _)| *k == r.contender) {
-                Some((_, v)) => v.push(shown),
-                None => lines.push((&r.contender, vec![shown])),
-            }
-        }
-        if !lines.is_empty() {
-            eprintln!("  sending thread's CPU per event at saturation, ns, per round:");
-            for (k, v) in lines {
-                eprintln!("    {k:<34} {}", v.join(" | "));
-            }
-        }
+        print_per_round(
+            "sending thread's CPU per event at saturation, ns, per round",
+            self.runs
+                .iter()
+                .filter(|r| r.bench == bench && r.round > 0)
+                .filter_map(|r| {
+                    Some((
+                        r.contender.clone(),
+                        format!("{:.0}", r.sender_cpu_ns_per_event?),
+                    ))
+                }),
+        );
     }
 
     /// Where the adaptive producer stood when each run's load ended, per load and round.
     fn print_adaptive_states(&self, bench: &str) {
-        let mut lines: Vec<(String, Vec<String>)> = Vec::new();
-        for r in self.runs.iter().filter(|r| r.bench == bench) {
-            let Some(state) = &r.adaptive_end_state else {
-                continue;
-            };
-            let key = format!("{} at {}", r.contender, r.load);
-            match lines.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, v)) => v.push(state.clone()),
-                None => lines.push((key, vec![state.clone()])),
-            }
-        }
-        if !lines.is_empty() {
-            eprintln!("  level and batch settings when each round's load ended:");
-            for (k, v) in lines {
-                eprintln!("    {k:<34} {}", v.join(" | "));
-            }
-        }
+        print_per_round(
+            "level and batch settings when each round's load ended",
+            self.runs
+                .iter()
+                .filter(|r| r.bench == bench)
+                .filter_map(|r| {
+                    let state = r.adaptive_end_state.clone()?;
+                    Some((format!("{} at {}", r.contender, r.load), state))
+                }),
+        );
     }
 
     fn print_packed(&self) {
@@ -501,6 +489,24 @@ pub(super) fn draw_plot(path: &std::path::Path, summaries: &[Summary]) -> String
     match plot::latency_and_throughput_png(path, title, &series) {
         Ok(()) => path.display().to_string(),
         Err(e) => format!("not drawn to {}: {e:#}", path.display()),
+    }
+}
+
+/// Prints `header`, then a line per key with its values in the order given (a round each),
+/// keys in the order first met; nothing when there are none.
+fn print_per_round(header: &str, entries: impl IntoIterator<Item = (String, String)>) {
+    let mut lines: Vec<(String, Vec<String>)> = Vec::new();
+    for (key, value) in entries {
+        match lines.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(value),
+            None => lines.push((key, vec![value])),
+        }
+    }
+    if !lines.is_empty() {
+        eprintln!("  {header}:");
+        for (k, v) in lines {
+            eprintln!("    {k:<34} {}", v.join(" | "));
+        }
     }
 }
 
