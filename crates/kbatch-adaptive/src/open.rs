@@ -72,33 +72,20 @@ struct State {
     added: u64,
 }
 
-/// What handing a single event in as part of an open piece came to.
-pub(crate) enum Added {
+/// What one attempt to encode an event into an open piece came to. The attempt borrows the
+/// record (the piece keeps only its encoded bytes), so every outcome but `Packed` leaves it
+/// with [`Open::send`], which hands it on: no variant carries it back.
+enum Added {
     /// Encoded into an open piece: its future.
     Packed(EventFuture),
     /// Refused: the producer is closed.
-    Closed(Record),
+    Closed,
     /// Not for an open piece (no key, an explicit partition, a topic the driver has not
     /// learned yet): the intake takes it as it is.
-    Elsewhere(Record),
-}
-
-impl Added {
-    /// As a send's outcome: its future, or `Closed` with its record; the record back when it
-    /// goes elsewhere.
-    #[allow(
-        clippy::result_large_err,
-        reason = "the record comes back by value, to go the intake's way"
-    )]
-    pub(crate) fn into_sent(self) -> Result<Result<EventFuture, AdaptiveError>, Record> {
-        match self {
-            Added::Packed(f) => Ok(Ok(f)),
-            Added::Closed(record) => Ok(Err(AdaptiveError::Closed {
-                record: Some(Box::new(record)),
-            })),
-            Added::Elsewhere(record) => Err(record),
-        }
-    }
+    Elsewhere,
+    /// The shard's pieces are full and the intake has no room for them: wait for room
+    /// ([`Open::send`] does).
+    Full,
 }
 
 impl Open {
@@ -134,86 +121,85 @@ impl Open {
             .min()
     }
 
-    /// Encodes `record` into the open piece of its shard and partition, when it is keyed,
-    /// has no explicit partition and its topic's partition count is published; hands the
-    /// record back when the shard's pieces are full and the intake has no room for them
-    /// (then [`add`](Self::add) waits for room). Synchronous: most sends finish here without
-    /// moving the record through a future's state.
+    /// Hands `record` in as part of an open piece, waiting while the shard's pieces are full
+    /// and the intake has no room for them: its future, `Closed` with the record, or the
+    /// record back when it is not for an open piece (see [`Added::Elsewhere`]). Most sends
+    /// finish at the first, synchronous attempt.
     #[allow(
         clippy::result_large_err,
-        reason = "the record comes back by value: no allocation on the back-pressure path"
+        reason = "the record comes back by value, to go the intake's way"
     )]
-    pub(crate) fn add_now(
+    pub(crate) async fn send(
         &self,
         shared: &Shared,
         record: Record,
         budget: Duration,
-    ) -> Result<Added, Record> {
-        let (Some(known), Some(key), None) = (
-            shared.known.as_deref(),
-            record.key.as_deref(),
-            record.partition,
-        ) else {
-            return Ok(Added::Elsewhere(record));
-        };
-        let crc = crc32fast::hash(key);
-        let g = shared.intake.shard_of(u64::from(crc));
-        self.try_add(shared, known, g, crc, record, budget)
-    }
-
-    /// As [`add_now`](Self::add_now), waiting while the shard's pieces are full and the
-    /// intake has no room for them.
-    pub(crate) async fn add(&self, shared: &Shared, record: Record, budget: Duration) -> Added {
-        let mut record = record;
+    ) -> Result<Result<EventFuture, AdaptiveError>, Record> {
         loop {
-            let g = match record.key.as_deref() {
-                Some(key) => shared.intake.shard_of(u64::from(crc32fast::hash(key))),
-                None => return Added::Elsewhere(record),
-            };
-            match self.add_now(shared, record, budget) {
-                Ok(added) => return added,
-                Err(back) => {
-                    record = back;
+            match self.add_now(shared, &record, budget) {
+                Added::Packed(f) => return Ok(Ok(f)),
+                Added::Closed => {
+                    return Ok(Err(AdaptiveError::Closed {
+                        record: Some(Box::new(record)),
+                    }));
+                }
+                Added::Elsewhere => return Err(record),
+                Added::Full => {
+                    let Some(key) = record.key.as_deref() else {
+                        return Err(record);
+                    };
+                    let g = shared.intake.shard_of(u64::from(crc32fast::hash(key)));
                     self.wait_for_room(shared, g).await;
                 }
             }
         }
     }
 
-    /// One attempt of [`add`](Self::add) under shard `g`'s lock; hands the record back when
-    /// the shard's pieces are full and the intake has no room for them.
-    #[allow(
-        clippy::result_large_err,
-        reason = "the record comes back by value: no allocation on the back-pressure path"
-    )]
+    /// Encodes `record` into the open piece of its shard and partition, when it is keyed,
+    /// has no explicit partition and its topic's partition count is published; `Full` when
+    /// the shard's pieces are full and the intake has no room for them. Synchronous.
+    fn add_now(&self, shared: &Shared, record: &Record, budget: Duration) -> Added {
+        let (Some(known), Some(key), None) = (
+            shared.known.as_deref(),
+            record.key.as_deref(),
+            record.partition,
+        ) else {
+            return Added::Elsewhere;
+        };
+        let crc = crc32fast::hash(key);
+        let g = shared.intake.shard_of(u64::from(crc));
+        self.try_add(shared, known, g, crc, record, budget)
+    }
+
+    /// One attempt of [`send`](Self::send) under shard `g`'s lock.
     fn try_add(
         &self,
         shared: &Shared,
         known: &Known,
         g: usize,
         crc: u32,
-        record: Record,
+        record: &Record,
         budget: Duration,
-    ) -> Result<Added, Record> {
+    ) -> Added {
         let shard = &self.shards[g];
         let mut st = shard.lock();
         if shared.intake.is_closed() {
-            return Ok(Added::Closed(record));
+            return Added::Closed;
         }
         if st.events >= st.seal_at {
             match Self::seal(shared, shard, &mut st, u64::from(crc)) {
                 Ok(()) => {}
-                Err(Sealed::Full) => return Err(record),
-                Err(Sealed::Closed) => return Ok(Added::Closed(record)),
+                Err(Sealed::Full) => return Added::Full,
+                Err(Sealed::Closed) => return Added::Closed,
             }
         }
         let (Some((id, partitions)), Some(key)) =
             (st.topic(known, &record.topic), record.key.as_deref())
         else {
-            return Ok(Added::Elsewhere(record));
+            return Added::Elsewhere;
         };
         let partition = known.key_hash.partition_with_crc(key, crc, partitions);
-        let size = packed_size(&record);
+        let size = packed_size(record);
         let first = st.events == 0;
         let max_bytes = known.max_bytes;
         let at = st.pieces.iter().rposition(|f| {
@@ -251,7 +237,7 @@ impl Open {
                 &mut st.pieces[last]
             }
         };
-        push_record(&mut piece.events, &record);
+        push_record(&mut piece.events, record);
         let Some(f) = piece.slots.add_one() else {
             unreachable!("an open piece holds single sends' slots")
         };
@@ -264,11 +250,10 @@ impl Open {
             shard.held.store(true, Ordering::SeqCst);
         }
         drop(st);
-        drop(record);
         if first {
             shared.intake.wake_driver();
         }
-        Ok(Added::Packed(f))
+        Added::Packed(f)
     }
 
     /// Pushes `entry` (an item with an order hint) into its shard, sealing the shard's open

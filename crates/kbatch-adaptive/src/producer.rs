@@ -486,12 +486,10 @@ impl AdaptiveProducer {
             // Packed: into an open piece as `send` (its future dropped: the piece's outcome
             // is shared, so that saves nothing here), else the intake's way.
             Some(open) => {
-                let budget = self.shared.budget_of(None);
-                let added = match open.add_now(&self.shared, record, budget) {
-                    Ok(added) => added,
-                    Err(record) => open.add(&self.shared, record, budget).await,
-                };
-                match added.into_sent() {
+                match open
+                    .send(&self.shared, record, self.shared.budget_of(None))
+                    .await
+                {
                     Ok(sent) => return sent.map(drop),
                     Err(record) => record,
                 }
@@ -746,12 +744,10 @@ impl AdaptiveProducer {
                     sequence: None,
                 },
             ) => {
-                let budget = self.shared.budget_of(None);
-                let added = match open.add_now(&self.shared, record, budget) {
-                    Ok(added) => added,
-                    Err(record) => open.add(&self.shared, record, budget).await,
-                };
-                match added.into_sent() {
+                match open
+                    .send(&self.shared, record, self.shared.budget_of(None))
+                    .await
+                {
                     Ok(sent) => return sent,
                     Err(record) => record,
                 }
