@@ -259,6 +259,34 @@ impl Target for Bulk<'_> {
     }
 }
 
+/// The load alone: each send builds its event's record as every per-event contender's does
+/// and settles at once, where a contender would hand the record to its producer. Run at
+/// saturation it says how many sends a second the bench itself can make and collect on
+/// this machine, and what each costs the sending thread: the part of a per-event
+/// contender's figures that is the load's, which BULK pays once per envelope.
+pub(super) struct LoadAlone<'a> {
+    pub(super) topic: Topic,
+    pub(super) data: &'a Data,
+}
+
+impl Target for LoadAlone<'_> {
+    type Fut = std::future::Ready<Result<Ack, String>>;
+    fn events_per_send(&self) -> u32 {
+        1
+    }
+    async fn send(&self, n: u64) -> anyhow::Result<Self::Fut> {
+        // Built and dropped as a contender's send would have it built and take it: kept
+        // from being optimised away, since building it is what is measured.
+        drop(std::hint::black_box(self.data.record(&self.topic, n)));
+        let partitions = self.data.partitions.max(1) as u64;
+        Ok(std::future::ready(Ok(Ack {
+            partition: (n % partitions) as i32,
+            offset: (n / partitions) as i64,
+            more: Vec::new(),
+        })))
+    }
+}
+
 /// kbatch-adaptive's producer, one `send` per event.
 struct AdaptiveEvents<'a> {
     p: &'a Adaptive,
@@ -449,6 +477,30 @@ mod tests {
             let e = bad.parse::<StaticBatching>().unwrap_err();
             assert!(e.contains("LINGER_MS:BATCH_RECORDS:BATCH_BYTES"), "{e}");
         }
+    }
+
+    /// The load alone settles every send it makes, each where a record of its key's run of
+    /// offsets would land, so its sends/s is what the load can make and collect.
+    #[tokio::test]
+    async fn the_load_alone_settles_every_send_it_counts() {
+        let data = Data::new(100, 100, 4);
+        let alone = LoadAlone {
+            topic: "t".into(),
+            data: &data,
+        };
+        let plan = Plan {
+            load: load::Load::Saturation,
+            settle: std::time::Duration::ZERO,
+            measure: std::time::Duration::from_millis(50),
+            min_events: 1_000,
+            window: 10_000,
+        };
+        let m = load::drive(&alone, &plan).await.unwrap();
+        assert!(m.sent >= 1_000, "{}", m.sent);
+        assert_eq!((m.acked, m.failed), (m.sent, 0));
+        assert_eq!(m.partitions_seen, 4);
+        assert_eq!(m.records, m.sent, "contiguous offsets per partition");
+        assert!(m.seconds > 0.0);
     }
 
     #[test]

@@ -38,7 +38,7 @@ use kbatch_producer::{Producer, ProducerConfig};
 use contenders::{BatchLimits, Contender, Data, Settings, StaticBatching};
 use kbatch_adaptive::Shape;
 use load::{Load, Plan};
-use report::{Report, Run};
+use report::{LoadAloneRun, Report, Run};
 
 /// Options of `kbatch bench adaptive`.
 #[derive(ClapArgs, Debug)]
@@ -300,6 +300,7 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
         }
     }
     let mut runs = Vec::new();
+    let mut load_alone = Vec::new();
     for round in 1..=a.rounds {
         for (li, load) in loads.iter().enumerate() {
             for k in 0..latency.len() {
@@ -310,6 +311,9 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
         for k in 0..packed.len() {
             let c = packed[(k + round as usize) % packed.len()];
             runs.push(run("packed", round, k, c, plan(Load::Saturation)).await?);
+        }
+        if !packed.is_empty() {
+            load_alone.push(run_load_alone(&data, round, &plan(Load::Saturation)).await?);
         }
     }
 
@@ -449,6 +453,7 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
         intake_note,
         plot,
         notes,
+        load_alone,
         warmup,
         runs,
     };
@@ -460,6 +465,35 @@ pub(crate) async fn run(mut a: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs the load alone (no producer) once at saturation under `plan`; prints and returns
+/// what it made.
+async fn run_load_alone(data: &Data, round: u32, plan: &Plan) -> anyhow::Result<LoadAloneRun> {
+    let alone = contenders::LoadAlone {
+        topic: "kbatch-bench-load-alone".into(),
+        data,
+    };
+    let m = load::drive(&alone, plan)
+        .await
+        .with_context(|| format!("packed round {round}, the load alone"))?;
+    let r = LoadAloneRun {
+        round,
+        sends_per_s: if m.seconds > 0.0 {
+            m.acked as f64 / m.seconds
+        } else {
+            0.0
+        },
+        sender_cpu_ns_per_send: m.sender_cpu_ns_per_event,
+    };
+    eprintln!(
+        "bench: round {round} packed the load alone: {:.0} sends/s{}",
+        r.sends_per_s,
+        r.sender_cpu_ns_per_send
+            .map(|ns| format!(", sender CPU {ns:.0} ns/send"))
+            .unwrap_or_default()
+    );
+    Ok(r)
 }
 
 /// The contenders of both benchmarks, each once, in the order they first appear.

@@ -201,6 +201,8 @@ pub(super) struct Report {
     pub(super) plot: String,
     /// Anything a reader must know to trust (or not) these numbers.
     pub(super) notes: Vec<String>,
+    /// The load alone at saturation, once a round of the packed benchmark.
+    pub(super) load_alone: Vec<LoadAloneRun>,
     pub(super) warmup: Vec<Run>,
     pub(super) runs: Vec<Run>,
 }
@@ -411,7 +413,34 @@ impl Report {
         }
         self.print_adaptive_states("packed");
         self.print_sender_cpu("packed");
+        if !self.load_alone.is_empty() {
+            let sends: Vec<f64> = self.load_alone.iter().map(|l| l.sends_per_s).collect();
+            let cpu: Vec<f64> = self
+                .load_alone
+                .iter()
+                .filter_map(|l| l.sender_cpu_ns_per_send)
+                .collect();
+            let (sends, cpu) = (Spread::of(&sends), Spread::of(&cpu));
+            eprintln!(
+                "  the load alone (each send builds its record and settles at once; no producer): \
+                 {} sends/s, sending thread's CPU {} ns per send (min/median/max over rounds) — \
+                 the bench's own share of every per-event contender's figures, paid by BULK once \
+                 per envelope",
+                sends.map_or_else(|| "-".to_owned(), |s| s.show(0)),
+                cpu.map_or_else(|| "-".to_owned(), |s| s.show(0)),
+            );
+        }
     }
+}
+
+/// One round's run of the load alone (see `contenders::LoadAlone`).
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct LoadAloneRun {
+    pub(super) round: u32,
+    /// Sends made and collected, per second of the counted phase.
+    pub(super) sends_per_s: f64,
+    /// The sending thread's CPU per counted send, ns.
+    pub(super) sender_cpu_ns_per_send: Option<f64>,
 }
 
 /// One line of the plot: a latency contender's medians per load.
