@@ -83,9 +83,9 @@ enum Added {
     /// Not for an open piece (no key, an explicit partition, a topic the driver has not
     /// learned yet): the intake takes it as it is.
     Elsewhere,
-    /// The shard's pieces are full and the intake has no room for them: wait for room
-    /// ([`Open::send`] does).
-    Full,
+    /// The pieces of this intake shard are full and the intake has no room for them: wait
+    /// for room there ([`Open::send`] does).
+    Full(usize),
 }
 
 impl Open {
@@ -144,13 +144,7 @@ impl Open {
                     }));
                 }
                 Added::Elsewhere => return Err(record),
-                Added::Full => {
-                    let Some(key) = record.key.as_deref() else {
-                        return Err(record);
-                    };
-                    let g = shared.intake.shard_of(u64::from(crc32fast::hash(key)));
-                    self.wait_for_room(shared, g).await;
-                }
+                Added::Full(g) => self.wait_for_room(shared, g).await,
             }
         }
     }
@@ -189,7 +183,7 @@ impl Open {
         if st.events >= st.seal_at {
             match Self::seal(shared, shard, &mut st, u64::from(crc)) {
                 Ok(()) => {}
-                Err(Sealed::Full) => return Added::Full,
+                Err(Sealed::Full) => return Added::Full(g),
                 Err(Sealed::Closed) => return Added::Closed,
             }
         }
