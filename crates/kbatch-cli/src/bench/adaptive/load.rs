@@ -129,6 +129,18 @@ pub(super) struct Measured {
     pub(super) sender_cpu_ns_per_event: Option<f64>,
 }
 
+impl Measured {
+    /// `n` over the counted seconds (first due send to last acknowledgement); NaN when
+    /// nothing was counted, so a spread over rounds leaves it out.
+    pub(super) fn per_s(&self, n: u64) -> f64 {
+        if self.seconds > 0.0 {
+            n as f64 / self.seconds
+        } else {
+            f64::NAN
+        }
+    }
+}
+
 struct Pending<F> {
     due: Instant,
     counted: bool,

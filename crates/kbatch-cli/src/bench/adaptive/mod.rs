@@ -479,11 +479,7 @@ async fn run_load_alone(data: &Data, round: u32, plan: &Plan) -> anyhow::Result<
         .with_context(|| format!("packed round {round}, the load alone"))?;
     let r = LoadAloneRun {
         round,
-        sends_per_s: if m.seconds > 0.0 {
-            m.acked as f64 / m.seconds
-        } else {
-            0.0
-        },
+        sends_per_s: m.per_s(m.acked),
         sender_cpu_ns_per_send: m.sender_cpu_ns_per_event,
     };
     eprintln!(

@@ -73,19 +73,12 @@ impl Run {
     ) -> Self {
         let m = &o.measured;
         let q = |q: f64| m.latency_us.value_at_quantile(q) as f64 / 1e3;
-        let per_s = |n: u64| {
-            if m.seconds > 0.0 {
-                n as f64 / m.seconds
-            } else {
-                f64::NAN
-            }
-        };
         let during_schedule_per_s = if m.schedule_seconds > 0.0 {
             m.acked_during_schedule as f64 / m.schedule_seconds
         } else {
             f64::NAN
         };
-        let completion_per_s = per_s(m.acked);
+        let completion_per_s = m.per_s(m.acked);
         Self {
             bench: bench.to_owned(),
             round,
@@ -105,7 +98,7 @@ impl Run {
             completion_per_s,
             during_schedule_per_s,
             records: m.records,
-            records_per_s: per_s(m.records),
+            records_per_s: m.per_s(m.records),
             partitions_seen: m.partitions_seen,
             p50_ms: q(0.5),
             p99_ms: q(0.99),
